@@ -1,0 +1,437 @@
+"""The one interface every ctpress method implements.
+
+A codec is a small class in the style of numcodecs: a stable ``codec_id``, a
+constructor of plain JSON-serialisable settings, ``encode(array) -> bytes``,
+``decode(bytes) -> array`` and ``get_config()`` / ``from_config()``.  The rate control
+(lossless, max abs error, target bits per value, target PSNR) is part of the config.
+
+Each encoded chunk is self-describing: a short header records the input dtype and
+shape and the exact transform applied before the inner coder (integer offset, or the
+quantisation step of float data), so ``decode`` needs nothing but the codec config and
+the bytes.  Concrete codecs implement a handful of hooks:
+
+- ``_encode_exact(work)`` / ``_decode_stream(stream, shape, work_dtype)``: lossless
+  coding of an array whose dtype is in ``exact_dtypes``;
+- optionally ``_lossy_work(x)``, ``_knob(work)`` and ``_encode_lossy(work, knob)``: the
+  codec's native lossy mode, steered by one scalar knob.
+
+The base class builds every rate control from those: error bounds on codecs without
+a native one come from explicit uniform quantisation (step ``2E``) followed by
+lossless coding, and bpp/PSNR targets are met by searching the knob.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..errors import CorruptFileError, InputError, RateControlError
+
+#: Rate-control modes, in the order the CLI lists them.
+RATE_MODES: tuple[str, ...] = ("lossless", "max_error", "bpp", "psnr")
+
+_CHUNK_MAGIC = b"CPC1"
+_BPP_TOLERANCE = 0.10  # relative; --bpp must land within 10 %
+_SEARCH_STEPS = 18
+
+
+@dataclass(frozen=True)
+class Knob:
+    """The scalar that steers a codec's native lossy mode.
+
+    ``lo``..``hi`` is the search interval; ``rate_increases`` says whether a larger knob
+    gives more bits (a quality level) or fewer (a tolerance); ``log`` searches in log
+    space; ``integer`` rounds the knob; ``is_error_bound`` marks a knob that is a max abs
+    error in the units of the work array.
+    """
+
+    lo: float
+    hi: float
+    rate_increases: bool = False
+    log: bool = True
+    integer: bool = False
+    is_error_bound: bool = False
+
+
+@dataclass
+class _Encoded:
+    stream: bytes
+    info: dict[str, Any]
+    decoded: np.ndarray | None = None
+
+
+class Codec(ABC):
+    """Base class of every ctpress codec (classical or learned).
+
+    Parameters
+    ----------
+    mode : {"lossless", "max_error", "bpp", "psnr"}
+        Rate control.  ``max_error``: every decoded value within ``value`` of the input
+        (absolute, in data units).  ``bpp``: about ``value`` bits per value (within 10 %).
+        ``psnr``: at least ``value`` dB against ``data_range``.
+    value : float or None
+        The target of the rate control (unused for ``lossless``).
+    data_range : float or None
+        Peak value of PSNR (default: max - min of each encoded chunk).  The container
+        sets it to the range of the whole scan so every chunk aims at the same MSE.
+    """
+
+    codec_id: ClassVar[str]
+    description: ClassVar[str] = ""
+    #: dtypes this codec stores bit-exactly.
+    exact_dtypes: ClassVar[tuple[str, ...]] = ()
+    #: Whether the codec has a native lossy mode (``_encode_lossy``).
+    has_native_lossy: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        mode: str = "lossless",
+        value: float | None = None,
+        data_range: float | None = None,
+    ) -> None:
+        if mode not in RATE_MODES:
+            raise InputError(f"unknown rate control {mode!r}; choose one of {RATE_MODES}")
+        if mode not in self.rate_modes():
+            raise InputError(
+                f"codec {self.codec_id!r} does not support {mode!r} rate control; it supports "
+                f"{', '.join(self.rate_modes())}"
+            )
+        if mode == "lossless":
+            value = None
+        else:
+            if value is None or not math.isfinite(float(value)):
+                raise InputError(f"rate control {mode!r} needs a finite value")
+            value = float(value)
+            if mode in ("max_error", "bpp") and value <= 0:
+                raise InputError(f"{mode} must be > 0, got {value}")
+        if data_range is not None and not (float(data_range) > 0):
+            raise InputError(f"data_range must be > 0, got {data_range}")
+        self.mode = mode
+        self.value = value
+        self.data_range = None if data_range is None else float(data_range)
+
+    # ------------------------------------------------------------------ config
+    @classmethod
+    def rate_modes(cls) -> tuple[str, ...]:
+        """Rate controls this codec supports."""
+        modes = []
+        if cls.exact_dtypes:
+            modes.append("lossless")
+        modes.append("max_error")  # native bound, or quantisation + lossless
+        modes += ["bpp", "psnr"]
+        return tuple(modes)
+
+    def _options(self) -> dict[str, Any]:
+        """Codec-specific constructor settings (override with the extra parameters)."""
+        return {}
+
+    def get_config(self) -> dict[str, Any]:
+        """JSON-serialisable settings; ``from_config(get_config())`` rebuilds the codec."""
+        config: dict[str, Any] = {
+            "id": self.codec_id,
+            "mode": self.mode,
+            "value": self.value,
+            "data_range": self.data_range,
+        }
+        config.update(self._options())
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Codec:
+        """Build a codec from :meth:`get_config` output."""
+        kwargs = {k: v for k, v in config.items() if k != "id"}
+        try:
+            return cls(**kwargs)
+        except TypeError as exc:
+            raise InputError(f"bad config for codec {cls.codec_id!r}: {exc}") from None
+
+    def with_rate(self, mode: str, value: float | None, data_range: float | None) -> Codec:
+        """Copy of this codec with another rate control (same options)."""
+        config = self.get_config()
+        config.update(mode=mode, value=value, data_range=data_range)
+        return type(self).from_config(config)
+
+    def __repr__(self) -> str:
+        settings = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "id")
+        return f"{type(self).__name__}({settings})"
+
+    # ------------------------------------------------------------------- hooks
+    @abstractmethod
+    def _encode_exact(self, work: np.ndarray) -> bytes:
+        """Lossless stream of ``work`` (dtype in ``exact_dtypes``, shape (n, rows, cols))."""
+
+    @abstractmethod
+    def _decode_stream(self, stream: bytes, shape: tuple[int, ...], work_dtype: str) -> np.ndarray:
+        """Inverse of ``_encode_exact`` / ``_encode_lossy``: array of ``shape``."""
+
+    def _lossy_work(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, Any]] | None:
+        """Array handed to the native lossy mode plus its transform info, or None if the
+        native lossy mode does not apply to this dtype (the quantised path is used)."""
+        return None
+
+    def _knob(self, work: np.ndarray) -> Knob:
+        """Search interval and meaning of the native lossy knob for ``work``."""
+        raise NotImplementedError
+
+    def _encode_lossy(self, work: np.ndarray, knob: float) -> bytes:
+        """Native lossy stream of ``work`` at knob value ``knob``."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ encode
+    def encode(self, array: np.ndarray) -> bytes:
+        """Encode an array of shape (n_views, rows, cols) (or (rows, cols)) to bytes."""
+        x = np.ascontiguousarray(array)
+        if x.ndim == 2:
+            x = x[None]
+        if x.ndim != 3 or x.size == 0:
+            raise InputError(f"codec input must be a non-empty 2-D or 3-D array, got {x.shape}")
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            raise InputError("codec input contains NaN or inf")
+        if x.dtype.kind not in "uif":
+            raise InputError(f"unsupported dtype {x.dtype}")
+        if self.mode == "lossless":
+            enc = self._encode_lossless(x)
+        elif self.mode == "max_error":
+            assert self.value is not None
+            enc = self._encode_max_error(x, self.value)
+        else:
+            enc = self._encode_search(x)
+        header = dict(enc.info)
+        header.update(dtype=x.dtype.str, shape=list(array.shape), lo=_py(x.min()), hi=_py(x.max()))
+        header_bytes = json.dumps(header, separators=(",", ":")).encode()
+        return _CHUNK_MAGIC + struct.pack("<I", len(header_bytes)) + header_bytes + enc.stream
+
+    def _encode_lossless(self, x: np.ndarray) -> _Encoded:
+        work, info = self._exact_work(x, step=None)
+        return _Encoded(self._encode_exact(work), info)
+
+    def _exact_work(self, x: np.ndarray, step: float | None) -> tuple[np.ndarray, dict[str, Any]]:
+        """Map ``x`` to an array in ``exact_dtypes``: as is, offset into unsigned, or (with
+        ``step``) uniformly quantised ``round((x - lo) / step)``."""
+        if not self.exact_dtypes:
+            raise RateControlError(f"codec {self.codec_id!r} has no lossless mode")
+        if step is None:
+            if x.dtype.name in self.exact_dtypes:
+                return x, {"t": "none", "w": x.dtype.str}
+            if x.dtype.kind == "f":
+                raise RateControlError(
+                    f"codec {self.codec_id!r} cannot store {x.dtype} data losslessly; use "
+                    "--max-error E, or a codec with lossless float support "
+                    f"({', '.join(_float_lossless_codecs())})"
+                )
+            step = 1.0
+        lo = float(x.min())
+        if x.dtype.kind in "ui":
+            step = float(max(1, 2 * math.floor(step / 2) + 1)) if step > 1 else 1.0
+            q = (x.astype(np.int64) - int(lo) + int(step) // 2) // int(step)
+        else:
+            q = np.floor((x.astype(np.float64) - lo) / step + 0.5)
+        top = float(q.max())
+        for name in ("uint8", "uint16", "int32", "uint32", "int64", "float64"):
+            if name in self.exact_dtypes and top <= _max_exact(name):
+                return q.astype(name), {"t": "quant", "w": np.dtype(name).str, "o": lo, "q": step}
+        raise RateControlError(
+            f"codec {self.codec_id!r} stores at most {_max_exact(self.exact_dtypes[-1]):.0f} levels "
+            f"but this data needs {top + 1:.0f} at step {step:g}; ask for a larger error bound or "
+            "use zstd/blosc2/zfp"
+        )
+
+    def _encode_max_error(self, x: np.ndarray, bound: float) -> _Encoded:
+        integer = x.dtype.kind in "ui"
+        if integer and bound < 1:
+            return self._encode_lossless(x) if self.exact_dtypes else self._bounded_native(x, 0.49)
+        native = self._lossy_work(x) if self.has_native_lossy else None
+        if native is not None and self._knob(native[0]).is_error_bound:
+            # integer data decodes by rounding, so a float error < k + 0.5 rounds to <= k
+            tol = math.floor(bound) + 0.49 if integer and native[0].dtype.kind == "f" else bound
+            return self._bounded_native(x, tol, bound)
+        step = 2 * math.floor(bound) + 1 if integer else 2.0 * bound
+        for _ in range(6):  # float rounding can push an error a hair over the bound
+            work, info = self._exact_work(x, step)
+            enc = _Encoded(self._encode_exact(work), info)
+            if integer or _max_abs_err(x, self._decode_parts(enc, x)) <= bound:
+                return enc
+            step *= 0.999
+        raise RateControlError(f"cannot guarantee max error {bound:g} on {x.dtype} data")
+
+    def _bounded_native(self, x: np.ndarray, tol: float, bound: float | None = None) -> _Encoded:
+        bound = tol if bound is None else bound
+        work, info = self._lossy_work(x) or (None, {})
+        assert work is not None
+        scale = float(info.get("q", 1.0))
+        for _ in range(8):
+            enc = _Encoded(self._encode_lossy(work, tol / scale), dict(info, k=tol / scale))
+            decoded = self._decode_parts(enc, x)
+            if _max_abs_err(x, decoded) <= bound:
+                enc.decoded = decoded
+                return enc
+            tol *= 0.5
+        raise RateControlError(
+            f"codec {self.codec_id!r} could not meet max error {bound:g} on this data"
+        )
+
+    def _encode_search(self, x: np.ndarray) -> _Encoded:
+        """Search the lossy knob for a bpp or PSNR target."""
+        assert self.value is not None
+        native = self._lossy_work(x) if self.has_native_lossy else None
+        if native is not None:
+            work, info = native
+            knob = self._knob(work)
+
+            def attempt(k: float) -> _Encoded:
+                return _Encoded(self._encode_lossy(work, k), dict(info, k=k))
+
+        else:
+            span = float(x.max()) - float(x.min())
+            span = span if span > 0 else 1.0
+            integer = x.dtype.kind in "ui"
+            knob = Knob(lo=0.5 if integer else span * 1e-7, hi=span, integer=integer)
+
+            def attempt(k: float) -> _Encoded:
+                step = 2 * round(k) + 1 if integer else 2 * k
+                work_q, info_q = self._exact_work(x, step)
+                return _Encoded(self._encode_exact(work_q), info_q)
+
+        return _search_knob(self, x, knob, attempt)
+
+    # ------------------------------------------------------------------ decode
+    def decode(self, buf: bytes | bytearray | memoryview, out: np.ndarray | None = None) -> np.ndarray:
+        """Decode bytes from :meth:`encode` to an array of the original dtype and shape."""
+        data = bytes(buf)
+        if len(data) < 8 or data[:4] != _CHUNK_MAGIC:
+            raise CorruptFileError("not a ctpress chunk (bad magic)")
+        (n,) = struct.unpack("<I", data[4:8])
+        try:
+            header = json.loads(data[8 : 8 + n])
+            shape = tuple(int(s) for s in header["shape"])
+            dtype = np.dtype(header["dtype"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorruptFileError(f"damaged chunk header: {exc}") from None
+        shape3 = shape if len(shape) == 3 else (1, *shape)
+        enc = _Encoded(data[8 + n :], header)
+        try:
+            result = self._decode_parts(enc, np.empty(0, dtype), shape3)
+        except (CorruptFileError, RateControlError):
+            raise
+        except Exception as exc:  # a damaged inner stream fails inside a C library
+            raise CorruptFileError(f"{self.codec_id} stream could not be decoded: {exc}") from None
+        result = result.reshape(shape)
+        if out is not None:
+            out[...] = result
+            return out
+        return result
+
+    def _decode_parts(
+        self, enc: _Encoded, like: np.ndarray, shape: tuple[int, ...] | None = None
+    ) -> np.ndarray:
+        """Decode stream + transform info to ``like``'s dtype (shape from ``like`` if given)."""
+        info = enc.info
+        shape = like.shape if shape is None else shape
+        work = self._decode_stream(enc.stream, tuple(shape), np.dtype(info["w"]).name)
+        if work.shape != tuple(shape):
+            raise CorruptFileError(f"decoded shape {work.shape} differs from stored {shape}")
+        dtype = like.dtype
+        t = info.get("t", "none")
+        if t == "none" and work.dtype == dtype:
+            return work
+        values = work.astype(np.float64)
+        if t in ("quant", "affine"):
+            values = values * float(info["q"]) + float(info["o"])
+        if "lo" in info:
+            np.clip(values, info["lo"], info["hi"], out=values)
+        if dtype.kind in "ui":
+            info_lim = np.iinfo(dtype)
+            values = np.clip(np.rint(values), info_lim.min, info_lim.max)
+        return values.astype(dtype)
+
+
+def _search_knob(
+    codec: Codec, x: np.ndarray, knob: Knob, attempt: Any
+) -> _Encoded:
+    """Bisection of ``knob`` for ``codec.mode`` in ("bpp", "psnr")."""
+    assert codec.value is not None
+    target = codec.value
+    n_values = x.size
+    data_range = codec.data_range or float(x.max()) - float(x.min()) or 1.0
+    mse_target = data_range**2 / 10 ** (target / 10) if codec.mode == "psnr" else 0.0
+
+    def to_knob(t: float) -> float:
+        value = math.exp(t) if knob.log else t
+        return float(round(value)) if knob.integer else value
+
+    lo_t = math.log(knob.lo) if knob.log else knob.lo
+    hi_t = math.log(knob.hi) if knob.log else knob.hi
+    tried: dict[float, tuple[_Encoded, float, float]] = {}
+
+    def evaluate(t: float) -> tuple[_Encoded, float, float]:
+        k = to_knob(t)
+        if k not in tried:
+            enc = attempt(k)
+            bits = 8.0 * len(enc.stream) / n_values
+            decoded = codec._decode_parts(enc, x)
+            mse = float(np.mean((decoded.astype(np.float64) - x.astype(np.float64)) ** 2))
+            enc.decoded = decoded
+            tried[k] = (enc, bits, mse)
+        return tried[k]
+
+    # invariant: rate increases from the 'cheap' end to the 'rich' end
+    cheap, rich = (lo_t, hi_t) if knob.rate_increases else (hi_t, lo_t)
+    for _ in range(_SEARCH_STEPS):
+        mid = 0.5 * (cheap + rich)
+        _, bits, mse = evaluate(mid)
+        if codec.mode == "bpp":
+            # under budget: afford more bits; over: spend fewer
+            cheap, rich = (mid, rich) if bits <= target else (cheap, mid)
+        else:
+            # good enough: try cheaper; not good enough: spend more
+            cheap, rich = (cheap, mid) if mse <= mse_target else (mid, rich)
+        if knob.integer and abs(to_knob(cheap) - to_knob(rich)) <= 1:
+            break
+    for t in (cheap, rich):
+        evaluate(t)
+    if codec.mode == "bpp":
+        best = min(tried.values(), key=lambda r: abs(r[1] - target))
+        if abs(best[1] - target) > _BPP_TOLERANCE * target:
+            reach = sorted(r[1] for r in tried.values())
+            raise RateControlError(
+                f"codec {codec.codec_id!r} cannot reach {target:g} bits/value on this data "
+                f"(nearest: {best[1]:.3g}; tried {reach[0]:.3g} to {reach[-1]:.3g}); "
+                "choose another target or codec"
+            )
+    else:
+        ok = [r for r in tried.values() if r[2] <= mse_target]
+        if not ok:
+            best_psnr = 10 * math.log10(data_range**2 / max(min(r[2] for r in tried.values()), 1e-300))
+            raise RateControlError(
+                f"codec {codec.codec_id!r} cannot reach {target:g} dB PSNR on this data "
+                f"(best: {best_psnr:.2f} dB at data range {data_range:g}); use --lossless"
+            )
+        best = min(ok, key=lambda r: r[1])
+    return best[0]
+
+
+def _max_exact(dtype_name: str) -> float:
+    dtype = np.dtype(dtype_name)
+    if dtype.kind == "f":
+        return float(2 ** (np.finfo(dtype).nmant + 1))
+    return float(np.iinfo(dtype).max)
+
+
+def _max_abs_err(x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64))))
+
+
+def _py(value: Any) -> float | int:
+    return value.item() if hasattr(value, "item") else value
+
+
+def _float_lossless_codecs() -> list[str]:
+    from .registry import list_codecs
+
+    return [c.codec_id for c in list_codecs() if "float32" in c.exact_dtypes]

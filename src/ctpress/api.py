@@ -1,0 +1,190 @@
+"""The Python API: ``compress``, ``decompress`` and ``open`` (mirrors the CLI)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .codecs import Codec, get_codec_class
+from .container import CtpzFile, default_chunk_views, encode_ctpz, write_ctpz
+from .errors import InputError
+from .io import read_scan, write_scan
+from .io._atomic import atomic_path
+from .scan import Scan, as_scan
+
+PathLike = str | os.PathLike[str]
+
+
+def resolve_rate(
+    codec_id: str,
+    *,
+    lossless: bool = False,
+    max_error: float | None = None,
+    bpp: float | None = None,
+    psnr: float | None = None,
+) -> tuple[str, float | None]:
+    """Pick the one rate control asked for: ``(mode, value)``.
+
+    With none given, ``lossless`` where the codec supports it; otherwise an error that
+    tells the user which controls the codec takes.
+    """
+    asked = [
+        (mode, value)
+        for mode, value in (("lossless", lossless or None), ("max_error", max_error),
+                            ("bpp", bpp), ("psnr", psnr))
+        if value is not None
+    ]
+    if len(asked) > 1:
+        names = ", ".join(m for m, _ in asked)
+        raise InputError(f"choose one rate control, got {names}")
+    modes = get_codec_class(codec_id).rate_modes()
+    if not asked:
+        if "lossless" in modes:
+            return "lossless", None
+        raise InputError(
+            f"codec {codec_id!r} has no lossless mode; give one of: "
+            + ", ".join(f"--{m.replace('_', '-')}" for m in modes)
+        )
+    mode, value = asked[0]
+    return mode, (None if mode == "lossless" else float(value))  # type: ignore[arg-type]
+
+
+def make_codec(
+    scan: Scan,
+    codec: str | Codec = "zstd",
+    *,
+    lossless: bool = False,
+    max_error: float | None = None,
+    bpp: float | None = None,
+    psnr: float | None = None,
+    data_range: float | None = None,
+    **codec_options: Any,
+) -> tuple[Codec, dict[str, Any]]:
+    """Build the codec for ``scan`` and the rate-control record stored in the header.
+
+    PSNR targets use ``data_range`` (default: max - min of the whole scan) so that every
+    chunk aims at the same MSE.
+    """
+    if isinstance(codec, Codec):
+        return codec, {"mode": codec.mode, "value": codec.value, "data_range": codec.data_range}
+    mode, value = resolve_rate(codec, lossless=lossless, max_error=max_error, bpp=bpp, psnr=psnr)
+    if mode == "psnr" and data_range is None:
+        data_range = float(scan.projections.max()) - float(scan.projections.min()) or 1.0
+    cls = get_codec_class(codec)
+    instance = cls(mode=mode, value=value, data_range=data_range, **codec_options)
+    return instance, {"mode": mode, "value": value, "data_range": data_range}
+
+
+def compress(
+    data: Scan | np.ndarray | PathLike,
+    output: PathLike | None = None,
+    *,
+    codec: str | Codec = "zstd",
+    lossless: bool = False,
+    max_error: float | None = None,
+    bpp: float | None = None,
+    psnr: float | None = None,
+    data_range: float | None = None,
+    chunk_views: int | None = None,
+    jobs: int = 1,
+    progress: bool = False,
+    input_format: str | None = None,
+    **codec_options: Any,
+) -> bytes | int:
+    """Compress projections to a ``.ctpz`` file (or bytes).
+
+    Parameters
+    ----------
+    data : Scan, ndarray of shape (n_views, rows, cols) or (n_views, cols), or path
+        What to compress.  A path is read with :func:`ctpress.io.read_scan`.
+    output : path or None
+        Where to write the ``.ctpz`` (atomically).  None: return the bytes instead.
+    codec : str or Codec
+        Codec id (see ``ctpress codecs``) or a configured codec instance.
+    lossless, max_error, bpp, psnr
+        One rate control: bit-exact; max abs error in data units; bits per value of the
+        whole file (header included, within 10 %); PSNR in dB versus ``data_range``.
+    data_range : float, optional
+        Peak for the PSNR target (default: max - min of the scan).
+    chunk_views : int, optional
+        Views per independently decodable chunk (default: about 1 MiB of input).
+    jobs : int
+        Threads encoding chunks in parallel (the output bytes do not depend on it).
+    progress : bool
+        Show a progress bar.
+    **codec_options
+        Codec-specific settings (e.g. ``level`` for zstd).
+
+    Returns
+    -------
+    bytes or int
+        The file's bytes when ``output`` is None, else the number of bytes written.
+    """
+    scan = read_scan(data, format=input_format) if isinstance(data, str | os.PathLike) else as_scan(data)
+    codec_obj, rate = make_codec(
+        scan, codec, lossless=lossless, max_error=max_error, bpp=bpp, psnr=psnr,
+        data_range=data_range, **codec_options,
+    )
+    chunk_views = chunk_views or default_chunk_views(scan.shape, scan.dtype.itemsize)
+    if codec_obj.mode == "bpp":
+        codec_obj = _budget_for_overhead(scan, codec_obj, chunk_views, rate)
+    kwargs = dict(chunk_views=chunk_views, rate=rate, jobs=jobs, progress=progress)
+    if output is None:
+        return encode_ctpz(scan, codec_obj, **kwargs)  # type: ignore[arg-type]
+    out_path = Path(output)
+    with atomic_path(out_path) as tmp, open(tmp, "wb") as fh:
+        return write_ctpz(fh, scan, codec_obj, **kwargs)  # type: ignore[arg-type]
+
+
+def _budget_for_overhead(scan: Scan, codec: Codec, chunk_views: int, rate: dict[str, Any]) -> Codec:
+    """Lower the per-chunk bpp target by the container's own bytes (header, index,
+    chunk headers), so the *file* lands on the requested bits per value."""
+    assert codec.value is not None
+    n_values = int(np.prod(scan.shape))
+    n_chunks = -(-scan.shape[0] // chunk_views)
+    header = {"codec": codec.get_config(), "geometry": None if scan.geometry is None
+              else scan.geometry.to_dict(), "metadata": scan.metadata, "rate": rate}
+    overhead = len(json.dumps(header)) + 300 + 150 * n_chunks
+    overhead += sum(a.nbytes for a in scan.aux.values())  # aux arrays: pessimistic
+    chunk_bpp = codec.value - 8.0 * overhead / n_values
+    if chunk_bpp <= 0:
+        raise InputError(
+            f"{codec.value:g} bits/value is below the container's own overhead "
+            f"({8.0 * overhead / n_values:.3g} bits/value for this scan); ask for more"
+        )
+    return codec.with_rate("bpp", chunk_bpp, codec.data_range)
+
+
+def decompress(
+    source: PathLike | bytes,
+    output: PathLike | None = None,
+    *,
+    views: tuple[int, int] | None = None,
+    output_format: str | None = None,
+) -> Scan:
+    """Decode a ``.ctpz`` file (path or bytes) to a :class:`Scan`.
+
+    ``views=(start, stop)`` decodes only that view range.  With ``output``, the scan is
+    also written (format from the extension or ``output_format``), atomically.
+    """
+    with CtpzFile(source) as f:
+        start, stop = views if views is not None else (0, f.shape[0])
+        scan = f.read_scan(start, stop)
+    if output is not None:
+        write_scan(scan, output, format=output_format)
+    return scan
+
+
+def open(path: PathLike | bytes) -> CtpzFile:  # noqa: A001  (mirrors builtins.open on purpose)
+    """Open a ``.ctpz`` file: header, geometry and lazy view-range access.
+
+    Example
+    -------
+    >>> with ctpress.open("scan.ctpz") as f:  # doctest: +SKIP
+    ...     views = f[100:110]              # decodes only the chunks covering 100:110
+    """
+    return CtpzFile(path)

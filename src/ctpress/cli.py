@@ -1,0 +1,215 @@
+"""Command-line interface: ``ctpress compress|decompress|info|codecs|simulate|demo``.
+
+Exit codes: 0 success, 2 bad usage or input (one-line message, no traceback),
+1 internal error (a bug: the traceback is shown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import api
+from ._version import __version__
+from .codecs import list_codecs
+from .errors import CtpressError
+from .io import FORMATS
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose usage errors exit with code 2 and one line."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"ctpress: error: {message} (see '{self.prog} --help')\n")
+
+
+def _add_rate_options(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--lossless", action="store_true", help="bit-exact (default where supported)")
+    group.add_argument("--max-error", type=float, metavar="E", help="max abs error, data units")
+    group.add_argument("--bpp", type=float, metavar="B", help="target bits per value (file size)")
+    group.add_argument("--psnr", type=float, metavar="P", help="target PSNR in dB")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``ctpress`` command."""
+    parser = _Parser(prog="ctpress", description="Compress raw CT projection data, honestly.")
+    parser.add_argument("--version", action="version", version=f"ctpress {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or chatter")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    formats = ", ".join(FORMATS)
+
+    p = sub.add_parser("compress", help="compress projections to a .ctpz file")
+    p.add_argument("input", help=f"projections ({formats})")
+    p.add_argument("output", help="output .ctpz file")
+    p.add_argument("--codec", default="zstd", help="codec id (see 'ctpress codecs')")
+    _add_rate_options(p)
+    p.add_argument("--data-range", type=float, help="PSNR peak (default: max - min of the scan)")
+    p.add_argument("--chunk-views", type=int, help="views per chunk (default: ~1 MiB of input)")
+    p.add_argument("--jobs", type=int, default=1, help="encoder threads (output is identical)")
+    p.add_argument("--format", help=f"input format, overriding the extension ({formats})")
+    p.add_argument("--dataset", help="dataset path inside an HDF5 input")
+
+    p = sub.add_parser("decompress", help="decode a .ctpz file")
+    p.add_argument("input", help="a .ctpz file")
+    p.add_argument("output", help=f"output file ({formats})")
+    p.add_argument("--views", metavar="START:STOP", help="decode only this view range")
+    p.add_argument("--format", help="output format, overriding the extension")
+
+    p = sub.add_parser("info", help="show the header of a .ctpz file and verify checksums")
+    p.add_argument("input", help="a .ctpz file")
+    p.add_argument("--json", action="store_true", help="print the raw JSON header")
+
+    sub.add_parser("codecs", help="list codecs and the rate controls they support")
+
+    p = sub.add_parser("simulate", help="simulate projections from a real CT volume or phantom")
+    p.add_argument("output", help=f"output file ({formats})")
+    p.add_argument("--geometry", default="cone", choices=["parallel", "fan", "cone", "helical"])
+    p.add_argument("--volume", help="HU volume .npy (z, y, x); default: the embedded volume")
+    p.add_argument("--voxel-size", type=float, default=None, help="voxel size of --volume, mm")
+    p.add_argument("--phantom", action="store_true", help="use a 3-D Shepp-Logan phantom")
+    p.add_argument("--views", type=int, default=360)
+    p.add_argument("--rows", type=int, default=16)
+    p.add_argument("--cols", type=int, default=192)
+    p.add_argument("--i0", type=float, default=1e5, help="incident photons per pixel (0: none)")
+    p.add_argument("--dtype", default="uint16", choices=["uint16", "float32", "counts"])
+    p.add_argument("--detector", default="flat", choices=["flat", "cylindrical"])
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("demo", help="compress the default scan with every codec; print a table")
+    p.add_argument("--out", default="results/demo", help="directory for the results")
+    p.add_argument("--codecs", default="all", help="comma-separated codec ids, or 'all'")
+    return parser
+
+
+def _cmd_compress(args: argparse.Namespace) -> None:
+    t0 = time.perf_counter()
+    n_bytes = api.compress(
+        args.input, args.output, codec=args.codec, lossless=args.lossless,
+        max_error=args.max_error, bpp=args.bpp, psnr=args.psnr, data_range=args.data_range,
+        chunk_views=args.chunk_views, jobs=args.jobs, progress=not args.quiet,
+        input_format=args.format,
+    )
+    if not args.quiet:
+        with api.open(args.output) as f:
+            n_values = f.shape[0] * f.shape[1] * f.shape[2]
+            raw = n_values * f.dtype.itemsize
+        print(
+            f"{args.output}: {n_bytes} bytes, {8 * int(n_bytes) / n_values:.3f} bits/value, "
+            f"ratio {raw / int(n_bytes):.2f}:1 vs {f.dtype.name}, {time.perf_counter() - t0:.2f} s"
+        )
+
+
+def _parse_views(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        start, stop = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise CtpressError(f"--views takes START:STOP (e.g. 0:100), got {text!r}") from None
+    return start, stop
+
+
+def _cmd_decompress(args: argparse.Namespace) -> None:
+    scan = api.decompress(args.input, args.output, views=_parse_views(args.views),
+                          output_format=args.format)
+    if not args.quiet:
+        print(f"{args.output}: {scan.user_array().shape} {scan.dtype}")
+
+
+def _cmd_info(args: argparse.Namespace) -> None:
+    with api.open(args.input) as f:
+        f.verify()
+        if args.json:
+            print(json.dumps(f.header, indent=2))
+            return
+        h = f.header
+        n_values = f.shape[0] * f.shape[1] * f.shape[2]
+        geometry = h.get("geometry")
+        print(f"file:        {args.input} ({f.file_size} bytes, checksums OK)")
+        print(f"format:      ctpz v{h['format_version']}, written by {h['library']}")
+        print(f"projections: {f.shape} {f.dtype.name} (views, rows, cols)")
+        print(f"codec:       {json.dumps(h['codec'])}")
+        print(f"rate:        {json.dumps(h['rate_control'])}")
+        print(f"size:        {8 * f.file_size / n_values:.3f} bits/value, ratio "
+              f"{n_values * f.dtype.itemsize / f.file_size:.2f}:1 vs {f.dtype.name}")
+        print(f"chunks:      {len(f.chunks)} of {h['chunk_views']} views")
+        print(f"geometry:    {geometry['kind'] if geometry else 'none'}")
+        print(f"metadata:    {json.dumps(h.get('metadata', {}))}")
+        if h.get("aux"):
+            print(f"aux arrays:  {', '.join(f'{k} {v['shape']}' for k, v in h['aux'].items())}")
+
+
+def _cmd_codecs(args: argparse.Namespace) -> None:
+    print(f"{'codec':10s} {'rate controls':34s} description")
+    for cls in list_codecs():
+        print(f"{cls.codec_id:10s} {', '.join(cls.rate_modes()):34s} {cls.description}")
+
+
+def _cmd_simulate(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from .io import write_scan
+    from .sim import shepp_logan_3d, simulate_scan
+
+    volume = None
+    kwargs: dict[str, object] = {}
+    if args.volume:
+        volume = np.load(args.volume)
+        if args.voxel_size:
+            kwargs["voxel_size_mm"] = args.voxel_size
+    t0 = time.perf_counter()
+    scan = simulate_scan(
+        volume, geometry_kind=args.geometry, n_views=args.views, det_rows=args.rows,
+        det_cols=args.cols, i0=args.i0 or None, dtype=args.dtype, seed=args.seed,
+        detector_shape=args.detector,
+        phantom=shepp_logan_3d if args.phantom else None, **kwargs,
+    )
+    write_scan(scan, args.output)
+    if not args.quiet:
+        print(f"{args.output}: {scan.shape} {scan.dtype} {args.geometry}, "
+              f"{time.perf_counter() - t0:.1f} s")
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    codecs = None if args.codecs == "all" else args.codecs.split(",")
+    run_demo(Path(args.out), codecs=codecs, progress=not args.quiet)
+
+
+_COMMANDS = {
+    "compress": _cmd_compress,
+    "decompress": _cmd_decompress,
+    "info": _cmd_info,
+    "codecs": _cmd_codecs,
+    "simulate": _cmd_simulate,
+    "demo": _cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ctpress`` command; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        _COMMANDS[args.command](args)
+    except CtpressError as exc:
+        print(f"ctpress: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        print(f"ctpress: error: {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("ctpress: interrupted", file=sys.stderr)
+        return 130
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,16 +1,42 @@
-"""ctpress: compression of raw CT projection data."""
+"""ctpress: compression of raw CT projection data, with honest measurements.
 
+Quick use::
+
+    import ctpress
+    data = ctpress.compress(projections, codec="jpegls", max_error=2)   # bytes
+    scan = ctpress.decompress(data)                                     # Scan
+    with ctpress.open("scan.ctpz") as f:
+        views = f[100:110]                                              # lazy view range
+"""
+
+from . import codecs, metrics
 from ._version import __version__
+from .api import compress, decompress, open
+from .codecs import Codec, get_codec, list_codecs, register_codec
+from .container import CtpzFile
 from .errors import CorruptFileError, CtpressError, FormatError, InputError, RateControlError
+from .io import read_scan, write_scan
 from .scan import Geometry, Scan
 
 __all__ = [
+    "Codec",
     "CorruptFileError",
     "CtpressError",
+    "CtpzFile",
     "FormatError",
     "Geometry",
     "InputError",
     "RateControlError",
     "Scan",
     "__version__",
+    "codecs",
+    "compress",
+    "decompress",
+    "get_codec",
+    "list_codecs",
+    "metrics",
+    "open",
+    "read_scan",
+    "register_codec",
+    "write_scan",
 ]

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .codecs import Codec, get_codec_class
-from .container import CtpzFile, default_chunk_views, encode_ctpz, write_ctpz
+from .container import CtpzFile, default_chunk_views, encode_aux, encode_ctpz, write_ctpz
 from .errors import InputError
 from .io import read_scan, write_scan
 from .io._atomic import atomic_path
@@ -124,6 +124,8 @@ def compress(
     bytes or int
         The file's bytes when ``output`` is None, else the number of bytes written.
     """
+    if output is not None and Path(output).suffix != ".ctpz":
+        raise InputError(f"{output}: compressed output must end in .ctpz")
     scan = read_scan(data, format=input_format) if isinstance(data, str | os.PathLike) else as_scan(data)
     codec_obj, rate = make_codec(
         scan, codec, lossless=lossless, max_error=max_error, bpp=bpp, psnr=psnr,
@@ -136,7 +138,7 @@ def compress(
     if output is None:
         return encode_ctpz(scan, codec_obj, **kwargs)  # type: ignore[arg-type]
     out_path = Path(output)
-    with atomic_path(out_path) as tmp, open(tmp, "wb") as fh:
+    with atomic_path(out_path) as tmp, tmp.open("wb") as fh:
         return write_ctpz(fh, scan, codec_obj, **kwargs)  # type: ignore[arg-type]
 
 
@@ -149,7 +151,7 @@ def _budget_for_overhead(scan: Scan, codec: Codec, chunk_views: int, rate: dict[
     header = {"codec": codec.get_config(), "geometry": None if scan.geometry is None
               else scan.geometry.to_dict(), "metadata": scan.metadata, "rate": rate}
     overhead = len(json.dumps(header)) + 300 + 150 * n_chunks
-    overhead += sum(a.nbytes for a in scan.aux.values())  # aux arrays: pessimistic
+    overhead += sum(len(encode_aux(a)) for a in scan.aux.values())
     chunk_bpp = codec.value - 8.0 * overhead / n_values
     if chunk_bpp <= 0:
         raise InputError(

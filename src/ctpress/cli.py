@@ -143,7 +143,8 @@ def _cmd_info(args: argparse.Namespace) -> None:
         print(f"geometry:    {geometry['kind'] if geometry else 'none'}")
         print(f"metadata:    {json.dumps(h.get('metadata', {}))}")
         if h.get("aux"):
-            print(f"aux arrays:  {', '.join(f'{k} {v['shape']}' for k, v in h['aux'].items())}")
+            aux = ", ".join(f"{name} {spec['shape']}" for name, spec in h["aux"].items())
+            print(f"aux arrays:  {aux}")
 
 
 def _cmd_codecs(args: argparse.Namespace) -> None:

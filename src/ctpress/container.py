@@ -87,6 +87,11 @@ def build_header(scan: Scan, codec: Codec, chunk_views: int, rate: dict[str, Any
     }
 
 
+def encode_aux(array: np.ndarray) -> bytes:
+    """Lossless payload of an auxiliary array (dark/flat frames, ...)."""
+    return Zstd().encode(array if array.ndim >= 2 else array.reshape(1, -1))
+
+
 def write_ctpz(
     out: BinaryIO,
     scan: Scan,
@@ -127,9 +132,8 @@ def write_ctpz(
             pos += len(payload)
             bar.update(stop - start)
         bar.close()
-    aux_codec = Zstd()
     for name, array in scan.aux.items():
-        payload = aux_codec.encode(array if array.ndim >= 2 else array.reshape(1, -1))
+        payload = encode_aux(array)
         out.write(payload)
         index["aux"][name] = [pos, len(payload), _crc(payload)]
         pos += len(payload)

@@ -8,7 +8,8 @@ constructor of plain JSON-serialisable settings, ``encode(array) -> bytes``,
 Each encoded chunk is self-describing: a short header records the input dtype and
 shape and the exact transform applied before the inner coder (integer offset, or the
 quantisation step of float data), so ``decode`` needs nothing but the codec config and
-the bytes.  Concrete codecs implement a handful of hooks:
+the bytes; a CRC-32 of the stream in that header catches damage even outside the
+``.ctpz`` container (e.g. in a Zarr store).  Concrete codecs implement a handful of hooks:
 
 - ``_encode_exact(work)`` / ``_decode_stream(stream, shape, work_dtype)``: lossless
   coding of an array whose dtype is in ``exact_dtypes``;
@@ -25,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import zlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -203,7 +205,10 @@ class Codec(ABC):
         else:
             enc = self._encode_search(x)
         header = dict(enc.info)
-        header.update(dtype=x.dtype.str, shape=list(array.shape), lo=_py(x.min()), hi=_py(x.max()))
+        header.update(
+            dtype=x.dtype.str, shape=list(array.shape), lo=_py(x.min()), hi=_py(x.max()),
+            n=len(enc.stream), crc=zlib.crc32(enc.stream),
+        )
         header_bytes = json.dumps(header, separators=(",", ":")).encode()
         return _CHUNK_MAGIC + struct.pack("<I", len(header_bytes)) + header_bytes + enc.stream
 
@@ -330,6 +335,8 @@ class Codec(ABC):
             raise CorruptFileError(f"damaged chunk header: {exc}") from None
         shape3 = shape if len(shape) == 3 else (1, *shape)
         enc = _Encoded(data[8 + n :], header)
+        if len(enc.stream) != header.get("n") or zlib.crc32(enc.stream) != header.get("crc"):
+            raise CorruptFileError(f"{self.codec_id} chunk is truncated or damaged (checksum)")
         try:
             result = self._decode_parts(enc, np.empty(0, dtype), shape3)
         except (CorruptFileError, RateControlError):

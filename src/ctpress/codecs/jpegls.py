@@ -25,7 +25,7 @@ class JpegLs(ImageCodec):
         return Knob(lo=1.0, hi=max(2.0, min(span / 2, 255.0)), integer=True, is_error_bound=True)
 
     def _encode_image(self, image: np.ndarray, knob: float | None) -> bytes:
-        near = 0 if knob is None else int(np.floor(knob))
+        near = 0 if knob is None else min(255, int(np.floor(knob)))  # CharLS: NEAR <= 255
         return bytes(imagecodecs.jpegls_encode(image, level=near))
 
     def _decode_image(self, data: bytes) -> np.ndarray:

@@ -1,0 +1,141 @@
+"""Read and write CT scans: ``.npy``, ``.npz``, TIFF stacks, HDF5/NXtomo and zarr v3.
+
+Every format but ``.npy`` stores the geometry, metadata, ``original_ndim`` and aux
+arrays of a :class:`~ctpress.scan.Scan` exactly, under a JSON header named
+``ctpress_scan``.  Writes are atomic (see :func:`atomic_path`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..scan import Scan, as_scan
+from . import _hdf5, _npy, _tiff, _zarr
+from ._atomic import atomic_path
+
+__all__ = ["FORMATS", "atomic_path", "format_from_path", "read_scan", "write_scan"]
+
+#: Format name -> file extensions (lower case, with the dot).
+FORMATS: dict[str, tuple[str, ...]] = {
+    "npy": (".npy",),
+    "npz": (".npz",),
+    "tiff": (".tif", ".tiff"),
+    "hdf5": (".h5", ".hdf5", ".hdf", ".nxs"),
+    "zarr": (".zarr",),
+}
+_NAMED = ("npz", "hdf5", "zarr")  # formats whose files hold named datasets
+
+_READERS: dict[str, Callable[[Path, str | None], Scan]] = {
+    "npy": lambda path, _: _npy.read_npy(path),
+    "npz": _npy.read_npz,
+    "tiff": lambda path, _: _tiff.read_tiff(path),
+    "hdf5": _hdf5.read_hdf5,
+    "zarr": _zarr.read_zarr,
+}
+_WRITERS: dict[str, Callable[[Scan, Path, str | None], None]] = {
+    "npy": lambda scan, path, _: _npy.write_npy(scan, path),
+    "npz": _npy.write_npz,
+    "tiff": lambda scan, path, _: _tiff.write_tiff(scan, path),
+    "hdf5": _hdf5.write_hdf5,
+    "zarr": _zarr.write_zarr,
+}
+
+
+def format_from_path(path: str | os.PathLike[str], format: str | None = None) -> str:
+    """Format name of ``path`` from its extension, or ``format`` when given.
+
+    Raises
+    ------
+    InputError
+        If ``format`` is not a key of :data:`FORMATS`, or the extension is unknown.
+    """
+    if format is not None:
+        if format not in FORMATS:
+            raise InputError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
+        return format
+    suffix = Path(path).suffix.lower()
+    for name, extensions in FORMATS.items():
+        if suffix in extensions:
+            return name
+    known = ", ".join(ext for exts in FORMATS.values() for ext in exts)
+    raise InputError(
+        f"{path}: unknown extension {suffix or '(none)'!r}; use one of {known} "
+        "or name the format explicitly (--format)"
+    )
+
+
+def _check_dataset(fmt: str, dataset: str | None) -> None:
+    if dataset is not None and fmt not in _NAMED:
+        raise InputError(f"dataset applies only to {', '.join(_NAMED)} files, not {fmt}")
+
+
+def read_scan(
+    path: str | os.PathLike[str], format: str | None = None, dataset: str | None = None
+) -> Scan:
+    """Read a scan from a file (or a ``.zarr`` directory).
+
+    Parameters
+    ----------
+    path : str or PathLike
+        File to read.
+    format : str, optional
+        Format name (a key of :data:`FORMATS`); default: from the extension.
+    dataset : str, optional
+        Name of the projections array inside an npz, HDF5 or zarr file; default:
+        auto-detected (``projections``, an NXtomo entry, or the only candidate).
+
+    Returns
+    -------
+    Scan
+        Projections of shape (n_views, det_rows, det_cols) with geometry, metadata and
+        aux arrays where the file has them (a bare ``.npy`` has none).
+
+    Raises
+    ------
+    InputError
+        Missing file, unknown extension, ambiguous or missing dataset, invalid data.
+    FormatError
+        The file is not readable as the expected format.
+    """
+    fmt = format_from_path(path, format)
+    _check_dataset(fmt, dataset)
+    source = Path(path)
+    if not source.exists():
+        raise InputError(f"{source}: no such file; check the path")
+    return _READERS[fmt](source, dataset)
+
+
+def write_scan(
+    scan: Scan | np.ndarray,
+    path: str | os.PathLike[str],
+    format: str | None = None,
+    dataset: str | None = None,
+) -> None:
+    """Write a scan atomically; an existing file or directory at ``path`` is replaced.
+
+    ``.npy`` stores only ``scan.user_array()`` (geometry, metadata and aux arrays are
+    dropped); the other formats keep everything.
+
+    Parameters
+    ----------
+    scan : Scan or ndarray
+        Scan to write; a bare array of shape (views, rows, cols) or (views, cols) is
+        wrapped with no geometry.
+    path : str or PathLike
+        Output file (or ``.zarr`` directory).
+    format : str, optional
+        Format name (a key of :data:`FORMATS`); default: from the extension.
+    dataset : str, optional
+        Name of the projections array in npz, HDF5 or zarr output (default
+        ``projections``; an HDF5 file given no name may be written as NXtomo).
+    """
+    scan = as_scan(scan)
+    fmt = format_from_path(path, format)
+    _check_dataset(fmt, dataset)
+    with atomic_path(path) as tmp:
+        _WRITERS[fmt](scan, tmp, dataset)

@@ -1,0 +1,174 @@
+"""HDF5 files: a plain dataset, or the NeXus NXtomo layout used at synchrotrons."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from ..errors import FormatError, InputError
+from ..scan import Geometry, Scan
+from . import _header
+
+with contextlib.suppress(ImportError):  # registers Blosc/LZ4/bitshuffle filters if present
+    import hdf5plugin  # noqa: F401
+
+#: NXtomo image_key values.
+PROJECTION, FLAT, DARK = 0, 1, 2
+_KEY_OF_AUX = {"flat": FLAT, "dark": DARK}
+_AUX_GROUP = "ctpress_aux"
+_NXTOMO_DATA = "instrument/detector/data"
+
+
+def _text(value: Any) -> str | None:
+    """Attribute or scalar dataset value as str (h5py returns str or bytes)."""
+    if isinstance(value, np.ndarray) and value.shape == ():
+        value = value[()]
+    if isinstance(value, bytes):
+        return value.decode()
+    return None if value is None else str(value)
+
+
+def _find_dataset(f: h5py.File, path: Path) -> str:
+    """Projections path: the dataset with a ctpress header, an NXtomo entry, or the only one."""
+    found: list[h5py.Dataset] = []
+    f.visititems(lambda _, obj: found.append(obj) if isinstance(obj, h5py.Dataset) else None)
+    tagged = [ds.name for ds in found if _header.KEY in ds.attrs]
+    nxtomo = [
+        f"{g.name}/{_NXTOMO_DATA}"
+        for g in f.values()
+        if isinstance(g, h5py.Group)
+        and isinstance(g.get(_NXTOMO_DATA), h5py.Dataset)
+        and isinstance(g.get("instrument/detector/image_key"), h5py.Dataset)
+    ]
+    images = [ds.name for ds in found if ds.ndim in (2, 3)]
+    for names in (tagged, nxtomo, images):
+        if len(names) == 1:
+            return names[0]
+        if len(names) > 1:
+            raise InputError(f"{path}: several candidate datasets {names}; pass one as dataset")
+    raise FormatError(f"{path}: no 2-D or 3-D dataset found; check the file")
+
+
+def _nxtomo_angles(ds: h5py.Dataset, is_projection: np.ndarray) -> Geometry | None:
+    """Parallel geometry from ``sample/rotation_angle`` of the NXentry holding ``ds``."""
+    entry = ds.parent
+    while entry.name != "/" and _text(entry.attrs.get("NX_class")) != "NXentry":
+        entry = entry.parent
+    rot = entry.get("sample/rotation_angle")
+    if not isinstance(rot, h5py.Dataset) or rot.shape != is_projection.shape:
+        return None
+    angles = np.asarray(rot[()], dtype=np.float64)[is_projection]
+    if _text(rot.attrs.get("units")) not in ("rad", "radian", "radians"):
+        angles = np.radians(angles)
+    return Geometry(kind="parallel", angles_rad=tuple(angles))
+
+
+def read_hdf5(path: Path, dataset: str | None) -> Scan:
+    """Read projections from ``dataset`` (default: auto-detected, see :func:`_find_dataset`).
+
+    If the dataset has an ``image_key`` sibling (NXtomo), frames with key 0 are the
+    projections, keys 1 and 2 give ``aux["flat"]`` and ``aux["dark"]``, and without a
+    ctpress header the geometry is parallel beam with the projections' rotation angles
+    (degrees unless the ``units`` attribute says radians).
+    """
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise FormatError(f"{path}: not a readable HDF5 file ({exc}); check the file") from exc
+    with f:
+        name = dataset or _find_dataset(f, path)
+        ds = f.get(name)
+        if not isinstance(ds, h5py.Dataset):
+            raise InputError(f"{path}: no dataset {name!r}; check the dataset path")
+        header = _text(ds.attrs.get(_header.KEY))
+        arr = ds[()]
+        group = ds.parent
+        aux_group = group.get(_AUX_GROUP)
+        aux = {} if aux_group is None else {k: v[()] for k, v in aux_group.items()}
+        geometry = None
+        if isinstance(group.get("image_key"), h5py.Dataset):
+            keys = np.asarray(group["image_key"][()])
+            if keys.shape != arr.shape[:1]:
+                raise FormatError(f"{path}: image_key length differs from {name} frames")
+            for aux_name, key in _KEY_OF_AUX.items():
+                if np.any(keys == key):
+                    aux[aux_name] = arr[keys == key]
+            arr = arr[keys == PROJECTION]
+            geometry = None if header else _nxtomo_angles(ds, keys == PROJECTION)
+    return _header.build(arr, header, aux, path, geometry)
+
+
+def _nx_group(parent: h5py.Group, name: str, nx_class: str) -> h5py.Group:
+    group = parent.create_group(name)
+    group.attrs["NX_class"] = nx_class
+    return group
+
+
+def _write_nxtomo(f: h5py.File, scan: Scan) -> h5py.Dataset:
+    """NXtomo entry: darks, flats then projections in one ``data`` with ``image_key``."""
+    proj = scan.projections
+    blocks = [(DARK, "dark"), (FLAT, "flat")]
+    frames = [
+        (key, scan.aux[name])
+        for key, name in blocks
+        if name in scan.aux
+        and scan.aux[name].ndim == 3
+        and scan.aux[name].shape[1:] == proj.shape[1:]
+        and scan.aux[name].dtype == proj.dtype
+    ]
+    frames.append((PROJECTION, proj))
+    entry = _nx_group(f, "entry", "NXentry")
+    entry["definition"] = "NXtomo"
+    detector = _nx_group(_nx_group(entry, "instrument", "NXinstrument"), "detector", "NXdetector")
+    total = sum(len(block) for _, block in frames)
+    data = detector.create_dataset("data", shape=(total, *proj.shape[1:]), dtype=proj.dtype)
+    keys = np.concatenate([np.full(len(block), key, np.int8) for key, block in frames])
+    start = 0
+    for _, block in frames:
+        data[start : start + len(block)] = block
+        start += len(block)
+    detector["image_key"] = keys
+    stored = {name for key, name in blocks if key in keys}
+    aux = {k: v for k, v in scan.aux.items() if k not in stored}
+    if aux:
+        detector.create_group(_AUX_GROUP).update(aux)
+    nxdata = _nx_group(entry, "data", "NXdata")
+    nxdata["data"] = h5py.SoftLink(data.name)
+    nxdata["image_key"] = h5py.SoftLink(f"{detector.name}/image_key")
+    geometry = scan.geometry
+    if geometry is not None and geometry.n_views == proj.shape[0]:
+        angles = np.full(len(keys), np.degrees(geometry.angles_rad[0]))
+        angles[keys == PROJECTION] = np.degrees(geometry.angles())
+        sample = _nx_group(entry, "sample", "NXsample")
+        sample["rotation_angle"] = angles
+        sample["rotation_angle"].attrs["units"] = "degree"
+        nxdata["rotation_angle"] = h5py.SoftLink(sample["rotation_angle"].name)
+    return data
+
+
+def write_hdf5(scan: Scan, path: Path, dataset: str | None) -> None:
+    """Write an NXtomo entry or a plain dataset, with the JSON header as an attribute.
+
+    Without ``dataset``, a scan with parallel geometry or ``dark``/``flat`` aux arrays is
+    written as NXtomo (``/entry/instrument/detector/data``; dark/flat frames of the
+    projections' dtype and (rows, cols) are interleaved with ``image_key``).  Otherwise
+    ``scan.user_array()`` goes to ``dataset`` (default ``projections``).  Other aux arrays
+    go to a ``ctpress_aux`` group beside the projections.
+    """
+    text = _header.encode(scan)
+    nxtomo = dataset is None and (
+        (scan.geometry is not None and scan.geometry.kind == "parallel")
+        or bool(_KEY_OF_AUX.keys() & scan.aux.keys())
+    )
+    with h5py.File(path, "w") as f:
+        if nxtomo:
+            data = _write_nxtomo(f, scan)
+        else:
+            data = f.create_dataset(dataset or "projections", data=scan.user_array())
+            if scan.aux:
+                data.parent.create_group(_AUX_GROUP).update(scan.aux)
+        data.attrs[_header.KEY] = text

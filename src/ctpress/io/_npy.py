@@ -1,0 +1,62 @@
+"""NumPy ``.npy`` (bare array) and ``.npz`` (array plus header and aux arrays) files."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import FormatError, InputError
+from ..scan import Scan
+from . import _header
+
+_UNREADABLE = (ValueError, OSError, EOFError, zipfile.BadZipFile)
+
+
+def read_npy(path: Path) -> Scan:
+    """Read a bare array of shape (views, rows, cols) or (views, cols); no geometry."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except _UNREADABLE as exc:
+        raise FormatError(f"{path}: not a readable .npy file ({exc}); check the file") from exc
+    if not isinstance(arr, np.ndarray):
+        raise FormatError(f"{path}: holds several arrays; read it with format 'npz'")
+    return Scan(arr)
+
+
+def write_npy(scan: Scan, path: Path) -> None:
+    """Write ``scan.user_array()`` only: geometry, metadata and aux are not stored."""
+    with open(path, "wb") as fh:
+        np.save(fh, scan.user_array(), allow_pickle=False)
+
+
+def read_npz(path: Path, dataset: str | None) -> Scan:
+    """Read ``.npz``: projections, ``aux_<name>`` arrays and the optional JSON header.
+
+    The projections are the entry ``dataset``, else ``projections``, else the only entry.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            entries = {name: npz[name] for name in npz.files}
+    except _UNREADABLE as exc:
+        raise FormatError(f"{path}: not a readable .npz file ({exc}); check the file") from exc
+    header = entries.pop(_header.KEY, None)
+    aux = {k.removeprefix("aux_"): v for k, v in entries.items() if k.startswith("aux_")}
+    names = [k for k in entries if not k.startswith("aux_")]
+    name = dataset or ("projections" if "projections" in names or len(names) != 1 else names[0])
+    if name not in entries:
+        raise InputError(f"{path}: no array {name!r}; pass one of {sorted(entries)} as dataset")
+    return _header.build(entries[name], None if header is None else str(header), aux, path)
+
+
+def write_npz(scan: Scan, path: Path, dataset: str | None) -> None:
+    """Write projections (entry ``dataset`` or ``projections``), header and aux arrays."""
+    name = dataset or "projections"
+    if name == _header.KEY or name.startswith("aux_"):
+        raise InputError(f"dataset name {name!r} is reserved; choose another")
+    arrays = {f"aux_{key}": arr for key, arr in scan.aux.items()}
+    arrays[_header.KEY] = np.array(_header.encode(scan))
+    arrays[name] = scan.user_array()
+    with open(path, "wb") as fh:
+        np.savez(fh, allow_pickle=False, **arrays)

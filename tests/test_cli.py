@@ -71,7 +71,7 @@ def test_bad_input_gives_one_line_and_exit_2(
 ) -> None:
     source = make_input(tmp_path)
     out = tmp_path / "out.ctpz"
-    assert run("compress", str(source), str(out), *extra) == 2
+    assert run("-q", "compress", str(source), str(out), *extra) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and err.count("\n") == 0 and "Traceback" not in err
     assert not out.exists()

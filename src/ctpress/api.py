@@ -11,7 +11,7 @@ import numpy as np
 
 from .codecs import Codec, get_codec_class
 from .container import CtpzFile, default_chunk_views, encode_aux, encode_ctpz, write_ctpz
-from .errors import InputError
+from .errors import InputError, RateControlError
 from .io import read_scan, write_scan
 from .io._atomic import atomic_path
 from .scan import Scan, as_scan
@@ -135,11 +135,18 @@ def compress(
     if codec_obj.mode == "bpp":
         codec_obj = _budget_for_overhead(scan, codec_obj, chunk_views, rate)
     kwargs = dict(chunk_views=chunk_views, rate=rate, jobs=jobs, progress=progress)
-    if output is None:
-        return encode_ctpz(scan, codec_obj, **kwargs)  # type: ignore[arg-type]
-    out_path = Path(output)
-    with atomic_path(out_path) as tmp, tmp.open("wb") as fh:
-        return write_ctpz(fh, scan, codec_obj, **kwargs)  # type: ignore[arg-type]
+    try:
+        if output is None:
+            return encode_ctpz(scan, codec_obj, **kwargs)  # type: ignore[arg-type]
+        with atomic_path(Path(output)) as tmp, tmp.open("wb") as fh:
+            return write_ctpz(fh, scan, codec_obj, **kwargs)  # type: ignore[arg-type]
+    except RateControlError as exc:
+        if codec_obj.mode != "bpp":
+            raise
+        raise RateControlError(
+            f"{exc} (asked: {bpp:g} bits/value for the whole file, of which "
+            f"{codec_obj.value:.3g} for the coded data after the container's own bytes)"
+        ) from None
 
 
 def _budget_for_overhead(scan: Scan, codec: Codec, chunk_views: int, rate: dict[str, Any]) -> Codec:

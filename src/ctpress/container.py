@@ -124,14 +124,13 @@ def write_ctpz(
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         payloads = pool.map(encode, starts) if jobs > 1 else map(encode, starts)
-        bar = tqdm(total=n_views, unit="view", desc=f"{codec.codec_id}", disable=not progress)
-        for start, payload in zip(starts, payloads, strict=True):
-            stop = min(start + chunk_views, n_views)
-            out.write(payload)
-            index["chunks"].append([start, stop, pos, len(payload), _crc(payload)])
-            pos += len(payload)
-            bar.update(stop - start)
-        bar.close()
+        with tqdm(total=n_views, unit="view", desc=codec.codec_id, disable=not progress) as bar:
+            for start, payload in zip(starts, payloads, strict=True):
+                stop = min(start + chunk_views, n_views)
+                out.write(payload)
+                index["chunks"].append([start, stop, pos, len(payload), _crc(payload)])
+                pos += len(payload)
+                bar.update(stop - start)
     for name, array in scan.aux.items():
         payload = encode_aux(array)
         out.write(payload)

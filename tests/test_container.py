@@ -20,8 +20,12 @@ def cone_scan(uint16_stack) -> ctpress.Scan:
     )
     dark = np.full((2, *uint16_stack.shape[1:]), 100, np.uint16)
     flat = np.full((3, *uint16_stack.shape[1:]), 60000, np.uint16)
-    return ctpress.Scan(uint16_stack, geometry, {"units": "counts", "i0": 1e5, "note": "é"},
-                        {"dark": dark, "flat": flat})
+    return ctpress.Scan(
+        uint16_stack,
+        geometry,
+        {"units": "counts", "i0": 1e5, "note": "é"},
+        {"dark": dark, "flat": flat},
+    )
 
 
 def test_round_trip_keeps_geometry_metadata_and_aux(cone_scan, tmp_path) -> None:
@@ -92,7 +96,12 @@ def test_damaged_files_are_detected(cone_scan) -> None:
     data = ctpress.compress(cone_scan, codec="jpegls", chunk_views=6)
     with ctpress.open(data) as f:
         first_chunk = f.chunks[0].offset
-    for offset in (20, first_chunk + 10, len(data) - 30, len(data) - 3):  # header, chunk, index, end
+    for offset in (
+        20,
+        first_chunk + 10,
+        len(data) - 30,
+        len(data) - 3,
+    ):  # header, chunk, index, end
         with pytest.raises(CorruptFileError):
             with ctpress.open(_damage(data, offset)) as f:
                 f.read_scan()
@@ -102,7 +111,7 @@ def test_damaged_files_are_detected(cone_scan) -> None:
 
 
 def test_other_files_and_newer_versions_are_refused(cone_scan, tmp_path) -> None:
-    with pytest.raises(FormatError, match="not a .ctpz"):
+    with pytest.raises(FormatError, match=r"not a \.ctpz"):
         ctpress.open(b"PK\x03\x04" + bytes(100))
     data = bytearray(ctpress.compress(cone_scan, codec="zstd"))
     data[8:10] = struct.pack("<H", FORMAT_VERSION + 1)

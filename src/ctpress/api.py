@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -34,8 +34,12 @@ def resolve_rate(
     """
     asked = [
         (mode, value)
-        for mode, value in (("lossless", lossless or None), ("max_error", max_error),
-                            ("bpp", bpp), ("psnr", psnr))
+        for mode, value in (
+            ("lossless", lossless or None),
+            ("max_error", max_error),
+            ("bpp", bpp),
+            ("psnr", psnr),
+        )
         if value is not None
     ]
     if len(asked) > 1:
@@ -50,7 +54,7 @@ def resolve_rate(
             + ", ".join(f"--{m.replace('_', '-')}" for m in modes)
         )
     mode, value = asked[0]
-    return mode, (None if mode == "lossless" else float(value))  # type: ignore[arg-type]
+    return mode, (None if mode == "lossless" else float(value))
 
 
 def make_codec(
@@ -77,6 +81,16 @@ def make_codec(
     cls = get_codec_class(codec)
     instance = cls(mode=mode, value=value, data_range=data_range, **codec_options)
     return instance, {"mode": mode, "value": value, "data_range": data_range}
+
+
+@overload
+def compress(
+    data: Scan | np.ndarray | PathLike, output: None = None, **kwargs: Any
+) -> bytes: ...
+
+
+@overload
+def compress(data: Scan | np.ndarray | PathLike, output: PathLike, **kwargs: Any) -> int: ...
 
 
 def compress(
@@ -126,20 +140,30 @@ def compress(
     """
     if output is not None and Path(output).suffix != ".ctpz":
         raise InputError(f"{output}: compressed output must end in .ctpz")
-    scan = read_scan(data, format=input_format) if isinstance(data, str | os.PathLike) else as_scan(data)
+    scan = (
+        read_scan(data, format=input_format)
+        if isinstance(data, str | os.PathLike)
+        else as_scan(data)
+    )
     codec_obj, rate = make_codec(
-        scan, codec, lossless=lossless, max_error=max_error, bpp=bpp, psnr=psnr,
-        data_range=data_range, **codec_options,
+        scan,
+        codec,
+        lossless=lossless,
+        max_error=max_error,
+        bpp=bpp,
+        psnr=psnr,
+        data_range=data_range,
+        **codec_options,
     )
     chunk_views = chunk_views or default_chunk_views(scan.shape, scan.dtype.itemsize)
     if codec_obj.mode == "bpp":
         codec_obj = _budget_for_overhead(scan, codec_obj, chunk_views, rate)
-    kwargs = dict(chunk_views=chunk_views, rate=rate, jobs=jobs, progress=progress)
+    kwargs: dict[str, Any] = dict(chunk_views=chunk_views, rate=rate, jobs=jobs, progress=progress)
     try:
         if output is None:
-            return encode_ctpz(scan, codec_obj, **kwargs)  # type: ignore[arg-type]
+            return encode_ctpz(scan, codec_obj, **kwargs)
         with atomic_path(Path(output)) as tmp, tmp.open("wb") as fh:
-            return write_ctpz(fh, scan, codec_obj, **kwargs)  # type: ignore[arg-type]
+            return write_ctpz(fh, scan, codec_obj, **kwargs)
     except RateControlError as exc:
         if codec_obj.mode != "bpp":
             raise
@@ -155,8 +179,12 @@ def _budget_for_overhead(scan: Scan, codec: Codec, chunk_views: int, rate: dict[
     assert codec.value is not None
     n_values = int(np.prod(scan.shape))
     n_chunks = -(-scan.shape[0] // chunk_views)
-    header = {"codec": codec.get_config(), "geometry": None if scan.geometry is None
-              else scan.geometry.to_dict(), "metadata": scan.metadata, "rate": rate}
+    header = {
+        "codec": codec.get_config(),
+        "geometry": None if scan.geometry is None else scan.geometry.to_dict(),
+        "metadata": scan.metadata,
+        "rate": rate,
+    }
     overhead = len(json.dumps(header)) + 300 + 150 * n_chunks
     overhead += sum(len(encode_aux(a)) for a in scan.aux.values())
     chunk_bpp = codec.value - 8.0 * overhead / n_values
@@ -188,7 +216,7 @@ def decompress(
     return scan
 
 
-def open(path: PathLike | bytes) -> CtpzFile:  # noqa: A001  (mirrors builtins.open on purpose)
+def open(path: PathLike | bytes) -> CtpzFile:
     """Open a ``.ctpz`` file: header, geometry and lazy view-range access.
 
     Example

@@ -72,17 +72,18 @@ def bench_codec(
     A request the codec cannot meet is recorded with its reason in ``error`` (not raised).
     """
     record = BenchRecord(scan=scan_name, codec=codec, mode=mode, target=target)
-    rate = {"lossless": mode == "lossless", mode: target} if mode != "lossless" else {"lossless": True}
+    rate = (
+        {"lossless": mode == "lossless", mode: target} if mode != "lossless" else {"lossless": True}
+    )
     t0 = time.perf_counter()
     try:
-        data = compress(scan, codec=codec, jobs=jobs, **rate)  # type: ignore[arg-type]
+        data = compress(scan, codec=codec, jobs=jobs, **rate)
     except CtpressError as exc:
         record.error = str(exc)
         return record
     t1 = time.perf_counter()
     decoded = decompress(data).projections
     t2 = time.perf_counter()
-    assert isinstance(data, bytes)
     reference = scan.projections
     n_values = reference.size
     raw_mb = reference.nbytes / 1e6
@@ -124,10 +125,17 @@ def _noise_std(stack: np.ndarray) -> float:
 def run_info() -> dict[str, Any]:
     """Library version, git revision and machine, stored with every result file."""
     try:
-        revision = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-            cwd=Path(__file__).parent, timeout=5, check=False,
-        ).stdout.strip() or None
+        revision = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+                cwd=Path(__file__).parent,
+                timeout=5,
+                check=False,
+            ).stdout.strip()
+            or None
+        )
     except OSError:
         revision = None
     return {
@@ -160,8 +168,10 @@ def _json_default(value: Any) -> Any:
 
 def format_table(records: list[BenchRecord]) -> str:
     """A fixed-width text table of the records (failures show their reason)."""
-    head = (f"{'codec':9s} {'rate control':18s} {'bytes':>9s} {'bits/val':>8s} {'ratio':>7s} "
-            f"{'PSNR dB':>8s} {'SSIM':>7s} {'max err':>9s} {'enc MB/s':>8s} {'dec MB/s':>8s}")
+    head = (
+        f"{'codec':9s} {'rate control':18s} {'bytes':>9s} {'bits/val':>8s} {'ratio':>7s} "
+        f"{'PSNR dB':>8s} {'SSIM':>7s} {'max err':>9s} {'enc MB/s':>8s} {'dec MB/s':>8s}"
+    )
     lines = [head, "-" * len(head)]
     for r in records:
         if r.error:

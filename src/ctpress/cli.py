@@ -31,7 +31,9 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_rate_options(p: argparse.ArgumentParser) -> None:
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--lossless", action="store_true", help="bit-exact (default where supported)")
+    group.add_argument(
+        "--lossless", action="store_true", help="bit-exact (default where supported)"
+    )
     group.add_argument("--max-error", type=float, metavar="E", help="max abs error, data units")
     group.add_argument("--bpp", type=float, metavar="B", help="target bits per value (file size)")
     group.add_argument("--psnr", type=float, metavar="P", help="target PSNR in dB")
@@ -91,9 +93,17 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_compress(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     n_bytes = api.compress(
-        args.input, args.output, codec=args.codec, lossless=args.lossless,
-        max_error=args.max_error, bpp=args.bpp, psnr=args.psnr, data_range=args.data_range,
-        chunk_views=args.chunk_views, jobs=args.jobs, progress=not args.quiet,
+        args.input,
+        args.output,
+        codec=args.codec,
+        lossless=args.lossless,
+        max_error=args.max_error,
+        bpp=args.bpp,
+        psnr=args.psnr,
+        data_range=args.data_range,
+        chunk_views=args.chunk_views,
+        jobs=args.jobs,
+        progress=not args.quiet,
         input_format=args.format,
     )
     if not args.quiet:
@@ -101,8 +111,8 @@ def _cmd_compress(args: argparse.Namespace) -> None:
             n_values = f.shape[0] * f.shape[1] * f.shape[2]
             raw = n_values * f.dtype.itemsize
         print(
-            f"{args.output}: {n_bytes} bytes, {8 * int(n_bytes) / n_values:.3f} bits/value, "
-            f"ratio {raw / int(n_bytes):.2f}:1 vs {f.dtype.name}, {time.perf_counter() - t0:.2f} s"
+            f"{args.output}: {n_bytes} bytes, {8 * n_bytes / n_values:.3f} bits/value, "
+            f"ratio {raw / n_bytes:.2f}:1 vs {f.dtype.name}, {time.perf_counter() - t0:.2f} s"
         )
 
 
@@ -117,8 +127,9 @@ def _parse_views(text: str | None) -> tuple[int, int] | None:
 
 
 def _cmd_decompress(args: argparse.Namespace) -> None:
-    scan = api.decompress(args.input, args.output, views=_parse_views(args.views),
-                          output_format=args.format)
+    scan = api.decompress(
+        args.input, args.output, views=_parse_views(args.views), output_format=args.format
+    )
     if not args.quiet:
         print(f"{args.output}: {scan.user_array().shape} {scan.dtype}")
 
@@ -137,8 +148,10 @@ def _cmd_info(args: argparse.Namespace) -> None:
         print(f"projections: {f.shape} {f.dtype.name} (views, rows, cols)")
         print(f"codec:       {json.dumps(h['codec'])}")
         print(f"rate:        {json.dumps(h['rate_control'])}")
-        print(f"size:        {8 * f.file_size / n_values:.3f} bits/value, ratio "
-              f"{n_values * f.dtype.itemsize / f.file_size:.2f}:1 vs {f.dtype.name}")
+        print(
+            f"size:        {8 * f.file_size / n_values:.3f} bits/value, ratio "
+            f"{n_values * f.dtype.itemsize / f.file_size:.2f}:1 vs {f.dtype.name}"
+        )
         print(f"chunks:      {len(f.chunks)} of {h['chunk_views']} views")
         print(f"geometry:    {geometry['kind'] if geometry else 'none'}")
         print(f"metadata:    {json.dumps(h.get('metadata', {}))}")
@@ -167,15 +180,24 @@ def _cmd_simulate(args: argparse.Namespace) -> None:
             kwargs["voxel_size_mm"] = args.voxel_size
     t0 = time.perf_counter()
     scan = simulate_scan(
-        volume, geometry_kind=args.geometry, n_views=args.views, det_rows=args.rows,
-        det_cols=args.cols, i0=args.i0 or None, dtype=args.dtype, seed=args.seed,
+        volume,
+        geometry_kind=args.geometry,
+        n_views=args.views,
+        det_rows=args.rows,
+        det_cols=args.cols,
+        i0=args.i0 or None,
+        dtype=args.dtype,
+        seed=args.seed,
         detector_shape=args.detector,
-        phantom=shepp_logan_3d if args.phantom else None, **kwargs,
+        phantom=shepp_logan_3d if args.phantom else None,
+        **kwargs,
     )
     write_scan(scan, args.output)
     if not args.quiet:
-        print(f"{args.output}: {scan.shape} {scan.dtype} {args.geometry}, "
-              f"{time.perf_counter() - t0:.1f} s")
+        print(
+            f"{args.output}: {scan.shape} {scan.dtype} {args.geometry}, "
+            f"{time.perf_counter() - t0:.1f} s"
+        )
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:

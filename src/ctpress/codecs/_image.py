@@ -70,7 +70,10 @@ def to_uint16_work(x: np.ndarray) -> tuple[np.ndarray, dict[str, object]]:
     lo, hi = float(x.min()), float(x.max())
     if x.dtype.kind in "ui" and hi - lo <= 65535:
         return (x.astype(np.int64) - int(lo)).astype(np.uint16), {
-            "t": "quant", "w": "<u2", "o": lo, "q": 1.0,
+            "t": "quant",
+            "w": "<u2",
+            "o": lo,
+            "q": 1.0,
         }
     step = (hi - lo) / 65535 if hi > lo else 1.0
     work = np.floor((x.astype(np.float64) - lo) / step + 0.5).astype(np.uint16)

@@ -206,8 +206,12 @@ class Codec(ABC):
             enc = self._encode_search(x)
         header = dict(enc.info)
         header.update(
-            dtype=x.dtype.str, shape=list(array.shape), lo=_py(x.min()), hi=_py(x.max()),
-            n=len(enc.stream), crc=zlib.crc32(enc.stream),
+            dtype=x.dtype.str,
+            shape=list(array.shape),
+            lo=_py(x.min()),
+            hi=_py(x.max()),
+            n=len(enc.stream),
+            crc=zlib.crc32(enc.stream),
         )
         header_bytes = json.dumps(header, separators=(",", ":")).encode()
         return _CHUNK_MAGIC + struct.pack("<I", len(header_bytes)) + header_bytes + enc.stream
@@ -241,8 +245,9 @@ class Codec(ABC):
         for name in ("uint8", "uint16", "int32", "uint32", "int64", "float64"):
             if name in self.exact_dtypes and top <= _max_exact(name):
                 return q.astype(name), {"t": "quant", "w": np.dtype(name).str, "o": lo, "q": step}
+        most = _max_exact(self.exact_dtypes[-1])
         raise RateControlError(
-            f"codec {self.codec_id!r} stores at most {_max_exact(self.exact_dtypes[-1]):.0f} levels "
+            f"codec {self.codec_id!r} stores at most {most:.0f} levels "
             f"but this data needs {top + 1:.0f} at step {step:g}; ask for a larger error bound or "
             "use zstd/blosc2/zfp"
         )
@@ -321,7 +326,9 @@ class Codec(ABC):
         return _search_knob(self, x, knob, attempt)
 
     # ------------------------------------------------------------------ decode
-    def decode(self, buf: bytes | bytearray | memoryview, out: np.ndarray | None = None) -> np.ndarray:
+    def decode(
+        self, buf: bytes | bytearray | memoryview, out: np.ndarray | None = None
+    ) -> np.ndarray:
         """Decode bytes from :meth:`encode` to an array of the original dtype and shape."""
         data = bytes(buf)
         if len(data) < 8 or data[:4] != _CHUNK_MAGIC:
@@ -373,9 +380,7 @@ class Codec(ABC):
         return values.astype(dtype)
 
 
-def _search_knob(
-    codec: Codec, x: np.ndarray, knob: Knob, attempt: Any
-) -> _Encoded:
+def _search_knob(codec: Codec, x: np.ndarray, knob: Knob, attempt: Any) -> _Encoded:
     """Bisection of ``knob`` for ``codec.mode`` in ("bpp", "psnr")."""
     assert codec.value is not None
     target = codec.value
@@ -429,7 +434,9 @@ def _search_knob(
     else:
         ok = [r for r in tried.values() if r[2] <= mse_target]
         if not ok:
-            best_psnr = 10 * math.log10(data_range**2 / max(min(r[2] for r in tried.values()), 1e-300))
+            best_psnr = 10 * math.log10(
+                data_range**2 / max(min(r[2] for r in tried.values()), 1e-300)
+            )
             raise RateControlError(
                 f"codec {codec.codec_id!r} cannot reach {target:g} dB PSNR on this data "
                 f"(best: {best_psnr:.2f} dB at data range {data_range:g}); use --lossless"

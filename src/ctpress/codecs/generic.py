@@ -16,8 +16,13 @@ class _ByteCodec(Codec):
 
     exact_dtypes = SUPPORTED_DTYPES
 
-    def __init__(self, mode: str = "lossless", value: float | None = None,
-                 data_range: float | None = None, level: int = 9) -> None:
+    def __init__(
+        self,
+        mode: str = "lossless",
+        value: float | None = None,
+        data_range: float | None = None,
+        level: int = 9,
+    ) -> None:
         super().__init__(mode, value, data_range)
         self.level = int(level)
 
@@ -54,8 +59,13 @@ class Blosc2(_ByteCodec):
     codec_id = "blosc2"
     description = "Blosc2 bit-shuffle + zstd (lossless); lossy via explicit quantisation"
 
-    def __init__(self, mode: str = "lossless", value: float | None = None,
-                 data_range: float | None = None, level: int = 5) -> None:
+    def __init__(
+        self,
+        mode: str = "lossless",
+        value: float | None = None,
+        data_range: float | None = None,
+        level: int = 5,
+    ) -> None:
         super().__init__(mode, value, data_range, level)
 
     def _encode_exact(self, work: np.ndarray) -> bytes:

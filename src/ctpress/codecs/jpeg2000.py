@@ -13,7 +13,7 @@ from .registry import register_codec
 @register_codec
 class Jpeg2000(ImageCodec):
     """JPEG 2000 Part 1 per projection: reversible 5/3 wavelet for lossless, irreversible
-    9/7 for lossy.  The lossy knob is OpenJPEG's per-layer PSNR target in dB (relative to
+    9/7 for lossy.  The lossy knob is OpenJPEG's per-layer PSNR target in whole dB (relative to
     the 16-bit peak), searched for bpp/PSNR targets; ``max_error`` quantises explicitly
     and codes losslessly."""
 
@@ -23,12 +23,12 @@ class Jpeg2000(ImageCodec):
     has_native_lossy = True
 
     def _knob(self, work: np.ndarray) -> Knob:
-        return Knob(lo=20.0, hi=140.0, rate_increases=True, log=False)
+        return Knob(lo=20.0, hi=140.0, rate_increases=True, log=False, integer=True)
 
     def _encode_image(self, image: np.ndarray, knob: float | None) -> bytes:
         if knob is None:
             return bytes(imagecodecs.jpeg2k_encode(image, level=0, reversible=True))
-        return bytes(imagecodecs.jpeg2k_encode(image, level=float(knob), reversible=False))
+        return bytes(imagecodecs.jpeg2k_encode(image, level=round(knob), reversible=False))
 
     def _decode_image(self, data: bytes) -> np.ndarray:
         return np.asarray(imagecodecs.jpeg2k_decode(data))

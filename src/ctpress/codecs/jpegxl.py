@@ -19,8 +19,13 @@ class JpegXl(ImageCodec):
     description = "JPEG XL (libjxl) lossless; lossy via explicit quantisation"
     exact_dtypes = ("uint8", "uint16")
 
-    def __init__(self, mode: str = "lossless", value: float | None = None,
-                 data_range: float | None = None, effort: int = 7) -> None:
+    def __init__(
+        self,
+        mode: str = "lossless",
+        value: float | None = None,
+        data_range: float | None = None,
+        effort: int = 7,
+    ) -> None:
         super().__init__(mode, value, data_range)
         self.effort = int(effort)
 

@@ -1,8 +1,10 @@
-"""Read and write CT scans: ``.npy``, ``.npz``, TIFF stacks, HDF5/NXtomo and zarr v3.
+"""Read and write CT scans: ``.npy``, ``.npz``, TIFF stacks, HDF5/NXtomo, zarr v3 and
+DICOM-CT-PD series (a directory of ``.dcm`` files, format ``dicom-ctpd``).
 
-Every format but ``.npy`` stores the geometry, metadata, ``original_ndim`` and aux
-arrays of a :class:`~ctpress.scan.Scan` exactly, under a JSON header named
-``ctpress_scan``.  Writes are atomic (see :func:`atomic_path`).
+Every format but ``.npy`` and ``dicom-ctpd`` stores the geometry, metadata,
+``original_ndim`` and aux arrays of a :class:`~ctpress.scan.Scan` exactly, under a JSON
+header named ``ctpress_scan``; ``dicom-ctpd`` maps them to DICOM tags (see
+:mod:`ctpress.io._dicom_ctpd`).  Writes are atomic (see :func:`atomic_path`).
 """
 
 from __future__ import annotations
@@ -27,8 +29,22 @@ FORMATS: dict[str, tuple[str, ...]] = {
     "tiff": (".tif", ".tiff"),
     "hdf5": (".h5", ".hdf5", ".hdf", ".nxs"),
     "zarr": (".zarr",),
+    "dicom-ctpd": (".dcm",),  # a directory of .dcm files (also detected by its content)
 }
 _NAMED = ("npz", "hdf5", "zarr")  # formats whose files hold named datasets
+
+
+def _read_ctpd(path: Path, _: str | None) -> Scan:
+    from ._dicom_ctpd import read_ctpd  # pydicom is imported only when needed
+
+    return read_ctpd(path)
+
+
+def _write_ctpd(scan: Scan, path: Path, _: str | None) -> None:
+    from ._dicom_ctpd import write_into
+
+    write_into(scan, path)
+
 
 _READERS: dict[str, Callable[[Path, str | None], Scan]] = {
     "npy": lambda path, _: _npy.read_npy(path),
@@ -36,6 +52,7 @@ _READERS: dict[str, Callable[[Path, str | None], Scan]] = {
     "tiff": lambda path, _: _tiff.read_tiff(path),
     "hdf5": _hdf5.read_hdf5,
     "zarr": _zarr.read_zarr,
+    "dicom-ctpd": _read_ctpd,
 }
 _WRITERS: dict[str, Callable[[Scan, Path, str | None], None]] = {
     "npy": lambda scan, path, _: _npy.write_npy(scan, path),
@@ -43,11 +60,14 @@ _WRITERS: dict[str, Callable[[Scan, Path, str | None], None]] = {
     "tiff": lambda scan, path, _: _tiff.write_tiff(scan, path),
     "hdf5": _hdf5.write_hdf5,
     "zarr": _zarr.write_zarr,
+    "dicom-ctpd": _write_ctpd,
 }
 
 
 def format_from_path(path: str | os.PathLike[str], format: str | None = None) -> str:
     """Format name of ``path`` from its extension, or ``format`` when given.
+
+    A directory holding ``.dcm`` files is a ``dicom-ctpd`` series.
 
     Raises
     ------
@@ -62,6 +82,8 @@ def format_from_path(path: str | os.PathLike[str], format: str | None = None) ->
     for name, extensions in FORMATS.items():
         if suffix in extensions:
             return name
+    if Path(path).is_dir() and any(p.suffix.lower() == ".dcm" for p in Path(path).iterdir()):
+        return "dicom-ctpd"
     known = ", ".join(ext for exts in FORMATS.values() for ext in exts)
     raise InputError(
         f"{path}: unknown extension {suffix or '(none)'!r}; use one of {known} "
@@ -77,7 +99,7 @@ def _check_dataset(fmt: str, dataset: str | None) -> None:
 def read_scan(
     path: str | os.PathLike[str], format: str | None = None, dataset: str | None = None
 ) -> Scan:
-    """Read a scan from a file (or a ``.zarr`` directory).
+    """Read a scan from a file (or a ``.zarr`` or DICOM-CT-PD directory).
 
     Parameters
     ----------
@@ -127,7 +149,7 @@ def write_scan(
         Scan to write; a bare array of shape (views, rows, cols) or (views, cols) is
         wrapped with no geometry.
     path : str or PathLike
-        Output file (or ``.zarr`` directory).
+        Output file (or ``.zarr`` / DICOM-CT-PD directory).
     format : str, optional
         Format name (a key of :data:`FORMATS`); default: from the extension.
     dataset : str, optional

@@ -62,8 +62,11 @@ def test_info_codecs_and_view_range(npy_file: Path, tmp_path: Path, capsys) -> N
         (lambda d: _save(d / "empty.npy", np.zeros((0, 4, 5))), [], "empty"),
         (lambda d: _save(d / "flat.npy", np.zeros(7)), [], "1-D"),
         (lambda d: _save(d / "ok.npy", np.ones((3, 4, 5))), ["--codec", "nope"], "unknown codec"),
-        (lambda d: _save(d / "noise.npy", _noise()), ["--codec", "jpegls", "--bpp", "0.5"],
-         "cannot reach"),
+        (
+            lambda d: _save(d / "noise.npy", _noise()),
+            ["--codec", "jpegls", "--bpp", "0.5"],
+            "cannot reach",
+        ),
     ],
 )
 def test_bad_input_gives_one_line_and_exit_2(
@@ -106,9 +109,27 @@ def test_wrong_output_extension_and_damaged_file(npy_file: Path, tmp_path: Path,
 
 
 def test_usage_errors_exit_2_and_console_script_works(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "ctpress.cli", "compress"], capture_output=True,
-                          text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ctpress.cli", "compress"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "ctpress.cli", "compress", "a.npy", "b.ctpz",
-                           "--lossless", "--bpp", "2"], capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ctpress.cli",
+            "compress",
+            "a.npy",
+            "b.ctpz",
+            "--lossless",
+            "--bpp",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 2 and "not allowed with" in proc.stderr

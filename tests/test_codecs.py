@@ -23,9 +23,17 @@ def _roundtrip(codec_id: str, x: np.ndarray, mode: str, value: float | None) -> 
 
 
 def test_registry_lists_the_classical_codecs() -> None:
-    assert {"zstd", "blosc2", "jpegls", "jpeg2000", "htj2k", "jpegxl", "zfp", "sz3", "sperr"} <= set(
-        CODEC_IDS
-    )
+    assert {
+        "zstd",
+        "blosc2",
+        "jpegls",
+        "jpeg2000",
+        "htj2k",
+        "jpegxl",
+        "zfp",
+        "sz3",
+        "sperr",
+    } <= set(CODEC_IDS)
     for cls in list_codecs():
         assert set(cls.rate_modes()) <= set(RATE_MODES)
         assert cls.description
@@ -71,7 +79,9 @@ def test_max_error_holds_on_every_value(codec_id: str, data: str, request) -> No
 
 @pytest.mark.parametrize("codec_id", CODEC_IDS)
 def test_max_error_below_one_on_integers_is_lossless(codec_id: str, uint16_stack) -> None:
-    np.testing.assert_array_equal(_roundtrip(codec_id, uint16_stack, "max_error", 0.5), uint16_stack)
+    np.testing.assert_array_equal(
+        _roundtrip(codec_id, uint16_stack, "max_error", 0.5), uint16_stack
+    )
 
 
 @pytest.mark.parametrize("codec_id", CODEC_IDS)

@@ -9,6 +9,12 @@ Quick use::
         views = f[100:110]                                              # lazy view range
 """
 
+import os as _os
+
+# torch's OpenMP threads spin-wait by default; on a busy 2-core machine that made the
+# simulator 5x slower.  Set before torch is first imported; a user's setting wins.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from . import codecs, metrics
 from ._version import __version__
 from .api import compress, decompress, open

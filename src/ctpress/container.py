@@ -69,7 +69,9 @@ class ChunkEntry:
     crc32: int
 
 
-def build_header(scan: Scan, codec: Codec, chunk_views: int, rate: dict[str, Any]) -> dict[str, Any]:
+def build_header(
+    scan: Scan, codec: Codec, chunk_views: int, rate: dict[str, Any]
+) -> dict[str, Any]:
     """The JSON header of a ``.ctpz`` file for ``scan`` coded with ``codec``."""
     return {
         "format": "ctpz",
@@ -83,7 +85,9 @@ def build_header(scan: Scan, codec: Codec, chunk_views: int, rate: dict[str, Any
         "chunk_views": chunk_views,
         "geometry": None if scan.geometry is None else scan.geometry.to_dict(),
         "metadata": scan.metadata,
-        "aux": {name: {"shape": list(a.shape), "dtype": a.dtype.str} for name, a in scan.aux.items()},
+        "aux": {
+            name: {"shape": list(a.shape), "dtype": a.dtype.str} for name, a in scan.aux.items()
+        },
     }
 
 
@@ -112,8 +116,12 @@ def write_ctpz(
     if chunk_views < 1:
         raise InputError(f"chunk_views must be >= 1, got {chunk_views}")
     rate = rate or {"mode": codec.mode, "value": codec.value}
-    header = json.dumps(build_header(scan, codec, chunk_views, rate), separators=(",", ":")).encode()
-    head = _HEAD.pack(MAGIC, FORMAT_VERSION, 0, len(header)) + header + struct.pack("<I", _crc(header))
+    header = json.dumps(
+        build_header(scan, codec, chunk_views, rate), separators=(",", ":")
+    ).encode()
+    head = (
+        _HEAD.pack(MAGIC, FORMAT_VERSION, 0, len(header)) + header + struct.pack("<I", _crc(header))
+    )
     out.write(head)
     pos = len(head)
     starts = list(range(0, n_views, chunk_views))
@@ -271,7 +279,9 @@ class CtpzFile:
             raise self._fail(f"{what} decoded to {array.shape} {array.dtype}, expected {expected}")
         return array
 
-    def iter_chunks(self, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    def iter_chunks(
+        self, start: int = 0, stop: int | None = None
+    ) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(first_view, array)`` for each chunk overlapping views ``start:stop``."""
         stop = self.shape[0] if stop is None else stop
         for entry in self.chunks:

@@ -95,7 +95,9 @@ class Geometry:
         if any(not math.isfinite(a) for a in self.angles_rad):
             raise InputError("geometry angles_rad contains NaN or inf")
         if any(not (s > 0 and math.isfinite(s)) for s in self.detector_spacing_mm):
-            raise InputError(f"detector_spacing_mm must be positive, got {self.detector_spacing_mm}")
+            raise InputError(
+                f"detector_spacing_mm must be positive, got {self.detector_spacing_mm}"
+            )
         if self.kind != "parallel":
             sid, sdd = self.source_isocenter_mm, self.source_detector_mm
             if sid is None or sdd is None:
@@ -104,8 +106,7 @@ class Geometry:
                 )
             if not (0 < sid < sdd):
                 raise InputError(
-                    "need 0 < source_isocenter_mm < source_detector_mm, "
-                    f"got {sid} and {sdd}"
+                    f"need 0 < source_isocenter_mm < source_detector_mm, got {sid} and {sdd}"
                 )
         if self.kind == "helical":
             if self.z_mm is None or len(self.z_mm) != len(self.angles_rad):
@@ -266,9 +267,7 @@ def validate_projections(arr: np.ndarray) -> None:
     if arr.size == 0:
         raise InputError(f"projections are empty (shape {arr.shape})")
     if arr.dtype.name not in SUPPORTED_DTYPES:
-        raise InputError(
-            f"unsupported dtype {arr.dtype}; supported: {', '.join(SUPPORTED_DTYPES)}"
-        )
+        raise InputError(f"unsupported dtype {arr.dtype}; supported: {', '.join(SUPPORTED_DTYPES)}")
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
         raise InputError(

@@ -98,7 +98,7 @@ def test_flying_focal_spot_shifts_are_used() -> None:
 
 
 def test_uncovered_slices_are_refused(helical_scan: Scan) -> None:
-    lo, hi = covered_slice_range(helical_scan)
+    _, hi = covered_slice_range(helical_scan)
     with pytest.raises(InputError, match="not covered"):
         rebin_helical(
             Scan(helical_scan.projections.astype(np.float32), helical_scan.geometry), [hi + 50.0]

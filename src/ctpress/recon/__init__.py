@@ -23,8 +23,8 @@ from ..errors import InputError
 from ..scan import Scan
 from .fbp import fbp
 from .fdk import fdk
-from .helical import rebin_helical, reconstruct_helical
 from .filters import FILTERS
+from .helical import rebin_helical, reconstruct_helical
 from .sirt import sirt
 from .units import field_of_view_mask, hu_to_mu, mu_to_hu
 

@@ -55,7 +55,7 @@ def covered_slice_range(scan: Scan) -> tuple[float, float]:
     angles, z = _source_positions(scan)
     step = float(np.mean(np.abs(np.diff(angles))))
     fan = _fan_angle(scan.geometry, scan.shape[2])
-    half = int(math.ceil((math.pi + fan) / step / 2)) + 1
+    half = math.ceil((math.pi + fan) / step / 2) + 1
     g = scan.geometry
     height = scan.shape[1] * g.detector_spacing_mm[0] / g.magnification  # at the isocentre
     window_span = float(np.abs(z[min(2 * half, len(z) - 1)] - z[0]))
@@ -98,10 +98,10 @@ def rebin_helical(scan: Scan, slice_positions_mm: np.ndarray | list[float]) -> l
     g = scan.geometry
     angles, z = _source_positions(scan)
     assert g is not None and g.source_isocenter_mm is not None and g.source_detector_mm is not None
-    n_views, n_rows, n_cols = scan.shape
+    _, n_rows, n_cols = scan.shape
     step = float(np.mean(np.abs(np.diff(angles))))
-    per_rotation = int(round(2 * math.pi / step))
-    short = int(math.ceil((math.pi + _fan_angle(g, n_cols)) / step)) + 2
+    per_rotation = round(2 * math.pi / step)
+    short = math.ceil((math.pi + _fan_angle(g, n_cols)) / step) + 2
     data = scan.projections.astype(np.float32, copy=False)
     fan_geometry = Geometry(
         kind="fan",

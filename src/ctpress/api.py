@@ -84,9 +84,7 @@ def make_codec(
 
 
 @overload
-def compress(
-    data: Scan | np.ndarray | PathLike, output: None = None, **kwargs: Any
-) -> bytes: ...
+def compress(data: Scan | np.ndarray | PathLike, output: None = None, **kwargs: Any) -> bytes: ...
 
 
 @overload

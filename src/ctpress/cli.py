@@ -1,4 +1,4 @@
-"""Command-line interface: ``ctpress compress|decompress|info|codecs|simulate|demo``.
+"""Command-line interface: ``ctpress compress|decompress|info|codecs|simulate|demo|bench``.
 
 Exit codes: 0 success, 2 bad usage or input (one-line message, no traceback),
 1 internal error (a bug: the traceback is shown).
@@ -87,6 +87,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="compress the default scan with every codec; print a table")
     p.add_argument("--out", default="results/demo", help="directory for the results")
     p.add_argument("--codecs", default="all", help="comma-separated codec ids, or 'all'")
+    p.add_argument("--jobs", type=int, default=1, help="parallel worker processes")
+    p.add_argument("--no-recon", action="store_true", help="skip the reconstruction domain")
+
+    p = sub.add_parser("bench", help="measure codecs at a sweep of rates; CSV, JSON and report")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help=f"scans ({formats})")
+    p.add_argument("--codecs", default="all", help="comma-separated codec ids, or 'all'")
+    p.add_argument(
+        "--rates",
+        default="default",
+        help="'default' or a list like lossless,max_error=4,bpp=2,psnr=60 (unsupported: skipped)",
+    )
+    p.add_argument("--out", required=True, help="directory for results and index.html")
+    p.add_argument("--recon", action="store_true", help="also compare reconstructions")
+    p.add_argument("--jobs", type=int, default=1, help="parallel worker processes")
+    p.add_argument("--resume", action="store_true", help="reuse matching results found in --out")
+    p.add_argument("--no-perceptual", action="store_true", help="skip HaarPSI and VSI")
+    p.add_argument("--format", help=f"input format, overriding the extension ({formats})")
+
+    p = sub.add_parser("train", help="train a learned codec's rate point (CPU, or GPU if present)")
+    p.add_argument("method", choices=["hyperprior", "vqvae"])
+    p.add_argument("--data", nargs="+", type=Path, help="data root(s), directories or .npy files")
+    p.add_argument("--out", type=Path, required=True, help="output weights (.safetensors)")
+    p.add_argument("--rate-point", type=int, default=0, help="index of the rate point to train")
+    length = p.add_mutually_exclusive_group(required=True)
+    length.add_argument("--minutes", type=float, help="time budget (turned into a step count)")
+    length.add_argument("--steps", type=int, help="number of optimiser steps (reproducible)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", type=Path, help="cache of simulated noise-free projections")
     return parser
 
 
@@ -204,16 +232,68 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
     codecs = None if args.codecs == "all" else args.codecs.split(",")
-    run_demo(Path(args.out), codecs=codecs, progress=not args.quiet)
+    run_demo(
+        Path(args.out), codecs, recon=not args.no_recon, jobs=args.jobs, progress=not args.quiet
+    )
+
+
+def _cmd_bench(args: argparse.Namespace) -> None:
+    from .bench import format_table, load_results, parse_rates, run_bench, write_results
+    from .io import read_scan
+    from .report import write_report
+
+    out = Path(args.out)
+    codecs = [c.codec_id for c in list_codecs()] if args.codecs == "all" else args.codecs.split(",")
+    rates = parse_rates(args.rates)
+    if args.jobs < 1:
+        raise CtpressError(f"--jobs must be >= 1, got {args.jobs}")
+    scans = {}
+    for path in args.inputs:
+        name = Path(path).stem
+        if name in scans:
+            raise CtpressError(f"two inputs are named {name!r}; rename one")
+        scans[name] = read_scan(path, format=args.format)
+    resume = load_results(out) if args.resume and (out / "results.json").exists() else None
+    result = run_bench(
+        scans,
+        codecs,
+        rates,
+        recon=args.recon,
+        jobs=args.jobs,
+        perceptual=not args.no_perceptual,
+        resume=resume,
+        progress=not args.quiet,
+    )
+    result.settings["inputs"] = [str(p) for p in args.inputs]
+    write_results(result, out)
+    index = write_report(result, out)
+    if not args.quiet:
+        print(format_table(result.records))
+    print(f"report: {index}")
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from .learned.data import default_data_dir
+    from .learned.train import main_command, train
+
+    data = args.data or [
+        default_data_dir() or Path(__file__).parent / "data" / "default_volume.npz"
+    ]
+    train(
+        args.method, args.rate_point, data, args.out, steps=args.steps, minutes=args.minutes,
+        seed=args.seed, cache=args.cache, command=main_command(), log=not args.quiet,
+    )  # fmt: skip
 
 
 _COMMANDS = {
+    "train": _cmd_train,
     "compress": _cmd_compress,
     "decompress": _cmd_decompress,
     "info": _cmd_info,
     "codecs": _cmd_codecs,
     "simulate": _cmd_simulate,
     "demo": _cmd_demo,
+    "bench": _cmd_bench,
 }
 
 

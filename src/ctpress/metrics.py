@@ -286,3 +286,106 @@ def compression_ratio(n_bytes: int, original_nbytes: int) -> float:
 def ratio_vs_uint16(n_bytes: int, n_values: int) -> float:
     """``2 * n_values / n_bytes``: ratio versus storing the values as raw uint16 (2 B/value)."""
     return compression_ratio(n_bytes, 2 * n_values)
+
+
+def masked_ssim(
+    reference: ArrayLike, decoded: ArrayLike, mask: ArrayLike, data_range: float
+) -> float:
+    """SSIM (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, K1 = 0.01, K2 = 0.03) averaged
+    over the pixels of ``mask`` whose whole window lies inside the mask.
+
+    Computed in float64 with SciPy, slice by slice for 3-D input; no clipping (reconstructions
+    may be negative).  The same window and constants as piq's SSIM used for projections.
+
+    Parameters
+    ----------
+    reference, decoded : array_like, shape (ny, nx) or (nz, ny, nx)
+    mask : array_like of bool, same shape
+        Region to score (e.g. the field of view).
+    data_range : float > 0
+        Dynamic range L in the data's unit (constants C1 = (K1 L)^2, C2 = (K2 L)^2).
+
+    Returns
+    -------
+    float
+        Mean SSIM over the eroded mask (1 for identical images); NaN if the eroded mask is empty.
+    """
+    import functools
+
+    from scipy import ndimage
+
+    ref, dec = _validate(reference, decoded)
+    region = np.asarray(mask, dtype=bool)
+    if region.shape != ref.shape or ref.ndim not in (2, 3):
+        raise InputError(f"need 2-D/3-D images and a mask of their shape, got {region.shape}")
+    dr = _data_range(ref, data_range)
+    c1, c2 = (0.01 * dr) ** 2, (0.03 * dr) ** 2
+    scores = []
+    for x, y, m in zip(
+        *(np.reshape(a, (-1, *ref.shape[-2:])) for a in (ref, dec, region)), strict=True
+    ):
+        inner = ndimage.binary_erosion(m, np.ones((11, 11), bool), border_value=0)
+        if not inner.any():
+            continue
+        x, y = x.astype(np.float64), y.astype(np.float64)
+        blur = functools.partial(ndimage.gaussian_filter, sigma=1.5, truncate=5 / 1.5)
+        mx, my = blur(x), blur(y)
+        vx, vy, cov = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+        ssim_map = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+        scores.append(ssim_map[inner])
+    return float(np.mean(np.concatenate(scores))) if scores else float("nan")
+
+
+def recon_metrics(
+    recon_ref: ArrayLike,
+    recon_dec: ArrayLike,
+    mask: ArrayLike,
+    mu_water_per_mm: float,
+    noise_std: float | None = None,
+) -> dict[str, float]:
+    """Quality of a reconstruction from decoded projections versus the one from the original.
+
+    Both reconstructions must come from the same algorithm and settings, so their difference is
+    what the compression added.  Everything is computed inside ``mask`` (the field of view).
+
+    Parameters
+    ----------
+    recon_ref, recon_dec : array_like, shape (ny, nx) or (nz, ny, nx)
+        Attenuation in 1/mm reconstructed from the original and from the decoded projections.
+    mask : array_like of bool, same shape
+        Pixels to score.
+    mu_water_per_mm : float > 0
+        Attenuation of water, 1/mm (1 HU = mu_water / 1000).
+    noise_std : float, optional
+        Standard deviation of the quantum noise already in ``recon_ref``, 1/mm (see
+        :func:`ctpress.bench.recon_noise_std` for estimators).
+
+    Returns
+    -------
+    dict[str, float]
+        ``data_range`` (1/mm): max - min of ``recon_ref`` in the mask, the PSNR/SSIM peak;
+        ``psnr_db``: ``10 log10(data_range^2 / MSE)`` in the mask (inf if identical);
+        ``ssim``: :func:`masked_ssim`; ``rmse_hu``: root-mean-square difference in HU;
+        ``error_std_hu``: standard deviation of the difference in HU;
+        ``added_noise_ratio``: std of the difference over ``noise_std`` (NaN without it):
+        0 is lossless, 1 means compression added as much noise as the scan already had.
+    """
+    ref, dec = _validate(recon_ref, recon_dec)
+    region = np.asarray(mask, dtype=bool)
+    if region.shape != ref.shape or not region.any():
+        raise InputError(f"mask must have shape {ref.shape} and select at least one pixel")
+    if not mu_water_per_mm > 0:
+        raise InputError(f"mu_water_per_mm must be positive, got {mu_water_per_mm}")
+    inside = ref[region]
+    dr = _data_range(inside, None)
+    diff = np.subtract(dec[region], inside, dtype=np.float64)
+    hu = 1000.0 / mu_water_per_mm
+    error_std = float(np.std(diff))
+    return {
+        "data_range": dr,
+        "psnr_db": _psnr(float(np.mean(diff**2)), dr),
+        "ssim": masked_ssim(ref, dec, region, dr),
+        "rmse_hu": float(np.sqrt(np.mean(diff**2))) * hu,
+        "error_std_hu": error_std * hu,
+        "added_noise_ratio": error_std / noise_std if noise_std else float("nan"),
+    }

@@ -1,0 +1,314 @@
+"""Mean-scale hyperprior model (Ballé et al. 2018; Minnen et al. 2018), single channel.
+
+``x -> g_a -> y``; ``y -> h_a -> z``; ``z`` is coded with a learned factorized prior; the
+hyper-decoder ``h_s(round(z))`` predicts a mean and a scale for every element of ``y``;
+``round((y - mean) / (step * gain))`` is coded with the table of the predicted scale;
+``g_s(mean + step * gain * q)`` reconstructs.
+
+Two transforms ``g_a`` / ``g_s``:
+
+- ``"wavelet"`` (shipped): a fixed 4-level CDF 9/7 wavelet transform whose subbands are
+  folded into 256 channels at 1/16 resolution and scaled to equal image-domain weight.
+  The transform is invertible, so the distortion is set by the quantisation step alone
+  and training minimises the rate of a learned entropy model: hyperprior plus a
+  channel-conditional context (Minnen & Singh 2020) over the wavelet levels: the channels
+  of each level are predicted from the hyperprior and the already decoded coarser
+  levels (inter-scale dependencies, as in zerotree / EBCOT coders), with Laplace
+  densities.  Steps are drawn around the rate point's step in training, so the
+  quantisation gain can move between rate points.  Trains in minutes on a CPU.
+- ``"cnn"``: learned GDN transforms (analysis float32, synthesis float64) trained on
+  ``rate + lam * MSE`` with Gaussian densities; better in principle, but it needs far
+  more training than a CPU gives in minutes (after 4 minutes it was about 12 dB below
+  JPEG 2000 at 0.4 bits/value on the held-out scans).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ...errors import CorruptFileError
+from ..entropy import FactorizedPrior, ScaleConditional
+from ..layers import (
+    GDN,
+    SubpixelUp,
+    conv_down,
+    pad_to_multiple,
+    wavelet_channels,
+    wavelet_image,
+    wavelet_norms,
+)
+from .base import (
+    MISMATCH,
+    Coded,
+    LearnedModel,
+    check_or_fail,
+    index_check,
+    ste_round,
+    to_float64,
+)
+
+#: Wavelet levels of the ``"wavelet"`` transform (downsampling 2**4 = 16).
+WAVELET_LEVELS = 4
+#: Channel ranges of the wavelet levels, coarse to fine (coded in this order).
+WAVELET_GROUPS = ((0, 4), (4, 16), (16, 64), (64, 256))
+
+
+class MeanScaleHyperprior(LearnedModel):
+    """Single-channel mean-scale hyperprior.
+
+    Parameters
+    ----------
+    transform : {"wavelet", "cnn"}
+        Analysis/synthesis transforms (see the module docstring).
+    step : float
+        ``"wavelet"``: quantisation step at gain 1, in units of the normalised image
+        (``"cnn"``: 1, the transforms learn the scale).
+    lam : float
+        ``"cnn"`` only: loss = bits/pixel + lam * MSE (images normalised to [0, 1]).
+    n : int
+        ``"cnn"`` only: channels of the analysis transform.
+    m : int
+        ``"cnn"`` only: channels of the latent ``y`` (``"wavelet"``: 256).
+    hyper : int
+        Channels of the hyper transforms and of the context networks.
+    z : int
+        Channels of the hyper-latent ``z`` (downsampled 64x).
+    synthesis : tuple of int
+        ``"cnn"`` only: channels after each of the first three x2 upsamplings of ``g_s``.
+    """
+
+    method = "hyperprior"
+    downsampling = 16
+    gain_range = (0.5, 2.0)
+
+    def __init__(
+        self,
+        transform: str = "wavelet",
+        step: float = 0.02,
+        lam: float = 1e4,
+        n: int = 48,
+        m: int = 56,
+        hyper: int = 48,
+        z: int = 32,
+        synthesis: tuple[int, int, int] = (40, 32, 16),
+    ) -> None:
+        super().__init__()
+        if transform not in ("wavelet", "cnn"):
+            raise ValueError(f"transform must be 'wavelet' or 'cnn', got {transform!r}")
+        self.transform = transform
+        self.lam, self.n, self.hyper, self.z = float(lam), n, hyper, z
+        self.synthesis_channels = tuple(int(c) for c in synthesis)
+        if transform == "wavelet":
+            self.step, self.m = float(step), 4**WAVELET_LEVELS
+            self.groups: tuple[tuple[int, int], ...] = WAVELET_GROUPS
+            self.training_scale, self.training_flips = self.downsampling, False
+            self.register_buffer("band_norms", wavelet_norms(WAVELET_LEVELS))
+            first: nn.Module = nn.Conv2d(self.m, hyper, 1)
+            self.conditional = ScaleConditional("laplace")
+        else:
+            self.step, self.m = 1.0, m
+            self.groups = ((0, m),)
+            s0, s1, s2 = self.synthesis_channels
+            self.g_a = nn.Sequential(
+                conv_down(1, n, 5), GDN(n), conv_down(n, n), GDN(n), conv_down(n, n), GDN(n),
+                conv_down(n, m),
+            )  # fmt: skip
+            self.g_s = nn.Sequential(
+                SubpixelUp(m, s0), GDN(s0, inverse=True), SubpixelUp(s0, s1),
+                GDN(s1, inverse=True), SubpixelUp(s1, s2), GDN(s2, inverse=True),
+                SubpixelUp(s2, 1),
+            )  # fmt: skip
+            first = nn.Conv2d(m, hyper, 3, padding=1)
+            self.conditional = ScaleConditional("gaussian")
+        m = self.m
+        self.h_a = nn.Sequential(
+            first, nn.LeakyReLU(), nn.Conv2d(hyper, hyper, 3, padding=1), nn.LeakyReLU(),
+            conv_down(hyper, hyper), nn.LeakyReLU(), conv_down(hyper, z),
+        )  # fmt: skip
+        self.h_s = nn.Sequential(
+            SubpixelUp(z, hyper), nn.LeakyReLU(), SubpixelUp(hyper, hyper), nn.LeakyReLU(),
+            nn.Conv2d(hyper, 2 * m, 1),
+        )  # fmt: skip
+        # context of group g: decoded coarser channels (values, magnitudes) + its log-scales
+        self.context = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv2d(2 * a + (b - a), hyper, 1),
+                nn.LeakyReLU(),
+                nn.Conv2d(hyper, hyper, 3, padding=1),
+                nn.LeakyReLU(),
+                nn.Conv2d(hyper, 2 * (b - a), 1),
+            )
+            for a, b in self.groups[1:]
+        )
+        for last in [self.h_s[-1]] + [net[-1] for net in self.context]:
+            nn.init.zeros_(last.weight)  # start from the biases (see initialise)
+            nn.init.zeros_(last.bias)
+        self.prior = FactorizedPrior(z)
+
+    def config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {"transform": self.transform, "hyper": self.hyper, "z": self.z}
+        if self.transform == "wavelet":
+            return config | {"step": self.step}
+        return config | {
+            "lam": self.lam,
+            "n": self.n,
+            "m": self.m,
+            "synthesis": list(self.synthesis_channels),
+        }
+
+    # ---------------------------------------------------------------- transforms
+    def _analysis(self, x: Tensor) -> Tensor:
+        if self.transform == "cnn":
+            return self.g_a(x - 0.5)
+        norms = self.band_norms.to(x.dtype)[None, :, None, None]
+        return wavelet_channels(x - 0.5, WAVELET_LEVELS) * norms
+
+    def _synthesis(self, y: Tensor, float64: bool) -> Tensor:
+        if self.transform == "cnn":
+            g_s = self.float64("g_s", self.g_s) if float64 else self.g_s
+            return g_s(y) + 0.5
+        norms = self.band_norms.to(y.dtype)[None, :, None, None]
+        return wavelet_image(y / norms, WAVELET_LEVELS) + 0.5
+
+    def _group_params(
+        self, g: int, params: Tensor, y_hat: Tensor, float64: bool
+    ) -> tuple[Tensor, Tensor]:
+        """Mean and scale of group ``g`` from the hyper parameters ``params`` (n, 2m, h, w)
+        and the decoded coarser channels ``y_hat`` (n, a, h, w)."""
+        a, b = self.groups[g]
+        mean, log_scale = params[:, a:b], params[:, self.m + a : self.m + b]
+        if g > 0:
+            net = self.context[g - 1]
+            if float64:
+                net = self.float64(f"context{g}", net)
+            ctx = torch.asinh(y_hat / self.step)  # log-compressed, in quantisation steps
+            correction = net(torch.cat([ctx, ctx.abs(), log_scale], dim=1))
+            mean = mean + correction[:, : b - a]
+            log_scale = log_scale + correction[:, b - a :]
+        return mean, torch.exp(log_scale.clamp(-30.0, 30.0))
+
+    # ------------------------------------------------------------------ training
+    def training_view(self, image: np.ndarray) -> np.ndarray:
+        if self.transform == "cnn":
+            return image[None]
+        x = pad_to_multiple(torch.from_numpy(image).double()[None, None], self.downsampling)
+        with torch.no_grad():
+            return self._analysis(x)[0].float().numpy()
+
+    @torch.no_grad()
+    def initialise(self, sample: Tensor) -> None:
+        """Start the hyper-synthesis at each channel's mean and mean absolute deviation
+        (wavelet channels differ by orders of magnitude; learning that takes long)."""
+        if self.transform != "wavelet":
+            return
+        mean = sample.mean(dim=(0, 2, 3))
+        spread = (sample - mean[None, :, None, None]).abs().mean(dim=(0, 2, 3))
+        last = self.h_s[-1]
+        last.bias[: self.m] = mean
+        last.bias[self.m :] = torch.log(spread.clamp_min(1e-6))
+
+    def training_loss(self, x: Tensor) -> tuple[Tensor, dict[str, float]]:
+        if self.transform == "wavelet":  # batches of wavelet channels (training_view)
+            y, pixels = x, x.numel() / self.m * self.downsampling**2
+            lo, hi = (math.log(g) for g in self.gain_range)  # a random gain per image
+            gain = torch.exp(torch.empty(y.shape[0], 1, 1, 1, device=y.device).uniform_(lo, hi))
+        else:
+            y, pixels = self._analysis(x), x.numel()
+            gain = torch.ones(1, device=y.device)
+        step = self.step * gain
+        z = self.h_a(y)
+        bits = -torch.log2(self.prior(z + torch.empty_like(z).uniform_(-0.5, 0.5))).sum()
+        params = self.h_s(ste_round(z))[..., : y.shape[-2], : y.shape[-1]]
+        y_hat = y[:, :0]
+        for g, (a, b) in enumerate(self.groups):
+            mean, scale = self._group_params(g, params, y_hat, float64=False)
+            u = (y[:, a:b] - mean) / step
+            noisy = u + torch.empty_like(u).uniform_(-0.5, 0.5)
+            bits = bits - torch.log2(self.conditional(noisy, 0 * u, scale / step)).sum()
+            y_hat = torch.cat([y_hat, mean + ste_round(u) * step], dim=1)
+        bpp = bits / pixels
+        if self.transform == "wavelet":  # the distortion is set by the step alone
+            return bpp, {"bpp": float(bpp.detach())}
+        mse = F.mse_loss(self._synthesis(y_hat, float64=False), x)
+        return bpp + self.lam * mse, {"bpp": float(bpp.detach()), "mse": float(mse.detach())}
+
+    def update(self, data: Tensor | None = None) -> None:
+        self.prior.update()
+        self.conditional.update()
+        self.clear_inference_cache()
+
+    # -------------------------------------------------------------------- coding
+    def analyse(self, x: Tensor) -> tuple[Tensor, np.ndarray]:
+        with torch.no_grad():
+            if self.transform == "wavelet":  # the exact transform, in float64
+                y = self._analysis(x.double())
+                z_int = torch.round(self.h_a(y.float())).to(torch.int64).numpy()
+            else:
+                y = self._analysis(x.float())
+                z_int = torch.round(self.h_a(y)).to(torch.int64).numpy()
+        return to_float64(y), z_int
+
+    def _hyper_decode(self, z_int: np.ndarray, size: tuple[int, int]) -> Tensor:
+        h_s = self.float64("h_s", self.h_s)
+        with torch.no_grad():
+            return h_s(torch.from_numpy(z_int).double())[..., : size[0], : size[1]]
+
+    def code(self, analysis: tuple[Tensor, np.ndarray], gain: float) -> Coded:
+        y, z_int = analysis
+        params = self._hyper_decode(z_int, (y.shape[-2], y.shape[-1]))
+        step = self.step * gain
+        parts = [self.prior.compress(z_int)]
+        y_hat = y[:, :0]
+        indexes = []
+        with torch.no_grad():
+            for g, (a, b) in enumerate(self.groups):
+                mean, scale = self._group_params(g, params, y_hat, float64=True)
+                index = self.conditional.indexes(scale, step)
+                q = torch.round((y[:, a:b] - mean) / step)
+                parts.append(self.conditional.coder().encode(q.numpy().ravel(), index.ravel()))
+                indexes.append(index.ravel())
+                y_hat = torch.cat([y_hat, q * step + mean], dim=1)
+        head = struct.pack(f"<{len(parts)}I", *(len(p) for p in parts))
+        return Coded(head + b"".join(parts), y_hat, index_check(np.concatenate(indexes)))
+
+    def decode(self, payload: bytes, shape: tuple[int, int, int], gain: float, check: int) -> Coded:
+        n, h, w = shape
+        y_size = (h // 16, w // 16)
+        z_size = (-(-y_size[0] // 4), -(-y_size[1] // 4))
+        count = 1 + len(self.groups)
+        if len(payload) < 4 * count:
+            raise CorruptFileError("hyperprior payload is truncated")
+        lengths = struct.unpack_from(f"<{count}I", payload)
+        if 4 * count + sum(lengths) != len(payload):
+            raise CorruptFileError("hyperprior payload length does not match its parts")
+        ends = np.cumsum([4 * count, *lengths])
+        parts = [payload[ends[i] : ends[i + 1]] for i in range(count)]
+        z_int = self.prior.decompress(parts[0], (n, self.z, *z_size))
+        params = self._hyper_decode(z_int, y_size)
+        step = self.step * gain
+        y_hat = params[:, :0]
+        indexes = []
+        try:
+            with torch.no_grad():
+                for g, _ in enumerate(self.groups):
+                    mean, scale = self._group_params(g, params, y_hat, float64=True)
+                    index = self.conditional.indexes(scale, step)
+                    indexes.append(index.ravel())
+                    q = self.conditional.coder().decode(parts[g + 1], index.ravel())
+                    q_t = torch.from_numpy(q.reshape(mean.shape)).double()
+                    y_hat = torch.cat([y_hat, q_t * step + mean], dim=1)
+        except Exception:  # the chunk's checksum passed: the tables differ from the encoder's
+            raise CorruptFileError(MISMATCH) from None
+        check_or_fail(check, np.concatenate(indexes))
+        return Coded(payload, y_hat, check)
+
+    def synthesise(self, latent: Tensor) -> Tensor:
+        with torch.no_grad():
+            return self._synthesis(latent, float64=True)

@@ -1,0 +1,183 @@
+"""Named rate points of the learned codecs: shipped safetensors weights + manifest.
+
+``weights/manifest.json`` lists, per method, its rate points in increasing rate, each with
+its file, SHA-256, model configuration, training command, data, seed and measured
+held-out quality.  Weights are loaded with safetensors only (never pickle); a file whose
+SHA-256 differs from the manifest is refused.  ``CTPRESS_WEIGHTS_DIR`` points the zoo to
+another directory with the same layout (own training runs, tests).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+
+from ..errors import CorruptFileError, FormatError, InputError
+from .models.base import LearnedModel
+from .models.hyperprior import MeanScaleHyperprior
+from .models.vqvae import VQVAE
+
+#: Model class of each method.
+MODELS: dict[str, type[LearnedModel]] = {
+    MeanScaleHyperprior.method: MeanScaleHyperprior,
+    VQVAE.method: VQVAE,
+}
+MANIFEST = "manifest.json"
+ENV_DIR = "CTPRESS_WEIGHTS_DIR"
+
+
+class WeightsMismatchError(FormatError):
+    """A stream was made with weights that this installation does not have."""
+
+
+def weights_dir() -> Path:
+    """Directory of the weights in use (``$CTPRESS_WEIGHTS_DIR`` or the packaged one)."""
+    env = os.environ.get(ENV_DIR)
+    if env:
+        return Path(env)
+    return Path(str(resources.files("ctpress.learned").joinpath("weights")))
+
+
+def manifest() -> dict[str, Any]:
+    """The manifest of :func:`weights_dir` (``{"methods": {method: [entry, ...]}}``)."""
+    return _read_manifest(str(weights_dir()))
+
+
+@functools.cache
+def _read_manifest(directory: str) -> dict[str, Any]:
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        return {"format": 1, "methods": {}}
+    return json.loads(path.read_text())
+
+
+def rate_points(method: str) -> list[dict[str, Any]]:
+    """Manifest entries of ``method``'s rate points, in increasing rate."""
+    if method not in MODELS:
+        raise InputError(f"unknown learned method {method!r}; choose one of {sorted(MODELS)}")
+    return list(manifest()["methods"].get(method, []))
+
+
+def build_model(method: str, config: dict[str, Any]) -> LearnedModel:
+    """A fresh (untrained) model of ``method`` with architecture ``config``."""
+    return MODELS[method](**config)
+
+
+def save_weights(model: LearnedModel, path: Path, metadata: dict[str, Any]) -> str:
+    """Write ``model``'s state (tables included) as safetensors; returns the SHA-256.
+
+    The file's metadata holds ``method``, ``config`` (JSON) and ``metadata`` (JSON:
+    training provenance), so a weights file rebuilds its model on its own.
+    """
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    header = {
+        "method": model.method,
+        "config": json.dumps(model.config()),
+        "metadata": json.dumps(metadata),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file(state, str(path), metadata=header)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_weights(data: bytes) -> tuple[LearnedModel, dict[str, Any]]:
+    """Model and provenance metadata from the bytes of a safetensors weights file."""
+    header = _safetensors_metadata(data)
+    method = header.get("method")
+    if method not in MODELS:
+        raise CorruptFileError(f"weights file names an unknown method {method!r}")
+    model = build_model(method, json.loads(header["config"]))
+    state = safetensors.torch.load(data)
+    for name, tensor in state.items():  # integer tables have data-dependent shapes
+        module_name, _, leaf = name.rpartition(".")
+        module = model.get_submodule(module_name) if module_name else model
+        if leaf in module._buffers:
+            module._buffers[leaf] = torch.empty_like(tensor)
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    return model, json.loads(header.get("metadata", "{}"))
+
+
+def _safetensors_metadata(data: bytes) -> dict[str, str]:
+    if len(data) < 8:
+        raise CorruptFileError("weights file is truncated")
+    n = int.from_bytes(data[:8], "little")
+    try:
+        return dict(json.loads(data[8 : 8 + n]).get("__metadata__", {}))
+    except ValueError as exc:
+        raise CorruptFileError(f"weights file header is damaged: {exc}") from None
+
+
+def load_model(method: str, rate_point: int) -> tuple[LearnedModel, str]:
+    """The model of ``method`` at ``rate_point`` and its weights' SHA-256 (cached)."""
+    return _load_model(str(weights_dir()), method, rate_point)
+
+
+@functools.cache
+def _load_model(directory: str, method: str, rate_point: int) -> tuple[LearnedModel, str]:
+    entries = rate_points(method)
+    if not 0 <= rate_point < len(entries):
+        raise WeightsMismatchError(
+            f"{method} rate point {rate_point} is not installed (this ctpress has "
+            f"{len(entries)}): install the ctpress version that wrote the file"
+        )
+    entry = entries[rate_point]
+    data = (Path(directory) / entry["file"]).read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != entry["sha256"]:
+        raise CorruptFileError(
+            f"weights {entry['file']} have SHA-256 {digest}, but the manifest says "
+            f"{entry['sha256']}: the installation is damaged; reinstall ctpress"
+        )
+    model, _ = load_weights(data)
+    return model, digest
+
+
+def clear_cache() -> None:
+    """Forget loaded manifests and models (after changing :func:`weights_dir`)."""
+    _read_manifest.cache_clear()
+    _load_model.cache_clear()
+
+
+def install(path: Path) -> dict[str, Any]:
+    """Copy a trained weights file into :func:`weights_dir` and record it in the manifest.
+
+    The method, rate point and provenance (training command, data, seed, steps, held-out
+    quality) come from the file's own metadata (written by :func:`ctpress.learned.train.train`).
+    """
+    data = path.read_bytes()
+    _, metadata = load_weights(data)
+    method, rate_point = metadata["method"], int(metadata["rate_point"])
+    directory = weights_dir()
+    name = f"{method}-rp{rate_point}.safetensors"
+    (directory / name).write_bytes(data)
+    manifest_path = directory / MANIFEST
+    content = (
+        json.loads(manifest_path.read_text())
+        if manifest_path.is_file()
+        else {"format": 1, "methods": {}}
+    )
+    entries = content["methods"].setdefault(method, [])
+    record = {
+        "rate_point": rate_point,
+        "file": name,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        **{k: v for k, v in metadata.items() if k not in ("method", "rate_point", "history")},
+    }
+    if rate_point < len(entries):
+        entries[rate_point] = record
+    elif rate_point == len(entries):
+        entries.append(record)
+    else:
+        raise InputError(f"install rate point {len(entries)} of {method} first")
+    manifest_path.write_text(json.dumps(content, indent=1) + "\n")
+    clear_cache()
+    return record

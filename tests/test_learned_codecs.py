@@ -1,0 +1,93 @@
+"""The learned codecs through the API and the CLI: rate targets, error bounds, shapes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ctpress
+from conftest import smooth_stack
+from ctpress.cli import main
+from ctpress.codecs import get_codec
+from ctpress.learned import zoo
+
+METHODS = ("hyperprior", "vqvae")
+
+
+@pytest.fixture(scope="module")
+def scan() -> np.ndarray:
+    """(48, 32, 256) uint16, large enough for 0.1 bits/value to cover the container."""
+    return np.clip(smooth_stack((48, 32, 256), seed=3), 0, 65535).astype(np.uint16)
+
+
+def test_zoo_has_rate_points_with_provenance():
+    for method in METHODS:
+        entries = zoo.rate_points(method)
+        assert len(entries) >= 2
+        for entry in entries:
+            for key in ("sha256", "file", "config", "reproduce", "seed", "held_out", "train_data"):
+                assert key in entry, (method, key)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_bpp_target_through_the_api(method, scan):
+    data = ctpress.compress(scan, codec=method, bpp=0.1)
+    bits = 8 * len(data) / scan.size
+    assert abs(bits - 0.1) <= 0.01
+    decoded = ctpress.decompress(data).projections
+    assert decoded.shape == scan.shape and decoded.dtype == scan.dtype
+    assert ctpress.metrics.psnr_db(scan, decoded) > 30
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_cli_compress_bpp_file_size_is_on_disk(method, scan, tmp_path, capsys):
+    src, out = tmp_path / "scan.npy", tmp_path / "out.ctpz"
+    np.save(src, scan)
+    assert main(["-q", "compress", str(src), str(out), "--codec", method, "--bpp", "0.5"]) == 0
+    assert abs(8 * out.stat().st_size / scan.size - 0.5) <= 0.05
+    assert main(["-q", "decompress", str(out), str(tmp_path / "back.npy")]) == 0
+    assert np.load(tmp_path / "back.npy").shape == scan.shape
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_psnr_target_is_met(method, scan):
+    data = ctpress.compress(scan[:8], codec=method, psnr=60)
+    assert ctpress.metrics.psnr_db(scan[:8], ctpress.decompress(data).projections) >= 60
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_max_error_holds_on_every_value(method, uint16_stack, float32_stack, int16_stack):
+    for x, bound in ((uint16_stack, 3), (float32_stack, 1e-3), (int16_stack, 2)):
+        decoded = ctpress.decompress(ctpress.compress(x, codec=method, max_error=bound))
+        err = np.abs(decoded.projections.astype(np.float64) - x.reshape(decoded.shape))
+        assert err.max() <= bound, (x.dtype, err.max())
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_lossless_on_integer_data(method, uint16_stack, int16_stack):
+    for x in (uint16_stack, int16_stack):
+        decoded = ctpress.decompress(ctpress.compress(x, codec=method, lossless=True))
+        assert np.array_equal(decoded.user_array(), x)
+
+
+@pytest.mark.parametrize("shape", [(3, 13, 37), (40, 1, 50), (2, 8, 7), (1, 100, 1)])
+def test_any_detector_size(shape):
+    x = np.clip(smooth_stack(shape, seed=7), 0, 65535).astype(np.uint16)
+    for method in METHODS:
+        codec = get_codec(method, mode="max_error", value=10)
+        y = codec.decode(codec.encode(x))
+        assert y.shape == x.shape and np.abs(y.astype(int) - x).max() <= 10
+
+
+def test_rate_point_option_round_trips_in_config(scan):
+    codec = get_codec("hyperprior", mode="psnr", value=40, rate_point=0)
+    assert get_codec(codec.get_config()).rate_point == 0
+    y = codec.decode(codec.encode(scan[:4]))
+    assert y.shape == scan[:4].shape
+    with pytest.raises(ctpress.InputError):
+        get_codec("hyperprior", mode="psnr", value=40, rate_point=99).encode(scan[:2])
+
+
+def test_float_data_lossless_is_refused(float32_stack):
+    with pytest.raises(ctpress.RateControlError):
+        ctpress.compress(float32_stack, codec="hyperprior", lossless=True)

@@ -1,0 +1,117 @@
+"""Integer-table entropy coding of the learned codecs: round trips and stored tables."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ctpress.errors import CorruptFileError
+from ctpress.learned import residual, zoo
+from ctpress.learned.entropy import (
+    PRECISION,
+    TableCoder,
+    pack_varints,
+    quantise_pmf,
+    unpack_varints,
+)
+
+
+def test_quantise_pmf_sums_exactly_and_keeps_every_symbol():
+    rng = np.random.default_rng(0)
+    pmf = rng.random((5, 40)) ** 8
+    pmf[0, :10] = 0
+    freqs = quantise_pmf(pmf)
+    assert (freqs.sum(axis=1) == 1 << PRECISION).all()
+    assert freqs.min() >= 1
+
+
+def test_varints_round_trip():
+    values = np.array([0, 1, 127, 128, 300, 2**35 + 7, 2**62], dtype=np.uint64)
+    data = pack_varints(values) + b"tail"
+    decoded, used = unpack_varints(data, len(values))
+    assert (decoded == values).all()
+    assert data[used:] == b"tail"
+
+
+def test_table_coder_round_trip_with_escapes():
+    rng = np.random.default_rng(1)
+    lengths = np.array([5, 9, 3])
+    freqs = np.concatenate([quantise_pmf(rng.random((1, n)))[0] for n in lengths])
+    coder = TableCoder(freqs, np.array([-1, -3, 0]), lengths, escapes=True)
+    rows = rng.integers(0, 3, 5000)
+    values = rng.integers(-4, 5, 5000)
+    values[::97] = rng.integers(-(10**9), 10**9, values[::97].size)  # far outside: escapes
+    data = coder.encode(values, rows)
+    assert (coder.decode(data, rows) == values).all()
+    for damaged in (data[:10], data + b"\x00"):  # truncated; trailing bytes
+        with pytest.raises(CorruptFileError):
+            coder.decode(damaged, rows)
+
+
+def test_table_coder_without_escapes_refuses_outside_values():
+    coder = TableCoder(np.array([3, 1, 4, 1]), np.array([10]), np.array([4]), escapes=False)
+    values = np.array([10, 13, 11, 12, 10])
+    assert (coder.decode(coder.encode(values, np.zeros(5)), np.zeros(5)) == values).all()
+    with pytest.raises(ValueError):
+        coder.encode(np.array([14]), np.zeros(1))
+
+
+@pytest.mark.parametrize("method", ["hyperprior", "vqvae"])
+def test_tables_identical_after_save_and_load(method, tmp_path):
+    model, _ = zoo.load_model(method, 0)
+    path = tmp_path / "w.safetensors"
+    zoo.save_weights(model, path, {"test": True})
+    again, meta = zoo.load_weights(path.read_bytes())
+    assert meta == {"test": True}
+    tables = {k: v for k, v in model.state_dict().items() if "table" in k or "prior_freqs" in k}
+    assert tables
+    for name, tensor in tables.items():
+        assert torch.equal(tensor, again.state_dict()[name]), name
+    # and they code to the same bytes
+    rng = np.random.default_rng(2)
+    x = torch.from_numpy(rng.random((2, 1, 64, 64))).float()
+    a = model.code(model.analyse(x), 1.0).payload
+    b = again.code(again.analyse(x), 1.0).payload
+    assert a == b
+
+
+def test_residual_tables_pinned_and_round_trip():
+    data = (Path(residual.__file__).parent / "weights" / residual.TABLES_FILE).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == residual.TABLES_SHA256
+    rng = np.random.default_rng(3)
+    q = np.round(rng.laplace(0, 40, (3, 37, 50))).astype(np.int64)
+    q[0, :16, :16] = 0
+    q[1, 3, 4] = 2**40 - 5
+    q[2, 0, 0] = -(2**39)
+    stream = residual.encode_residual(q)
+    assert (residual.decode_residual(stream, q.shape) == q).all()
+    with pytest.raises(CorruptFileError):
+        residual.decode_residual(stream[:-3], q.shape)
+
+
+def test_residual_tokens_invert_exactly():
+    u = np.concatenate([np.arange(5000), 2 ** np.arange(4, 41) - 1, 2 ** np.arange(4, 41)])
+    u = u.astype(np.uint64)
+    token, nbits, raw = residual.tokenize(u)
+    assert (residual.detokenize(token, raw) == u).all()
+    assert (residual.unpack_bits(residual.pack_bits(raw, nbits), nbits) == raw).all()
+    assert token.max() < residual.N_TOKENS
+
+
+def test_residual_quantiser_bounds():
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 65536, 10000).astype(np.float64)
+    recon = np.clip(x + rng.integers(-300, 300, 10000), 0, 65535).astype(np.float64)
+    for bound in (1, 2.5, 7):
+        step = residual.residual_step(bound, integer=True)
+        q = residual.quantise(x, recon, step, integer=True)
+        assert np.abs(residual.dequantise(recon, q, step) - x).max() <= bound
+    xf = rng.random(10000) * 8
+    rf = xf + rng.normal(0, 0.1, 10000)
+    step = residual.residual_step(1e-3, integer=False)
+    q = residual.quantise(xf, rf, step, integer=False)
+    assert np.abs(residual.dequantise(rf, q, step) - xf).max() <= 1e-3 * (1 + 1e-9)

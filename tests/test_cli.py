@@ -133,3 +133,63 @@ def test_usage_errors_exit_2_and_console_script_works(tmp_path: Path) -> None:
         check=False,
     )
     assert proc.returncode == 2 and "not allowed with" in proc.stderr
+
+
+def test_simulate_compare_and_recon(tmp_path: Path, capsys) -> None:
+    scan, ctpz = tmp_path / "s.npz", tmp_path / "s.ctpz"
+    assert (
+        run(
+            "-q",
+            "simulate",
+            str(scan),
+            "--geometry",
+            "fan",
+            "--views",
+            "90",
+            "--rows",
+            "2",
+            "--cols",
+            "64",
+        )
+        == 0
+    )
+    assert run("-q", "compress", str(scan), str(ctpz), "--codec", "sz3", "--max-error", "10") == 0
+    assert run("compare", str(scan), str(ctpz), "--recon", "--json") == 0
+    import json
+
+    result = json.loads(capsys.readouterr().out)
+    assert result["projection"]["max_abs_error"] <= 10
+    assert result["recon"]["rmse_hu"] > 0 and result["recon"]["psnr_db"] > 30
+    recon = tmp_path / "r.npy"
+    assert run("-q", "recon", str(ctpz), str(recon), "--hu", "--size", "48") == 0
+    image = np.load(recon)
+    assert image.shape == (2, 48, 48) and image.min() < -500 and image.max() > -200
+    assert run("-q", "recon", str(ctpz), str(tmp_path / "r.png")) == 2
+
+
+def test_simulate_helical_dicom_ctpd_and_reconstruct(tmp_path: Path) -> None:
+    series = tmp_path / "series"
+    assert (
+        run(
+            "-q",
+            "simulate",
+            str(series),
+            "--geometry",
+            "helical",
+            "--views",
+            "240",
+            "--rows",
+            "8",
+            "--cols",
+            "64",
+            "--detector",
+            "cylindrical",
+            "--format",
+            "dicom-ctpd",
+        )
+        == 0
+    )
+    assert len(list(series.glob("*.dcm"))) == 240
+    out = tmp_path / "h.npy"
+    assert run("-q", "recon", str(series), str(out), "--size", "32") == 0
+    assert np.load(out).ndim == 3

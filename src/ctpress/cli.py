@@ -18,6 +18,7 @@ from ._version import __version__
 from .codecs import list_codecs
 from .errors import CtpressError
 from .io import FORMATS
+from .scan import Scan
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
 
@@ -82,7 +83,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--i0", type=float, default=1e5, help="incident photons per pixel (0: none)")
     p.add_argument("--dtype", default="uint16", choices=["uint16", "float32", "counts"])
     p.add_argument("--detector", default="flat", choices=["flat", "cylindrical"])
+    p.add_argument("--pitch", type=float, default=1.0, help="helical pitch")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", help="output format, e.g. dicom-ctpd for a helical series")
+
+    p = sub.add_parser("recon", help="reconstruct projections (.ctpz or any input format)")
+    p.add_argument("input", help=f"projections (.ctpz, {formats})")
+    p.add_argument("output", help="reconstruction: .npy or .tif (float32)")
+    p.add_argument("--algorithm", default="fbp", choices=["fbp", "fdk", "sirt"])
+    p.add_argument("--filter", default="ram-lak", help="ram-lak, shepp-logan, cosine or hann")
+    p.add_argument("--cutoff", type=float, default=1.0, help="filter cut-off, fraction of Nyquist")
+    p.add_argument("--size", type=int, help="image width/height in pixels (default: columns)")
+    p.add_argument("--pixel-size", type=float, help="pixel size in mm (default: column pitch)")
+    p.add_argument("--hu", action="store_true", help="output Hounsfield units, not 1/mm")
+    p.add_argument("--iterations", type=int, default=50, help="SIRT iterations")
+    p.add_argument("--format", help="input format, overriding the extension")
+
+    p = sub.add_parser("compare", help="quality of DECODED versus ORIGINAL projections")
+    p.add_argument("original", help="original projections (.ctpz or any input format)")
+    p.add_argument("decoded", help="decoded projections (.ctpz or any input format)")
+    p.add_argument("--data-range", type=float, help="PSNR peak (default: max - min of original)")
+    p.add_argument("--recon", action="store_true", help="also compare central reconstructions")
+    p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("demo", help="compress the default scan with every codec; print a table")
     p.add_argument("--out", default="results/demo", help="directory for the results")
@@ -198,14 +220,11 @@ def _cmd_simulate(args: argparse.Namespace) -> None:
     import numpy as np
 
     from .io import write_scan
-    from .sim import shepp_logan_3d, simulate_scan
+    from .sim import simulate_scan
 
-    volume = None
-    kwargs: dict[str, object] = {}
+    volume: np.ndarray | str | None = "shepp_logan" if args.phantom else None
     if args.volume:
         volume = np.load(args.volume)
-        if args.voxel_size:
-            kwargs["voxel_size_mm"] = args.voxel_size
     t0 = time.perf_counter()
     scan = simulate_scan(
         volume,
@@ -213,19 +232,99 @@ def _cmd_simulate(args: argparse.Namespace) -> None:
         n_views=args.views,
         det_rows=args.rows,
         det_cols=args.cols,
+        voxel_size_mm=args.voxel_size,
         i0=args.i0 or None,
         dtype=args.dtype,
         seed=args.seed,
         detector_shape=args.detector,
-        phantom=shepp_logan_3d if args.phantom else None,
-        **kwargs,
+        helical_pitch=args.pitch,
     )
-    write_scan(scan, args.output)
+    write_scan(scan, args.output, format=args.format)
     if not args.quiet:
         print(
             f"{args.output}: {scan.shape} {scan.dtype} {args.geometry}, "
             f"{time.perf_counter() - t0:.1f} s"
         )
+
+
+def _read_any(path: str, fmt: str | None = None) -> Scan:
+    """A scan from a .ctpz file (decoded) or any readable projection format."""
+    if Path(path).suffix == ".ctpz":
+        return api.decompress(path)
+    from .io import read_scan
+
+    return read_scan(path, format=fmt)
+
+
+def _cmd_recon(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from .recon import mu_to_hu, reconstruct
+
+    if Path(args.output).suffix not in (".npy", ".tif", ".tiff"):
+        raise CtpressError(f"{args.output}: the reconstruction is written as .npy or .tif")
+    scan = _read_any(args.input, args.format)
+    options: dict[str, object] = {"filter": args.filter, "cutoff": args.cutoff}
+    if args.algorithm == "sirt":
+        options = {"n_iter": args.iterations}
+    cols = scan.shape[2]
+    size = args.size or cols
+    kind = scan.geometry.kind if scan.geometry else None
+    if kind == "cone":
+        options.update(volume_shape=(scan.shape[1], size, size), voxel_size_mm=args.pixel_size)
+    elif args.algorithm == "sirt":
+        options.update(shape=(size, size), voxel_size_mm=args.pixel_size)
+    else:
+        options.update(image_shape=(size, size), pixel_size_mm=args.pixel_size)
+    t0 = time.perf_counter()
+    volume = np.asarray(reconstruct(scan, args.algorithm, **options), dtype=np.float32)
+    if args.hu:
+        volume = mu_to_hu(volume, float(scan.metadata.get("mu_water_per_mm", 0.0192)))
+    from .io import atomic_path
+
+    with atomic_path(args.output) as tmp:
+        if Path(args.output).suffix == ".npy":
+            with tmp.open("wb") as fh:
+                np.save(fh, volume)
+        else:
+            import tifffile
+
+            tifffile.imwrite(tmp, volume)
+    if not args.quiet:
+        unit = "HU" if args.hu else "1/mm"
+        print(f"{args.output}: {volume.shape} float32 in {unit}, {time.perf_counter() - t0:.1f} s")
+
+
+def _cmd_compare(args: argparse.Namespace) -> None:
+    from . import metrics
+
+    original, decoded = _read_any(args.original), _read_any(args.decoded)
+    result: dict[str, object] = {
+        "projection": metrics.projection_metrics(
+            original.projections, decoded.projections, args.data_range
+        )
+    }
+    if args.recon:
+        from .bench import prepare_recon
+
+        reference = prepare_recon(original)
+        result["recon"] = metrics.recon_metrics(
+            reference.volume,
+            reference.reconstruct(decoded),
+            reference.mask,
+            reference.mu_water_per_mm,
+            reference.noise_std,
+        )
+        result["recon_settings"] = reference.describe()
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+        return
+    for domain in ("projection", "recon"):
+        values = result.get(domain)
+        if isinstance(values, dict):
+            print(f"{domain} domain:")
+            for key, value in values.items():
+                print(f"  {key:18s} {value:.6g}")
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -292,6 +391,8 @@ _COMMANDS = {
     "info": _cmd_info,
     "codecs": _cmd_codecs,
     "simulate": _cmd_simulate,
+    "recon": _cmd_recon,
+    "compare": _cmd_compare,
     "demo": _cmd_demo,
     "bench": _cmd_bench,
 }

@@ -1,7 +1,17 @@
 """Codecs: one interface (:class:`Codec`), one registry, one module per method."""
 
-from . import generic, jpeg2000, jpegls, jpegxl, sperr, sz3, zfp  # noqa: F401  (register)
-from . import hyperprior, vqvae  # noqa: F401  (register the learned codecs)
+# importing a codec module registers it
+from . import (  # noqa: F401
+    generic,
+    hyperprior,
+    jpeg2000,
+    jpegls,
+    jpegxl,
+    sperr,
+    sz3,
+    vqvae,
+    zfp,
+)
 from .base import RATE_MODES, Codec, Knob
 from .registry import get_codec, get_codec_class, list_codecs, register_codec
 

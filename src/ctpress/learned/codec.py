@@ -8,9 +8,12 @@ coded, and cropped back.
 
 Operating point = (rate point, quantisation gain, residual step):
 
-- ``bpp`` / ``psnr`` targets search it: the rate points at gain 1 first, then the gain of
-  the nearest rate point (models that tolerate one), then the residual layer
-  (:mod:`ctpress.learned.residual`) to go beyond the richest rate point;
+- ``bpp``: the rate point whose gain range reaches the target (the one trained nearest
+  to it), its gain bisected; beyond the richest operating point (or for models without
+  a gain, between rate points) the residual layer (:mod:`ctpress.learned.residual`)
+  fills the remaining budget;
+- ``psnr``: the coarsest rate point that meets the target, its gain bisected; beyond the
+  richest, the residual layer;
 - ``max_error`` E: learned reconstruction + residual with step 2E (odd integer step on
   integer data), the rate point giving the smallest stream;
 - ``lossless`` (integer data): the same with step 1.
@@ -27,6 +30,7 @@ Stream: side information (``_SIDE``), the model's latent payload, the residual s
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 import zlib
@@ -54,9 +58,9 @@ _FLAG_RESIDUAL = 2
 #: The learned reconstruction is rounded to 2**-GRID_BITS of the chunk's range.
 GRID_BITS = 20
 #: bpp targets: accept a rate point (or gain) this close below the target without a residual.
-_BPP_CLOSE = 0.03
+_BPP_CLOSE = 0.05
 _BPP_TOLERANCE = 0.10
-_BISECT_STEPS = 10
+_BISECT_STEPS = 7
 
 ModelLoader = Callable[[str, int], tuple[LearnedModel, str]]
 
@@ -336,32 +340,32 @@ class LearnedCodec(Codec):
 
     def _search_bpp(self, s: _Session, target: float) -> tuple[int, float, float | None]:
         points = self._points()
-        base = {rp: s.latent_bits(rp, 1.0) for rp in points}
-        below = [rp for rp in points if base[rp] <= target]
-        above = [rp for rp in points if base[rp] > target]
-        # a model between two rate points (or beyond the last) through its gain
-        rp = above[0] if above else below[-1]
-        g_lo, g_hi = s.gain_range(rp)
-        choice: tuple[int, float] | None = (below[-1], 1.0) if below else None
-        if above and g_hi > 1 and s.latent_bits(rp, g_hi) <= target:
-            gain = _bisect(lambda g: s.latent_bits(rp, g) <= target, g_hi, 1.0, _BISECT_STEPS)
-            choice = (rp, gain)
-        elif not above and g_lo < 1:
-            if s.latent_bits(rp, g_lo) > target:
-                gain = _bisect(lambda g: s.latent_bits(rp, g) <= target, 1.0, g_lo, _BISECT_STEPS)
-                choice = (rp, gain)
-            else:
-                choice = (rp, g_lo)
-        if choice is None:
-            cheapest = min(s.latent_bits(rp, g_hi), base[rp])
-            if cheapest <= target * (1 + _BPP_TOLERANCE):
-                return rp, (g_hi if cheapest < base[rp] else 1.0), None
-            raise RateControlError(
-                f"codec {self.codec_id!r} cannot reach {target:g} bits/value on this data "
-                f"(its lowest rate point needs {cheapest:.3g}); choose another target or codec"
-            )
-        rp, gain = choice
-        if s.latent_bits(rp, gain) >= target * (1 - _BPP_CLOSE):
+        ranges = {rp: s.gain_range(rp) for rp in points}
+
+        def bits(rp: int, gain: float) -> float:
+            return s.latent_bits(rp, gain)
+
+        # rate points whose gain range reaches the target: the one trained nearest to it
+        reach = [
+            rp for rp in points if bits(rp, ranges[rp][1]) <= target <= bits(rp, ranges[rp][0])
+        ]
+        if reach:
+            rp = min(reach, key=lambda r: abs(math.log(bits(r, 1.0) / target)))
+            g_lo, g_hi = ranges[rp]
+            gain = _bisect(lambda g: bits(rp, g) <= target, g_hi, g_lo, _BISECT_STEPS)
+        else:
+            under = [(rp, ranges[rp][0]) for rp in points if bits(rp, ranges[rp][0]) <= target]
+            if not under:
+                rp, gain = min(((r, ranges[r][1]) for r in points), key=lambda c: bits(*c))
+                if bits(rp, gain) <= target * (1 + _BPP_TOLERANCE):
+                    return rp, gain, None
+                raise RateControlError(
+                    f"codec {self.codec_id!r} cannot reach {target:g} bits/value on this data "
+                    f"(its lowest rate point needs {bits(rp, gain):.3g}); choose another "
+                    "target or codec"
+                )
+            rp, gain = max(under, key=lambda c: bits(*c))  # the richest one within budget
+        if bits(rp, gain) >= target * (1 - _BPP_CLOSE):
             return rp, gain, None
         # fill the remaining budget with the residual layer
         recon, _ = s.recon(rp, gain)
@@ -390,38 +394,32 @@ class LearnedCodec(Codec):
             err = _finish(values, x).astype(np.float64) - x.astype(np.float64)
             return float(np.mean(err * err))
 
-        for rp in points:
-            if mse_of(rp, 1.0) <= mse_target:
-                _, g_hi = s.gain_range(rp)
-                gain = 1.0
-                if g_hi > 1:
-                    gain = _bisect(
-                        lambda g, rp=rp: mse_of(rp, g) <= mse_target, 1.0, g_hi, _BISECT_STEPS
-                    )
-                return rp, gain, None
+        def meets(rp: int, gain: float) -> bool:
+            return mse_of(rp, gain) <= mse_target
+
+        for rp in points:  # the coarsest rate point that can meet the target
+            g_lo, g_hi = s.gain_range(rp)
+            if meets(rp, g_lo):
+                if meets(rp, g_hi):
+                    return rp, g_hi, None
+                return rp, _bisect(functools.partial(meets, rp), g_lo, g_hi, _BISECT_STEPS), None
         rp = points[-1]
-        g_lo, _ = s.gain_range(rp)
-        if mse_of(rp, g_lo) <= mse_target:
-            return (
-                rp,
-                _bisect(lambda g: mse_of(rp, g) <= mse_target, g_lo, 1.0, _BISECT_STEPS),
-                None,
-            )
         # beyond the richest rate point: the residual layer
-        recon, _ = s.recon(rp, 1.0)
+        gain = s.gain_range(rp)[0]
+        recon, _ = s.recon(rp, gain)
         worst = float(np.max(np.abs(s.images - recon)))
         finest = 1.0 if s.integer else s.scale * 2.0**-GRID_BITS
         coarsest = residual.residual_step(worst + 1, s.integer)
 
         def good(step: float) -> bool:
-            return mse_of(rp, 1.0, _odd(step, s.integer)) <= mse_target
+            return mse_of(rp, gain, _odd(step, s.integer)) <= mse_target
 
         if not good(finest):
             raise RateControlError(
                 f"codec {self.codec_id!r} cannot reach {self.value:g} dB PSNR on this data; "
                 "use --lossless"
             )
-        return rp, 1.0, _odd(_bisect(good, finest, coarsest, 2 * _BISECT_STEPS), s.integer)
+        return rp, gain, _odd(_bisect(good, finest, coarsest, 2 * _BISECT_STEPS), s.integer)
 
 
 def _odd(step: float, integer: bool) -> float:

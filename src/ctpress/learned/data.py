@@ -17,6 +17,7 @@ Not used at all: volumes whose licence does not allow shipping derived weights
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Callable, Iterator
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..scan import Scan
+from ..scan import DetectorShape, GeometryKind, Scan
 from ..sim.simulate import quantise_uint16, simulate_scan
 
 #: Real volumes kept out of training, for evaluation.
@@ -142,21 +143,22 @@ def simulated_scans(
     else:
         slices = [hu]
     for k, vol in enumerate(slices):
-        settings = [("fan", 1, 256, 360, "flat")]
+        settings: list[tuple[GeometryKind, int, int, int, DetectorShape]] = [
+            ("fan", 1, 256, 360, "flat")
+        ]
         if vol.ndim == 3:
-            detector = "cylindrical" if k % 2 else "flat"
-            settings.append(("cone", 64, 192, 60, detector))
+            settings.append(("cone", 64, 192, 60, "cylindrical" if k % 2 else "flat"))
         for kind, rows, cols, views, detector in settings:
             key = f"{path.stem}-{k}-{kind}-{rows}x{cols}x{views}-{detector}"
-            spec = (vol, voxel, kind, rows, cols, views, detector)
-            clean = _cached(cache, key, lambda spec=spec: _project(*spec))
+            project = functools.partial(_project, vol, voxel, kind, rows, cols, views, detector)
+            clean = _cached(cache, key, project)
             for d, i0 in enumerate(DOSES):
                 yield f"{key}-i0={i0:g}", _noisy(clean, i0, seed + 7919 * d + k)
 
 
 def _project(
-    vol: np.ndarray, voxel: tuple[float, float, float], kind: str, rows: int, cols: int,
-    views: int, detector: str,
+    vol: np.ndarray, voxel: tuple[float, float, float], kind: GeometryKind, rows: int,
+    cols: int, views: int, detector: DetectorShape,
 ) -> np.ndarray:  # fmt: skip
     scan = simulate_scan(
         vol, geometry_kind=kind, n_views=views, det_rows=rows, det_cols=cols,

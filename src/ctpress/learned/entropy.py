@@ -276,6 +276,10 @@ class FactorizedPrior(nn.Module):
         Initial width of the densities (latent units).
     """
 
+    table_freqs: Tensor
+    table_offsets: Tensor
+    table_lengths: Tensor
+
     def __init__(
         self, channels: int, filters: tuple[int, ...] = (3, 3, 3), init_scale: float = 8.0
     ) -> None:
@@ -397,6 +401,12 @@ class ScaleConditional(nn.Module):
     scale_table : ndarray, optional
         Increasing scales; default :func:`default_scale_table`.
     """
+
+    scale_table: Tensor
+    scale_bounds: Tensor
+    table_freqs: Tensor
+    table_offsets: Tensor
+    table_lengths: Tensor
 
     def __init__(self, family: str = "gaussian", scale_table: np.ndarray | None = None) -> None:
         super().__init__()

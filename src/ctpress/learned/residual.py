@@ -213,7 +213,7 @@ def encode_residual(q: np.ndarray) -> bytes:
     dmin = int(delta.min())
     hist = np.bincount(delta - dmin)
     table = count_table(hist)
-    index_coder = TableCoder(table, [dmin], [table.size], escapes=False)
+    index_coder = TableCoder(table, np.array([dmin]), np.array([table.size]), escapes=False)
     index_bytes = (
         pack_varints(np.array([2 * abs(dmin) + (dmin < 0), len(hist)], dtype=np.uint64))
         + pack_varints(hist.astype(np.uint64))
@@ -244,7 +244,7 @@ def decode_residual(data: bytes, shape: tuple[int, int, int]) -> np.ndarray:
     dmin = -(zz >> 1) if zz & 1 else zz >> 1
     hist, used2 = unpack_varints(index_part[used:], n_hist)
     table = count_table(hist)
-    index_coder = TableCoder(table, [dmin], [table.size], escapes=False)
+    index_coder = TableCoder(table, np.array([dmin]), np.array([table.size]), escapes=False)
     ids, n_blocks = _block_ids(shape)
     delta = index_coder.decode(index_part[used + used2 :], np.zeros(n_blocks, np.int64))
     index = np.cumsum(delta)

@@ -147,11 +147,13 @@ def clear_cache() -> None:
     _load_model.cache_clear()
 
 
-def install(path: Path) -> dict[str, Any]:
+def install(path: Path, held_out: dict[str, Any] | None = None) -> dict[str, Any]:
     """Copy a trained weights file into :func:`weights_dir` and record it in the manifest.
 
     The method, rate point and provenance (training command, data, seed, steps, held-out
-    quality) come from the file's own metadata (written by :func:`ctpress.learned.train.train`).
+    quality) come from the file's own metadata (written by :func:`ctpress.learned.train.train`);
+    ``held_out`` replaces the held-out quality measured at training time (e.g. measured
+    again with the encoder of this version).
     """
     data = path.read_bytes()
     _, metadata = load_weights(data)
@@ -160,7 +162,7 @@ def install(path: Path) -> dict[str, Any]:
     name = f"{method}-rp{rate_point}.safetensors"
     (directory / name).write_bytes(data)
     manifest_path = directory / MANIFEST
-    content = (
+    content: dict[str, Any] = (
         json.loads(manifest_path.read_text())
         if manifest_path.is_file()
         else {"format": 1, "methods": {}}
@@ -172,6 +174,8 @@ def install(path: Path) -> dict[str, Any]:
         "sha256": hashlib.sha256(data).hexdigest(),
         **{k: v for k, v in metadata.items() if k not in ("method", "rate_point", "history")},
     }
+    if held_out is not None:
+        record["held_out"] = held_out
     if rate_point < len(entries):
         entries[rate_point] = record
     elif rate_point == len(entries):

@@ -52,6 +52,11 @@ class VectorQuantizer(nn.Module):
         EMA decay of the codebook statistics.
     """
 
+    embedding: Tensor
+    cluster_size: Tensor
+    embed_sum: Tensor
+    prior_freqs: Tensor
+
     def __init__(self, codebook: int, dim: int, decay: float = 0.99) -> None:
         super().__init__()
         self.decay = decay

@@ -115,3 +115,13 @@ def test_residual_quantiser_bounds():
     step = residual.residual_step(1e-3, integer=False)
     q = residual.quantise(xf, rf, step, integer=False)
     assert np.abs(residual.dequantise(rf, q, step) - xf).max() <= 1e-3 * (1 + 1e-9)
+
+
+def test_residual_tables_are_what_the_documented_builder_makes():
+    import safetensors.numpy
+
+    path = Path(residual.__file__).parent / "weights" / residual.TABLES_FILE
+    stored = safetensors.numpy.load(path.read_bytes())
+    built = residual.build_residual_tables()
+    assert np.array_equal(stored["freqs"], built["freqs"])
+    assert np.array_equal(stored["scales"], built["scales"])

@@ -120,9 +120,8 @@ def train(
     model.train()
     while step < total:
         batch = torch.from_numpy(sampler.batch(BATCH[method])).to(device)
-        lr = LEARNING_RATE * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * step / max(total, 1))))
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = learning_rate(step, total)
         loss, stats = model.training_loss(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -169,6 +168,15 @@ def train(
     metadata["sha256"] = sha
     say(f"wrote {out} (sha256 {sha[:16]}...); held-out: {held.get('mean', 'none')}")
     return metadata
+
+
+def learning_rate(step: int, total: int) -> float:
+    """Constant over the first (timing) steps, then a cosine decay to 1 % at ``total``: the
+    same for ``minutes`` and ``steps`` runs, so the recorded step count reproduces a run."""
+    if step < _TIMING_STEPS:
+        return LEARNING_RATE
+    progress = (step - _TIMING_STEPS) / max(total - _TIMING_STEPS, 1)
+    return LEARNING_RATE * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def reproduce_command(

@@ -1,0 +1,1 @@
+"""Whole learned models (training path and coding path), see :mod:`.base`."""

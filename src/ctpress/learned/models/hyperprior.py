@@ -94,7 +94,7 @@ class MeanScaleHyperprior(LearnedModel):
     downsampling = 16
     #: Gains used when coding; training draws them in :data:`TRAINING_GAINS` (the model
     #: extrapolates gracefully to the coarser steps, which reach lower rates).
-    gain_range = (0.5, 4.0)
+    gain_range = (0.5, 8.0)
     band_norms: Tensor
 
     def __init__(

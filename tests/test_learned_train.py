@@ -1,4 +1,4 @@
-"""``ctpress train`` end to end on a tiny volume: weights with provenance that install and code."""
+"""``ctpress train`` end to end on tiny data: weights with provenance that install and code."""
 
 from __future__ import annotations
 
@@ -15,17 +15,19 @@ from ctpress.learned import zoo
 @pytest.mark.parametrize("method", ["hyperprior", "vqvae"])
 def test_train_writes_installable_weights(method, tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
-    volume = np.full((8, 24, 24), -1000, dtype=np.int16)
-    volume[:, 4:20, 4:20] = rng.integers(-100, 400, (8, 16, 16))
-    np.save(tmp_path / "tiny_volume.npy", volume)
+    (tmp_path / "projections").mkdir()
+    views = 20000 + np.cumsum(rng.integers(-50, 50, (12, 32, 64)), axis=2)
+    np.save(tmp_path / "projections" / "tiny_scan.npy", views.astype(np.uint16))
     out = tmp_path / "w.safetensors"
-    args = ["-q", "train", method, "--data", str(tmp_path / "tiny_volume.npy"), "--out", str(out)]
+    args = ["-q", "train", method, "--data", str(tmp_path), "--out", str(out)]
     assert main([*args, "--steps", "2", "--seed", "1"]) == 0
     model, meta = zoo.load_weights(out.read_bytes())
     assert model.method == method
     assert meta["steps"] == 2 and meta["seed"] == 1 and meta["rate_point"] == 0
     assert "--steps 2 --seed 1" in meta["reproduce"]
-    assert meta["train_data"] == ["tiny_volume"]
+    assert meta["train_data"] == ["tiny_scan"]
+    held_out = meta["held_out"]["tiny_scan[held-out views]"]  # the last third of the views
+    assert held_out["bits_per_value"] > 0
 
     weights = tmp_path / "zoo"
     weights.mkdir()

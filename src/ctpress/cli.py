@@ -1,4 +1,5 @@
-"""Command-line interface: ``ctpress compress|decompress|info|codecs|simulate|demo|bench``.
+"""Command-line interface of ctpress: compress, decompress, info, codecs, simulate, recon,
+compare, bench, demo and train.
 
 Exit codes: 0 success, 2 bad usage or input (one-line message, no traceback),
 1 internal error (a bug: the traceback is shown).

@@ -37,8 +37,8 @@ def _water_hu(scan: Scan, z: list[float]) -> np.ndarray:
     return hu[:, 24:40, 24:40].mean(axis=(1, 2))
 
 
-@pytest.fixture(scope="module")
-def helical_scan() -> Scan:
+def _helical(**options: object) -> Scan:
+    """The water cylinder scanned helically: 720 views x 8 rows x 96 columns."""
     return simulate_scan(
         _water_cylinder(),
         geometry_kind="helical",
@@ -46,10 +46,14 @@ def helical_scan() -> Scan:
         det_rows=8,
         det_cols=96,
         voxel_size_mm=2.0,
-        i0=1e5,
-        seed=1,
         detector_shape="cylindrical",
+        **options,
     )
+
+
+@pytest.fixture(scope="module")
+def helical_scan() -> Scan:
+    return _helical(i0=1e5, seed=1)
 
 
 def test_water_is_zero_hu_after_rebinning(helical_scan: Scan) -> None:
@@ -66,16 +70,7 @@ def test_dicom_ctpd_end_to_end(helical_scan: Scan, tmp_path) -> None:
 
 
 def test_flying_focal_spot_shifts_are_used() -> None:
-    nominal = simulate_scan(
-        _water_cylinder(),
-        geometry_kind="helical",
-        n_views=720,
-        det_rows=8,
-        det_cols=96,
-        voxel_size_mm=2.0,
-        i0=None,
-        detector_shape="cylindrical",
-    ).geometry
+    nominal = _helical(i0=None).geometry
     shift = np.where(np.arange(720) % 2 == 0, -0.75, 0.75)  # FFSZ: alternating axial shift
     true_geometry = replace(nominal, z_mm=tuple(np.asarray(nominal.z_mm) + shift))
     measured = simulate_scan(

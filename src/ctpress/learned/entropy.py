@@ -356,14 +356,7 @@ class FactorizedPrior(nn.Module):
     def coder(self) -> TableCoder:
         """The integer-table coder built from the stored tables."""
         if self._coder is None:
-            if self.table_lengths.numel() != self.channels:
-                raise RuntimeError("FactorizedPrior tables are missing: call update()")
-            self._coder = TableCoder(
-                self.table_freqs.numpy(),
-                self.table_offsets.numpy(),
-                self.table_lengths.numpy(),
-                escapes=True,
-            )
+            self._coder = _stored_table_coder(self, self.channels, "FactorizedPrior")
         return self._coder
 
     def compress(self, z_int: np.ndarray) -> bytes:
@@ -459,14 +452,7 @@ class ScaleConditional(nn.Module):
     def coder(self) -> TableCoder:
         """The integer-table coder built from the stored tables."""
         if self._coder is None:
-            if self.table_lengths.numel() != self.scale_table.numel():
-                raise RuntimeError("ScaleConditional tables are missing: call update()")
-            self._coder = TableCoder(
-                self.table_freqs.numpy(),
-                self.table_offsets.numpy(),
-                self.table_lengths.numpy(),
-                escapes=True,
-            )
+            self._coder = _stored_table_coder(self, self.scale_table.numel(), "ScaleConditional")
         return self._coder
 
     def indexes(self, scale: Tensor, step: float = 1.0) -> np.ndarray:
@@ -474,3 +460,16 @@ class ScaleConditional(nn.Module):
         quantisation ``step``: int64 array of the same shape."""
         s = scale.double() / step
         return torch.bucketize(s, self.scale_bounds).numpy().astype(np.int64)
+
+
+def _stored_table_coder(model: nn.Module, n_tables: int, name: str) -> TableCoder:
+    """The :class:`TableCoder` of the integer tables stored in ``model``'s buffers."""
+    lengths = model.get_buffer("table_lengths")
+    if lengths.numel() != n_tables:
+        raise RuntimeError(f"{name} tables are missing: call update()")
+    return TableCoder(
+        model.get_buffer("table_freqs").numpy(),
+        model.get_buffer("table_offsets").numpy(),
+        lengths.numpy(),
+        escapes=True,
+    )

@@ -7,6 +7,7 @@ from . import (  # noqa: F401
     jpeg2000,
     jpegls,
     jpegxl,
+    siren,
     sperr,
     sz3,
     vqvae,

@@ -199,16 +199,57 @@ def _block_ids(shape: tuple[int, int, int]) -> tuple[np.ndarray, int]:
     return ids, n * bh * bw
 
 
+def scale_index(mean_magnitude: np.ndarray) -> np.ndarray:
+    """Index of the Laplace table whose mean magnitude |v| is nearest (in log) to each
+    ``mean_magnitude`` (int64, same shape)."""
+    _, bounds = _tables()
+    return np.searchsorted(bounds, np.asarray(mean_magnitude, dtype=np.float64))
+
+
+def _code_tokens(q: np.ndarray, rows: np.ndarray) -> tuple[bytes, bytes]:
+    """(range-coded tokens, raw bits) of integer symbols ``q`` with tables ``rows``."""
+    coder, _ = _tables()
+    token, nbits, raw = tokenize(_zigzag(q.astype(np.int64).ravel()))
+    return coder.encode(token, np.asarray(rows, dtype=np.int64).ravel()), pack_bits(raw, nbits)
+
+
+def _decode_tokens(token_bytes: bytes, raw_bytes: bytes, rows: np.ndarray) -> np.ndarray:
+    coder, _ = _tables()
+    rows = np.asarray(rows, dtype=np.int64)
+    if rows.size and (rows.min() < 0 or rows.max() >= coder.rows):
+        raise CorruptFileError("symbol table indexes are out of range")
+    token = coder.decode(token_bytes, rows.ravel())
+    raw = unpack_bits(raw_bytes, _token_bits(token))
+    return _unzigzag(detokenize(token, raw)).reshape(rows.shape)
+
+
+def encode_symbols(q: np.ndarray, rows: np.ndarray) -> bytes:
+    """Entropy-code integer symbols ``q`` (any shape), symbol ``i`` with the Laplace table
+    ``rows[i]`` (same shape; see :func:`scale_index`).  The caller stores ``rows`` (or
+    what it is derived from) and the symbol count."""
+    token_bytes, raw_bytes = _code_tokens(q, rows)
+    return struct.pack("<I", len(token_bytes)) + token_bytes + raw_bytes
+
+
+def decode_symbols(data: bytes, rows: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`encode_symbols`: int64 symbols, shape of ``rows``."""
+    if len(data) < 4:
+        raise CorruptFileError("symbol stream is truncated")
+    (n_token,) = struct.unpack_from("<I", data)
+    if 4 + n_token > len(data):
+        raise CorruptFileError("symbol stream is truncated")
+    return _decode_tokens(data[4 : 4 + n_token], data[4 + n_token :], rows)
+
+
 def encode_residual(q: np.ndarray) -> bytes:
-    """Entropy-code integer residual symbols ``q`` of shape (n, h, w)."""
-    coder, bounds = _tables()
+    """Entropy-code integer residual symbols ``q`` of shape (n, h, w): one Laplace table
+    per 16x16 block, chosen from the block's mean magnitude and delta-coded."""
     ids, n_blocks = _block_ids(q.shape)
-    u = _zigzag(q.astype(np.int64))
     magnitude = np.bincount(
         ids.ravel(), weights=np.abs(q).ravel().astype(np.float64), minlength=n_blocks
     )
     count = np.bincount(ids.ravel(), minlength=n_blocks)
-    index = np.searchsorted(bounds, magnitude / np.maximum(count, 1))
+    index = scale_index(magnitude / np.maximum(count, 1))
     delta = np.diff(index, prepend=0)
     dmin = int(delta.min())
     hist = np.bincount(delta - dmin)
@@ -219,19 +260,17 @@ def encode_residual(q: np.ndarray) -> bytes:
         + pack_varints(hist.astype(np.uint64))
         + index_coder.encode(delta, np.zeros(delta.size, np.int64))
     )
-    token, nbits, raw = tokenize(u.ravel())
-    token_bytes = coder.encode(token, index[ids.ravel()])
+    token_bytes, raw_bytes = _code_tokens(q, index[ids])
     return (
         struct.pack("<II", len(index_bytes), len(token_bytes))
         + index_bytes
         + token_bytes
-        + pack_bits(raw, nbits)
+        + raw_bytes
     )
 
 
 def decode_residual(data: bytes, shape: tuple[int, int, int]) -> np.ndarray:
     """Inverse of :func:`encode_residual`: int64 symbols of ``shape``."""
-    coder, _ = _tables()
     if len(data) < 8:
         raise CorruptFileError("residual stream is truncated")
     n_index, n_token = struct.unpack_from("<II", data)
@@ -248,11 +287,5 @@ def decode_residual(data: bytes, shape: tuple[int, int, int]) -> np.ndarray:
     ids, n_blocks = _block_ids(shape)
     delta = index_coder.decode(index_part[used + used2 :], np.zeros(n_blocks, np.int64))
     index = np.cumsum(delta)
-    if index.size and (index.min() < 0 or index.max() >= coder.rows):
-        raise CorruptFileError("residual block scales are out of range")
     pos += n_index
-    token = coder.decode(data[pos : pos + n_token], index[ids.ravel()])
-    pos += n_token
-    nbits = _token_bits(token)
-    raw = unpack_bits(data[pos:], nbits)
-    return _unzigzag(detokenize(token, raw)).reshape(shape)
+    return _decode_tokens(data[pos : pos + n_token], data[pos + n_token :], index[ids])

@@ -1,0 +1,523 @@
+"""SIREN implicit-neural-representation codec (``--codec siren``), see
+:mod:`ctpress.learned.inr`.
+
+Per chunk: a stack of SIRENs (one per view segment: the study's cascade) is fitted to every
+stored value, its weights are quantised (quantisation-aware fine-tuning) and entropy-coded;
+the optional residual layer adds ``--max-error`` / ``--lossless``.
+
+Rate control:
+
+- ``bpp``: architecture from the budget (width up to a decode-speed cap, then more
+  segments), fit, then the quantisation step bisected so the stream fills the budget;
+  a leftover budget (network already exact enough) goes to the residual layer;
+- ``psnr``: fit, grow the network (up to :data:`_MAX_FITS` fits) until the target is met,
+  then the coarsest quantisation step that still meets it; beyond, the residual layer;
+- ``max_error`` E / ``lossless``: fit at the default size, then the residual with step
+  2E (odd integer step on integer data; 1 for lossless).
+
+Stream: side information (``_SIDE``), a CRC-32 per segment of the decoder's output grid,
+the coded weights, the residual stream.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from ..errors import CorruptFileError, InputError, RateControlError
+from ..learned import inr, residual
+from ..learned.codec import _bisect, _finish, _odd
+from ..learned.models.siren import ENCODINGS, SirenArch, SirenStack
+from .base import Codec, _Encoded
+from .registry import register_codec
+
+_MAGIC = b"CTSR"
+_VERSION = 1
+# magic, version, flags, segments, width, depth, encoding, frequencies, omega0,
+# offset, scale, residual step, weight bytes, meta-init sha256[:8]
+_SIDE = struct.Struct("<4sBBHHBBBxfdddI8s")
+_FLAG_INTEGER = 1
+_FLAG_RESIDUAL = 2
+_FLAG_META_INIT = 4
+#: Hidden widths the rate control picks from.
+WIDTHS = (8, 12, 16, 20, 24, 32, 40, 48, 64, 96, 128)
+#: Largest parameter count of one SIREN before the rate control adds segments instead
+#: (keeps decoding fast: each value costs about this many multiply-adds).
+MAX_SEGMENT_PARAMS = 2400
+#: Fewest views per segment.
+MIN_SEGMENT_VIEWS = 4
+#: Weight quantisation noise the network is fine-tuned for (fraction of the fitting MSE).
+DEFAULT_QUANT_NOISE = 0.25
+#: Bits per weight assumed when sizing a network for a budget.
+_BITS_PER_WEIGHT = 5.5
+_MAX_FITS = 3
+_BPP_TOLERANCE = 0.10
+#: Default network size of the residual modes (bits per value of the weights).
+_RESIDUAL_MODE_BPP = 0.02
+
+
+@dataclass
+class _Fit:
+    """A fitted stack and what the stream needs of it."""
+
+    arch: SirenArch
+    segments: int
+    stack: SirenStack
+    init: list[torch.Tensor]
+    init_sha: str | None
+    loss: float
+    sensitivity: list[float]
+
+    def relative_step(self, noise: float) -> float:
+        """Quantisation step adding ``noise`` times the fitting MSE."""
+        return inr.relative_step_for(noise * self.loss, self.arch.n_params * self.segments)
+
+
+def plan_network(
+    n_values: int, n_views: int, budget_bits: float, base: SirenArch
+) -> tuple[SirenArch, int]:
+    """(architecture, segments) whose weights fit about ``budget_bits``."""
+    params = max(budget_bits / _BITS_PER_WEIGHT, 1.0)
+    max_segments = max(1, n_views // MIN_SEGMENT_VIEWS)
+
+    def arch_of(width: int) -> SirenArch:
+        return replace(base, width=width)
+
+    fitting = [w for w in WIDTHS if arch_of(w).n_params <= min(params, MAX_SEGMENT_PARAMS)]
+    width = fitting[-1] if fitting else WIDTHS[0]
+    segments = int(min(max_segments, max(1, round(params / arch_of(width).n_params))))
+    per_segment = params / segments
+    larger = [w for w in WIDTHS if arch_of(w).n_params <= per_segment]
+    if larger and larger[-1] > width:
+        width = larger[-1]
+    return arch_of(width), segments
+
+
+class _Session:
+    """Encoder state of one chunk: normalised values, fits and their streams."""
+
+    def __init__(self, codec: Siren, x: np.ndarray) -> None:
+        self.codec = codec
+        self.x = x
+        self.integer = x.dtype.kind in "ui"
+        values = x.astype(np.float64)
+        lo, hi = float(values.min()), float(values.max())
+        if self.integer and hi - lo > 2**52:
+            raise RateControlError("siren cannot hold integer data spanning over 2**52")
+        self.offset, self.scale = lo, (hi - lo if hi > lo else 1.0)
+        self.normalised = (2.0 * (values - lo) / self.scale - 1.0).astype(np.float32)
+        self._networks: dict[tuple[int, float], tuple[bytes, bytes, np.ndarray]] = {}
+
+    def fit(self, arch: SirenArch, segments: int) -> _Fit:
+        codec = self.codec
+        stack = SirenStack(arch, segments, seed=codec.seed)
+        meta = inr.load_meta_init(arch) if codec.meta_init else None
+        if meta is not None:
+            init, sha = meta
+            with torch.no_grad():
+                for t, t0 in zip(stack.tensors(), init, strict=True):
+                    t.copy_(t0.to(t.dtype).expand_as(t))
+        else:
+            init, sha = inr.zero_init(stack), None
+        report = inr.fit_siren(
+            self.normalised,
+            stack,
+            steps=codec.steps,
+            time_budget=None if codec.time_budget is None else codec.time_budget / _MAX_FITS,
+            quant_noise=codec.quant_noise,
+            init=[t.to(torch.float32) for t in init],
+            seed=codec.seed,
+        )
+        init64 = [t.to(torch.float64) for t in init]
+        return _Fit(arch, segments, stack, init64, sha, report.loss, report.sensitivity)
+
+    def approx_values(self, fit: _Fit, relative_step: float) -> np.ndarray:
+        """Float32 evaluation of the quantised network (rate search only), data units."""
+        quantised = inr.quantise(fit.stack, fit.init, relative_step, fit.sensitivity)
+        weights = quantised.dequantise(fit.init)
+        n, rows, cols = self.x.shape
+        bounds = inr.segment_bounds(n, fit.segments)
+        out = np.empty(self.x.shape, dtype=np.float64)
+        with torch.no_grad():
+            for s in range(fit.segments):
+                views = np.arange(bounds[s + 1] - bounds[s])
+                coords = inr.grid_coordinates(views, len(views), rows, cols)
+                params = [w[s : s + 1].float() for w in weights]
+                y = fit.stack(torch.from_numpy(coords).float()[None], params)[0].numpy()
+                out[bounds[s] : bounds[s + 1]] = y.reshape(len(views), rows, cols)
+        return _finish(self.offset + self.scale * (out + 1.0) / 2.0, self.x).astype(np.float64)
+
+    def network(self, fit: _Fit, relative_step: float) -> tuple[bytes, bytes, np.ndarray]:
+        """(coded weights, per-segment CRC-32s, decoded network values in data units) of
+        ``fit`` quantised at ``relative_step`` (cached: the float64 evaluation is costly)."""
+        key = (id(fit), relative_step)
+        if key not in self._networks:
+            quantised = inr.quantise(fit.stack, fit.init, relative_step, fit.sensitivity)
+            weights = quantised.dequantise(fit.init)
+            n, rows, cols = self.x.shape
+            bounds = inr.segment_bounds(n, fit.segments)
+            grids = [
+                inr.evaluate(fit.arch, weights, bounds, s,
+                             np.arange(bounds[s + 1] - bounds[s]), rows, cols)
+                for s in range(fit.segments)
+            ]  # fmt: skip
+            checks = struct.pack(f"<{fit.segments}I", *(inr.grid_check(g) for g in grids))
+            recon = _to_data(np.concatenate(grids), self.offset, self.scale, self.integer)
+            self._networks[key] = (quantised.encode(), checks, recon)
+        return self._networks[key]
+
+    def residual_values(self, recon: np.ndarray, step: float) -> tuple[np.ndarray, np.ndarray]:
+        """(residual symbols, decoded values) of the residual layer at ``step``."""
+        q = residual.quantise(self.x.astype(np.float64), recon, step, self.integer)
+        return q, residual.dequantise(recon, q, step)
+
+    def stream(
+        self, fit: _Fit, relative_step: float, step: float | None
+    ) -> tuple[bytes, np.ndarray]:
+        """Chunk stream and its decoded values (float64, data units)."""
+        weight_bytes, checks, recon = self.network(fit, relative_step)
+        flags = (_FLAG_INTEGER if self.integer else 0) | (_FLAG_META_INIT if fit.init_sha else 0)
+        tail = b""
+        values = recon
+        if step is not None:
+            q, values = self.residual_values(recon, step)
+            tail = residual.encode_residual(q)
+            flags |= _FLAG_RESIDUAL
+        arch = fit.arch
+        side = _SIDE.pack(
+            _MAGIC, _VERSION, flags, fit.segments, arch.width, arch.depth,
+            ENCODINGS.index(arch.encoding), arch.frequencies, arch.omega0, self.offset,
+            self.scale, step or 0.0, len(weight_bytes),
+            bytes.fromhex(fit.init_sha)[:8] if fit.init_sha else bytes(8),
+        )  # fmt: skip
+        return side + checks + weight_bytes + tail, values
+
+    def mse(self, values: np.ndarray) -> float:
+        err = _finish(values, self.x).astype(np.float64) - self.x.astype(np.float64)
+        return float(np.mean(err * err))
+
+
+def _to_data(grid: np.ndarray, offset: float, scale: float, integer: bool) -> np.ndarray:
+    """Decoder grid integers -> data units (float64), rounded on integer data."""
+    recon = offset + scale * (grid.astype(np.float64) * 2.0**-inr.GRID_BITS)
+    if integer:
+        recon = np.rint(recon)
+    return np.clip(recon, offset, offset + scale)
+
+
+def _parse(stream: bytes) -> tuple[tuple[Any, ...], SirenArch, np.ndarray]:
+    if len(stream) < _SIDE.size:
+        raise CorruptFileError("siren stream is truncated")
+    side = _SIDE.unpack_from(stream)
+    magic, version, _, segments, width, depth, encoding, frequencies, omega0 = side[:9]
+    if magic != _MAGIC or version != _VERSION:
+        raise CorruptFileError(f"not a version-{_VERSION} siren stream")
+    if segments < 1 or encoding >= len(ENCODINGS):
+        raise CorruptFileError("siren stream has an invalid architecture")
+    try:
+        arch = SirenArch(width, depth, float(omega0), ENCODINGS[encoding], frequencies)
+    except ValueError as exc:
+        raise CorruptFileError(f"siren stream has an invalid architecture: {exc}") from None
+    end = _SIDE.size + 4 * segments
+    if len(stream) < end:
+        raise CorruptFileError("siren stream is truncated")
+    checks = np.frombuffer(stream[_SIDE.size : end], dtype="<u4")
+    return side, arch, checks
+
+
+def decode_siren(stream: bytes, shape: tuple[int, ...], start: int = 0, stop: int | None = None
+                 ) -> np.ndarray:  # fmt: skip
+    """Decode views ``start:stop`` of a siren chunk of ``shape`` (float64, data units).
+
+    Only the segments overlapping ``start:stop`` are evaluated, and only at those views;
+    a segment evaluated completely is checked against the encoder's CRC-32 (a partly
+    evaluated one cannot be)."""
+    side, arch, checks = _parse(stream)
+    (_, _, flags, segments, *_, offset, scale, step, n_weights, sha8) = side
+    n, rows, cols = shape
+    stop = n if stop is None else stop
+    init: list[torch.Tensor]
+    if flags & _FLAG_META_INIT:
+        meta = inr.load_meta_init(arch)
+        if meta is None or bytes.fromhex(meta[1])[:8] != sha8:
+            have = "none" if meta is None else meta[1][:16] + "..."
+            raise CorruptFileError(
+                f"siren stream was made with meta-learned initialisation {sha8.hex()}... of "
+                f"{inr.meta_init_name(arch)}; this ctpress has {have}: install the ctpress "
+                "version that wrote it"
+            )
+        init = meta[0]
+    else:
+        init = [torch.zeros((1, *s)) for s in _tensor_shapes(arch)]
+    pos = _SIDE.size + 4 * segments
+    if pos + n_weights > len(stream):
+        raise CorruptFileError("siren stream is truncated")
+    shapes = [(segments, *s) for s in _tensor_shapes(arch)]
+    quantised = inr.QuantisedWeights.decode(stream[pos : pos + n_weights], shapes)
+    weights = quantised.dequantise(init)
+    bounds = inr.segment_bounds(n, segments)
+    grids = []
+    for s in range(segments):
+        a, b = max(start, int(bounds[s])), min(stop, int(bounds[s + 1]))
+        if a >= b:
+            continue
+        grid = inr.evaluate(arch, weights, bounds, s, np.arange(a, b) - bounds[s], rows, cols)
+        if b - a == bounds[s + 1] - bounds[s] and inr.grid_check(grid) != checks[s]:
+            raise CorruptFileError(
+                "siren reconstruction mismatch: this decoder's network output differs from "
+                "the encoder's (different arithmetic or weights)"
+            )
+        grids.append(grid)
+    empty = np.empty((0, rows, cols), dtype=np.int32)
+    values = _to_data(np.concatenate(grids) if grids else empty, offset, scale,
+                      bool(flags & _FLAG_INTEGER))  # fmt: skip
+    pos += n_weights
+    if flags & _FLAG_RESIDUAL:
+        q = residual.decode_residual(stream[pos:], (n, rows, cols))
+        values = residual.dequantise(values, q[start:stop], step)
+    elif pos != len(stream):
+        raise CorruptFileError("siren stream has trailing bytes")
+    return values
+
+
+def _tensor_shapes(arch: SirenArch) -> list[tuple[int, ...]]:
+    shapes: list[tuple[int, ...]] = []
+    for fan_out, fan_in in arch.layer_shapes():
+        shapes += [(fan_out, fan_in), (fan_out,)]
+    return shapes
+
+
+@register_codec
+class Siren(Codec):
+    """SIREN implicit neural representation per chunk (cascade of segments along views),
+    quantisation-aware fitted and entropy-coded weights, optional residual layer.
+
+    Parameters
+    ----------
+    mode, value, data_range
+        Rate control, as for every codec.
+    width, segments : int, optional
+        Hidden width and number of view segments (default: chosen by the rate control).
+    depth : int
+        Hidden sine layers.
+    omega0 : float
+        Sine frequency factor (SIREN's 30).
+    encoding : {"none", "fourier"}
+        Positional encoding of (view, row, column); ``frequencies`` octaves.
+    steps : int
+        Adam steps per fit (each of 32768 points).
+    time_budget : float, optional
+        Seconds of fitting per chunk (caps ``steps``; the output then depends on speed).
+    quant_noise : float
+        Weight quantisation noise, as a fraction of the fitting MSE, that the network is
+        fine-tuned for (bpp/psnr targets then adjust the step).
+    meta_init : bool
+        Start from (and code weights relative to) the meta-learned initialisation shipped
+        for the architecture, when there is one.
+    seed : int
+        Seed of the initialisation and the point sampling.
+    """
+
+    codec_id = "siren"
+    description = "SIREN implicit neural representation (cascade along views) + residual"
+    exact_dtypes: ClassVar[tuple[str, ...]] = ("uint8", "uint16", "int32")
+    has_native_lossy = False
+
+    def __init__(
+        self,
+        mode: str = "lossless",
+        value: float | None = None,
+        data_range: float | None = None,
+        width: int | None = None,
+        depth: int = 3,
+        segments: int | None = None,
+        omega0: float = 30.0,
+        encoding: str = "none",
+        frequencies: int = 4,
+        steps: int = 2000,
+        time_budget: float | None = None,
+        quant_noise: float = DEFAULT_QUANT_NOISE,
+        meta_init: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(mode, value, data_range)
+        for name, v, lo, hi in (("width", width, 1, 1024), ("depth", depth, 1, 16),
+                                ("segments", segments, 1, 65535), ("steps", steps, 1, 10**7),
+                                ("frequencies", frequencies, 0, 16)):  # fmt: skip
+            if v is not None and (int(v) != v or not lo <= v <= hi):
+                raise InputError(f"{name} must be an integer in [{lo}, {hi}], got {v!r}")
+        if encoding not in ENCODINGS:
+            raise InputError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+        if not (0 < omega0 < 1e4) or float(np.float32(omega0)) != float(omega0):
+            raise InputError(f"omega0 must be a positive float32 value, got {omega0!r}")
+        if time_budget is not None and not time_budget > 0:
+            raise InputError(f"time_budget must be > 0 seconds, got {time_budget!r}")
+        if not 0 < quant_noise <= 100:
+            raise InputError(f"quant_noise must be in (0, 100], got {quant_noise!r}")
+        self.width = None if width is None else int(width)
+        self.depth = int(depth)
+        self.segments = None if segments is None else int(segments)
+        self.omega0 = float(omega0)
+        self.encoding = encoding
+        self.frequencies = int(frequencies)
+        self.steps = int(steps)
+        self.time_budget = None if time_budget is None else float(time_budget)
+        self.quant_noise = float(quant_noise)
+        self.meta_init = bool(meta_init)
+        self.seed = int(seed)
+
+    def _options(self) -> dict[str, Any]:
+        return {
+            "width": self.width, "depth": self.depth, "segments": self.segments,
+            "omega0": self.omega0, "encoding": self.encoding, "frequencies": self.frequencies,
+            "steps": self.steps, "time_budget": self.time_budget,
+            "quant_noise": self.quant_noise, "meta_init": self.meta_init, "seed": self.seed,
+        }  # fmt: skip
+
+    # ---------------------------------------------------------------- network size
+    def _network(self, x: np.ndarray, budget_bits: float) -> tuple[SirenArch, int]:
+        base = SirenArch(self.width or 32, self.depth, self.omega0, self.encoding, self.frequencies)
+        arch, segments = plan_network(x.size, x.shape[0], budget_bits, base)
+        if self.width is not None:
+            arch = base
+        if self.segments is not None:
+            segments = min(self.segments, x.shape[0])
+        return arch, segments
+
+    # ---------------------------------------------------------------- decoding
+    def _decode_stream(self, stream: bytes, shape: tuple[int, ...], work_dtype: str) -> np.ndarray:
+        return decode_siren(stream, tuple(shape)).astype(work_dtype)
+
+    # ---------------------------------------------------------------- encoding
+    def _residual_fit(self, session: _Session) -> tuple[_Fit, float]:
+        arch, segments = self._network(session.x, _RESIDUAL_MODE_BPP * session.x.size)
+        fit = session.fit(arch, segments)
+        return fit, fit.relative_step(self.quant_noise)
+
+    def _encode_exact(self, work: np.ndarray) -> bytes:
+        session = _Session(self, work)
+        fit, rel = self._residual_fit(session)
+        return session.stream(fit, rel, 1.0)[0]
+
+    def _encode_max_error(self, x: np.ndarray, bound: float) -> _Encoded:
+        integer = x.dtype.kind in "ui"
+        if integer and bound < 1:
+            return self._encode_lossless(x)
+        session = _Session(self, x)
+        fit, rel = self._residual_fit(session)
+        step = residual.residual_step(bound, integer)
+        for _ in range(6):  # float rounding can push an error a hair over the bound
+            stream, values = session.stream(fit, rel, step)
+            decoded = _finish(values, x)
+            if np.max(np.abs(decoded.astype(np.float64) - x.astype(np.float64))) <= bound:
+                return _Encoded(stream, {"t": "none", "w": "<f8"}, decoded)
+            step *= 0.999
+        raise RateControlError(f"cannot guarantee max error {bound:g} on {x.dtype} data")
+
+    def _encode_search(self, x: np.ndarray) -> _Encoded:
+        assert self.value is not None
+        session = _Session(self, x)
+        if self.mode == "bpp":
+            fit, rel, step = self._search_bpp(session, self.value)
+        else:
+            data_range = self.data_range or float(x.max()) - float(x.min()) or 1.0
+            fit, rel, step = self._search_psnr(session, data_range**2 / 10 ** (self.value / 10))
+        stream, values = session.stream(fit, rel, step)
+        bits = 8.0 * len(stream) / x.size
+        if self.mode == "bpp" and abs(bits - self.value) > _BPP_TOLERANCE * self.value:
+            raise RateControlError(
+                f"codec 'siren' cannot reach {self.value:g} bits/value on this data "
+                f"(nearest: {bits:.3g}); choose another target or codec"
+            )
+        return _Encoded(stream, {"t": "none", "w": "<f8"}, _finish(values, x))
+
+    def _weight_bits(self, s: _Session, fit: _Fit, rel: float) -> float:
+        n_bytes = _SIDE.size + 4 * fit.segments
+        n_bytes += len(inr.quantise(fit.stack, fit.init, rel, fit.sensitivity).encode())
+        return 8.0 * n_bytes / s.x.size
+
+    def _fill_with_residual(
+        self, s: _Session, fit: _Fit, rel: float, ok: Callable[[float], bool], *, coarse: bool
+    ) -> float:
+        """Residual step (odd integer on integer data) for which ``ok``: the coarsest such
+        step if ``coarse`` (``ok`` holds for fine steps), else the finest (``ok`` holds for
+        coarse steps)."""
+        recon = s.network(fit, rel)[2]
+        worst = float(np.max(np.abs(s.x.astype(np.float64) - recon)))
+        finest = 1.0 if s.integer else s.scale * 2.0**-inr.GRID_BITS
+        coarsest = residual.residual_step(worst + 1, s.integer)
+
+        def odd_ok(step: float) -> bool:
+            return ok(_odd(step, s.integer))
+
+        good, bad = (finest, coarsest) if coarse else (coarsest, finest)
+        if odd_ok(bad):
+            return _odd(bad, s.integer)
+        if not odd_ok(good):
+            raise RateControlError(
+                f"codec 'siren' cannot reach {self.mode} {self.value:g} on this data; choose "
+                "another target or codec"
+            )
+        return _odd(_bisect(odd_ok, good, bad, 14), s.integer)
+
+    def _search_bpp(self, s: _Session, target: float) -> tuple[_Fit, float, float | None]:
+        side_bits = 8.0 * (_SIDE.size + 4 * 64)
+        arch, segments = self._network(s.x, max(target * s.x.size - side_bits, 64.0))
+        fit = s.fit(arch, segments)
+        rel_fine = fit.relative_step(self.quant_noise / 100)
+        rel_coarse = fit.relative_step(self.quant_noise * 1000)
+
+        def fits(rel: float) -> bool:
+            return self._weight_bits(s, fit, rel) <= target
+
+        if not fits(rel_coarse):
+            raise RateControlError(
+                f"codec 'siren' cannot reach {target:g} bits/value on this data (the smallest "
+                f"network needs {self._weight_bits(s, fit, rel_coarse):.3g}); choose a larger "
+                "target, fewer segments or a smaller width"
+            )
+        rel = rel_fine if fits(rel_fine) else _bisect(fits, rel_coarse, rel_fine, 12)
+        if self._weight_bits(s, fit, rel) >= target * (1 - _BPP_TOLERANCE / 2):
+            return fit, rel, None
+        # the network is exact enough already: spend the rest on the residual layer
+        rel = fit.relative_step(self.quant_noise)
+
+        def fits_residual(step: float) -> bool:
+            return 8.0 * len(s.stream(fit, rel, step)[0]) / s.x.size <= target
+
+        return fit, rel, self._fill_with_residual(s, fit, rel, fits_residual, coarse=False)
+
+    def _search_psnr(self, s: _Session, mse_target: float) -> tuple[_Fit, float, float | None]:
+        budget = 0.01 * s.x.size
+        fit = None
+        for _ in range(_MAX_FITS):
+            arch, segments = self._network(s.x, budget)
+            fit = s.fit(arch, segments)
+            if s.mse(s.approx_values(fit, fit.relative_step(self.quant_noise))) <= mse_target:
+                break
+            if self.width is not None and self.segments is not None:
+                break  # fixed architecture: nothing to grow
+            budget *= 3.0
+        assert fit is not None
+        rel = fit.relative_step(self.quant_noise)
+
+        def meets(r: float) -> bool:
+            return s.mse(s.approx_values(fit, r)) <= mse_target
+
+        if meets(rel):
+            rel = _bisect(meets, rel, rel * 16, 6)
+            if s.mse(s.network(fit, rel)[2]) <= mse_target:
+                return fit, rel, None
+            rel = fit.relative_step(self.quant_noise)
+        # beyond what the network reaches: the residual layer
+        recon = s.network(fit, rel)[2]
+
+        def good(step: float) -> bool:
+            return s.mse(s.residual_values(recon, step)[1]) <= mse_target
+
+        return fit, rel, self._fill_with_residual(s, fit, rel, good, coarse=True)

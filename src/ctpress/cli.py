@@ -13,11 +13,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from . import api
 from ._version import __version__
 from .codecs import list_codecs
-from .errors import CtpressError
+from .errors import CtpressError, InputError
 from .io import FORMATS
 from .scan import Scan
 
@@ -59,6 +60,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="encoder threads (output is identical)")
     p.add_argument("--format", help=f"input format, overriding the extension ({formats})")
     p.add_argument("--dataset", help="dataset path inside an HDF5 input")
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        metavar="SECONDS",
+        help="encode time budget per chunk, for codecs that fit a model (siren)",
+    )
+    p.add_argument(
+        "-O",
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="codec setting (e.g. -O width=32 -O segments=4 for siren; see 'ctpress codecs')",
+    )
 
     p = sub.add_parser("decompress", help="decode a .ctpz file")
     p.add_argument("input", help="a .ctpz file")
@@ -128,8 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-perceptual", action="store_true", help="skip HaarPSI and VSI")
     p.add_argument("--format", help=f"input format, overriding the extension ({formats})")
 
-    p = sub.add_parser("train", help="train a learned codec's rate point (CPU, or GPU if present)")
-    p.add_argument("method", choices=["hyperprior", "vqvae"])
+    p = sub.add_parser(
+        "train",
+        help="train a learned codec's rate point (CPU, or GPU if present); for siren: "
+        "meta-learn the initialisation of one architecture",
+    )
+    p.add_argument("method", choices=["hyperprior", "vqvae", "siren"])
     p.add_argument("--data", nargs="+", type=Path, help="data root(s), directories or .npy files")
     p.add_argument("--out", type=Path, required=True, help="output weights (.safetensors)")
     p.add_argument("--rate-point", type=int, default=0, help="index of the rate point to train")
@@ -156,6 +175,7 @@ def _cmd_compress(args: argparse.Namespace) -> None:
         jobs=args.jobs,
         progress=not args.quiet,
         input_format=args.format,
+        **_codec_options(args.option, args.time_budget),
     )
     if not args.quiet:
         with api.open(args.output) as f:
@@ -165,6 +185,22 @@ def _cmd_compress(args: argparse.Namespace) -> None:
             f"{args.output}: {n_bytes} bytes, {8 * n_bytes / n_values:.3f} bits/value, "
             f"ratio {raw / n_bytes:.2f}:1 vs {f.dtype.name}, {time.perf_counter() - t0:.2f} s"
         )
+
+
+def _codec_options(pairs: list[str], time_budget: float | None) -> dict[str, Any]:
+    """``KEY=VALUE`` codec settings (values parsed as JSON when they are JSON)."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise InputError(f"codec option {pair!r} is not KEY=VALUE")
+        try:
+            options[key] = json.loads(text)
+        except ValueError:
+            options[key] = text
+    if time_budget is not None:
+        options["time_budget"] = time_budget
+    return options
 
 
 def _parse_views(text: str | None) -> tuple[int, int] | None:

@@ -56,6 +56,9 @@ DEFAULT_QUANT_NOISE = 0.25
 #: Bits per weight assumed when sizing a network for a budget.
 _BITS_PER_WEIGHT = 5.5
 _MAX_FITS = 3
+#: First network size tried for a PSNR target (bits of weights: per value, at least).
+_PSNR_START_BPP = 0.01
+_PSNR_START_BITS = 8000.0
 _BPP_TOLERANCE = 0.10
 #: Default network size of the residual modes (bits per value of the weights).
 _RESIDUAL_MODE_BPP = 0.02
@@ -247,9 +250,8 @@ def decode_siren(stream: bytes, shape: tuple[int, ...], start: int = 0, stop: in
         if meta is None or bytes.fromhex(meta[1])[:8] != sha8:
             have = "none" if meta is None else meta[1][:16] + "..."
             raise CorruptFileError(
-                f"siren stream was made with meta-learned initialisation {sha8.hex()}... of "
-                f"{inr.meta_init_name(arch)}; this ctpress has {have}: install the ctpress "
-                "version that wrote it"
+                f"siren stream was made with the meta-learned initialisation {sha8.hex()}... "
+                f"of {arch}; this ctpress has {have}: install the ctpress version that wrote it"
             )
         init = meta[0]
     else:
@@ -493,7 +495,7 @@ class Siren(Codec):
         return fit, rel, self._fill_with_residual(s, fit, rel, fits_residual, coarse=False)
 
     def _search_psnr(self, s: _Session, mse_target: float) -> tuple[_Fit, float, float | None]:
-        budget = 0.01 * s.x.size
+        budget = max(_PSNR_START_BPP * s.x.size, _PSNR_START_BITS)
         fit = None
         for _ in range(_MAX_FITS):
             arch, segments = self._network(s.x, budget)

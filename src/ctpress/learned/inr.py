@@ -28,7 +28,6 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +50,8 @@ _EVAL_BLOCK = 1 << 16
 FIT_BATCH = 1 << 15
 #: Fraction of the fitting steps spent on quantisation-aware fine-tuning.
 QAT_FRACTION = 0.2
-META_PREFIX = "siren-init"
+#: Zoo method name of the meta-learned initialisations.
+META_METHOD = "siren"
 
 
 def quant_step(exponent: int) -> float:
@@ -251,7 +251,8 @@ def fit_siren(
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     sampler = _Sampler(x, segment_bounds(x.shape[0], stack.segments), gen)
-    per_segment = max(64, FIT_BATCH // stack.segments)
+    smallest = int(np.diff(segment_bounds(x.shape[0], stack.segments)).min()) * x[0].size
+    per_segment = max(64, min(FIT_BATCH // stack.segments, smallest))
     opt = torch.optim.Adam(stack.parameters(), lr=peak_lr)
     total = steps
     qat_from = total if quant_noise is None else int(total * (1 - QAT_FRACTION))
@@ -357,34 +358,36 @@ def grid_check(grid: np.ndarray) -> int:
 
 
 # ---------------------------------------------------------------- meta init
-def meta_init_name(arch: SirenArch) -> str:
-    """File stem of the meta-learned initialisation of ``arch``."""
-    enc = "" if arch.encoding == "none" else f"-fourier{arch.frequencies}"
-    return f"{META_PREFIX}-w{arch.width}-d{arch.depth}-o{arch.omega0:g}{enc}"
+def _meta_entries(directory: str) -> list[dict[str, Any]]:
+    from .zoo import _read_manifest
 
-
-def weights_root() -> Path:
-    """Directory of shipped weights (``$CTPRESS_WEIGHTS_DIR`` or the packaged one)."""
-    from .zoo import weights_dir
-
-    return weights_dir()
+    return list(_read_manifest(directory)["methods"].get(META_METHOD, []))
 
 
 @functools.cache
-def _meta_init(directory: str, name: str) -> tuple[tuple[torch.Tensor, ...], str] | None:
-    path = Path(directory) / f"{name}.safetensors"
-    if not path.is_file():
+def _meta_init(directory: str, config: str) -> tuple[tuple[torch.Tensor, ...], str] | None:
+    wanted = json.loads(config)
+    entry = next((e for e in _meta_entries(directory) if e.get("config") == wanted), None)
+    if entry is None:
         return None
-    data = path.read_bytes()
+    data = (Path(directory) / entry["file"]).read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != entry["sha256"]:
+        raise CorruptFileError(
+            f"SIREN initialisation {entry['file']} has SHA-256 {digest[:16]}..., the manifest "
+            f"says {entry['sha256'][:16]}...: the installation is damaged; reinstall ctpress"
+        )
     tensors = safetensors.torch.load(data)
     keys = sorted(tensors, key=lambda k: (int(k[1:]), k[0] == "b"))
-    return tuple(tensors[k].to(torch.float64) for k in keys), hashlib.sha256(data).hexdigest()
+    return tuple(tensors[k].to(torch.float64) for k in keys), digest
 
 
 def load_meta_init(arch: SirenArch) -> tuple[list[torch.Tensor], str] | None:
     """(per-tensor float64 initialisation with a leading segment axis of 1, SHA-256) of
-    ``arch``, or None when ctpress ships none for it."""
-    found = _meta_init(str(weights_root()), meta_init_name(arch))
+    ``arch``, or None when ctpress ships none for it (see ``ctpress train siren``)."""
+    from .zoo import weights_dir
+
+    found = _meta_init(str(weights_dir()), json.dumps(arch.to_dict(), sort_keys=True))
     if found is None:
         return None
     tensors, sha = found
@@ -392,18 +395,61 @@ def load_meta_init(arch: SirenArch) -> tuple[list[torch.Tensor], str] | None:
 
 
 def save_meta_init(stack: SirenStack, path: Path, metadata: dict[str, Any]) -> str:
-    """Write segment 0 of ``stack`` as a meta-learned initialisation; returns SHA-256."""
+    """Write segment 0 of ``stack`` as a meta-learned initialisation (safetensors, with
+    ``method``, ``config`` and provenance ``metadata`` in its header); returns SHA-256."""
     tensors = {
         f"{kind}{k}": getattr(stack, f"{kind}{k}").detach()[:1].contiguous().float()
         for k in range(stack.arch.depth + 1)
         for kind in "wb"
     }
-    meta = {key: json.dumps(value) for key, value in metadata.items()}
-    safetensors.torch.save_file(tensors, str(path), metadata=meta)
+    header = {
+        "method": META_METHOD,
+        "config": json.dumps(stack.arch.to_dict()),
+        "metadata": json.dumps({**metadata, "config": stack.arch.to_dict()}),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file(tensors, str(path), metadata=header)
     _meta_init.cache_clear()
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def packaged_weights_dir() -> Path:
-    """The weights directory inside the installed package."""
-    return Path(str(resources.files("ctpress.learned").joinpath("weights")))
+def meta_train(
+    arch: SirenArch,
+    tasks: Callable[[np.random.Generator], np.ndarray],
+    *,
+    steps: int,
+    inner_steps: int = 16,
+    inner_batch: int = 4096,
+    inner_lr: float = 1e-3,
+    seed: int = 0,
+    progress: bool | None = None,
+) -> SirenStack:
+    """Meta-learn an initialisation of ``arch`` with Reptile (Nichol et al. 2018).
+
+    Each outer step draws a task (a normalised chunk (n_views, rows, cols) in [-1, 1]
+    from ``tasks(rng)``), fits a copy of the current initialisation to it for
+    ``inner_steps`` Adam steps, and moves the initialisation towards the result by a
+    step size decaying linearly from 1 to 0.  Returns a one-segment stack holding the
+    initialisation.
+    """
+    rng = np.random.default_rng(seed)
+    init = SirenStack(arch, 1, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    disable = None if progress is None else not progress
+    for step in tqdm(range(steps), desc="siren meta-init", unit="task", disable=disable):
+        x = tasks(rng)
+        fast = SirenStack(arch, 1)
+        fast.load_state_dict(init.state_dict())
+        sampler = _Sampler(x, segment_bounds(x.shape[0], 1), gen)
+        opt = torch.optim.Adam(fast.parameters(), lr=inner_lr)
+        for _ in range(inner_steps):
+            coords, target = sampler(inner_batch)
+            loss = torch.mean((fast(coords) - target) ** 2)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        outer = 1.0 - step / steps
+        with torch.no_grad():
+            for p, q in zip(init.tensors(), fast.tensors(), strict=True):
+                p += outer * (q - p)
+    return init

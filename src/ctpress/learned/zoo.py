@@ -143,8 +143,11 @@ def _load_model(directory: str, method: str, rate_point: int) -> tuple[LearnedMo
 
 def clear_cache() -> None:
     """Forget loaded manifests and models (after changing :func:`weights_dir`)."""
+    from .inr import _meta_init
+
     _read_manifest.cache_clear()
     _load_model.cache_clear()
+    _meta_init.cache_clear()
 
 
 def install(path: Path, held_out: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -156,7 +159,7 @@ def install(path: Path, held_out: dict[str, Any] | None = None) -> dict[str, Any
     again with the encoder of this version).
     """
     data = path.read_bytes()
-    _, metadata = load_weights(data)
+    metadata = json.loads(_safetensors_metadata(data).get("metadata", "{}"))
     method, rate_point = metadata["method"], int(metadata["rate_point"])
     directory = weights_dir()
     name = f"{method}-rp{rate_point}.safetensors"

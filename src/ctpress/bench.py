@@ -33,7 +33,7 @@ import platform
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -421,7 +421,7 @@ def scan_checksum(scan: Scan) -> str:
 def run_bench(
     scans: dict[str, Scan],
     codecs: Sequence[str],
-    rates: Sequence[Rate] | None = None,
+    rates: Sequence[Rate] | Mapping[str, Sequence[Rate]] | None = None,
     *,
     recon: bool = False,
     recon_slices: int = 4,
@@ -436,8 +436,9 @@ def run_bench(
     ----------
     scans : dict of name to Scan
     codecs : codec ids
-    rates : rate controls, or None for :func:`default_rates` of each codec and scan; a rate a
-        codec does not support gives a record with a ``note`` instead of a run
+    rates : rate controls, per codec id (a mapping) or for every codec, or None for
+        :func:`default_rates` of each codec and scan; a rate a codec does not support gives
+        a record with a ``note`` instead of a run
     recon : also compare reconstructions (``recon_slices`` central slices, see module doc)
     jobs : parallel worker processes (1: run in this process).  Each worker gets
         ``cpu_count // jobs`` torch threads; timings then share the machine.
@@ -458,7 +459,7 @@ def run_bench(
         samples[f"{name}|original"] = _samples(scan.projections, ref.volume if ref else None)
         for codec in codecs:
             modes = get_codec_class(codec).rate_modes()
-            for mode, target in default_rates(scan, modes) if rates is None else rates:
+            for mode, target in _codec_rates(rates, codec, scan, modes):
                 record = BenchRecord(scan=name, codec=codec, mode=mode, target=target)
                 if record.key in reusable:
                     record, old_samples = reusable[record.key]
@@ -476,9 +477,7 @@ def run_bench(
             samples[record.key] = images
     settings = {
         "codecs": list(codecs),
-        "rates": "default_rates per codec and scan"
-        if rates is None
-        else [BenchRecord("", "", m, t).rate_label for m, t in rates],
+        "rates": _rate_labels(rates),
         "perceptual_metrics": perceptual,
         "jobs": jobs,
         "scans": {name: _scan_info(s, checks[name], refs.get(name)) for name, s in scans.items()},
@@ -492,6 +491,25 @@ def run_bench(
         "size": "bytes of the complete .ctpz file on disk; MB = 1e6 bytes",
     }
     return BenchResult(records, run_info(), settings, samples)
+
+
+def _codec_rates(
+    rates: Sequence[Rate] | Mapping[str, Sequence[Rate]] | None,
+    codec: str,
+    scan: Scan,
+    modes: tuple[str, ...],
+) -> Sequence[Rate]:
+    if isinstance(rates, Mapping):
+        return rates.get(codec, ())
+    return default_rates(scan, modes) if rates is None else rates
+
+
+def _rate_labels(rates: Sequence[Rate] | Mapping[str, Sequence[Rate]] | None) -> Any:
+    if rates is None:
+        return "default_rates per codec and scan"
+    if isinstance(rates, Mapping):
+        return {c: [BenchRecord("", "", m, t).rate_label for m, t in r] for c, r in rates.items()}
+    return [BenchRecord("", "", m, t).rate_label for m, t in rates]
 
 
 def _scan_info(scan: Scan, checksum: str, ref: ReconReference | None) -> dict[str, Any]:

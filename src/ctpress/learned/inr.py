@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from ..errors import CorruptFileError
 from . import residual
-from .models.siren import SirenArch, SirenStack
+from .models.siren import SirenArch, SirenStack, encode_coordinates
 
 #: The decoder's output grid: 2**-GRID_BITS of the chunk's range.
 GRID_BITS = 20
@@ -333,23 +333,51 @@ def evaluate(
     cols: int,
 ) -> np.ndarray:
     """Grid integers ``g`` (int32, (len(views), rows, cols)) of one segment's views:
-    ``rint((y + 1) / 2 * 2**GRID_BITS)`` of the float64 network output ``y``."""
+    ``rint((y + 1) / 2 * 2**GRID_BITS)`` of the float64 network output ``y``.
+
+    The first layer is separable: every input feature depends on one coordinate axis, so
+    its pre-activation is ``A[view] + B[row] + C[col]``, and its sine is assembled from
+    ``exp(iA) exp(iB) exp(iC)`` with products and sums only (no per-value sine).
+    """
     n_seg = int(bounds[segment + 1] - bounds[segment])
-    coords = torch.from_numpy(grid_coordinates(views, n_seg, rows, cols))
-    params = [w[segment : segment + 1] for w in weights]
-    stack = _evaluator(arch)
-    out = np.empty(coords.shape[0], dtype=np.float64)
+    params = [w[segment].to(torch.float64) for w in weights]
+    axes = [axis_coordinates(n_seg)[views], axis_coordinates(rows), axis_coordinates(cols)]
+    w0, b0 = params[0], params[1]
+    parts = []
+    for k, axis in enumerate(axes):
+        coords = torch.zeros(len(axis), 3, dtype=torch.float64)
+        coords[:, k] = torch.from_numpy(axis)
+        features = encode_coordinates(coords, arch)
+        own = torch.arange(features.shape[1]) % 3 == k  # feature blocks are (view, row, col)
+        z = features[:, own] @ w0[:, own].T
+        if k == 0:
+            z = z + b0
+        z = arch.omega0 * z
+        parts.append((torch.cos(z), torch.sin(z)))
+    (ca, sa), (cb, sb), (cc, sc) = parts
+    out = np.empty((len(views), rows, cols), dtype=np.float64)
+    per_block = max(1, _EVAL_BLOCK // (rows * cols))
+    n_layers = arch.depth + 1
     with torch.no_grad():
-        for a in range(0, coords.shape[0], _EVAL_BLOCK):
-            out[a : a + _EVAL_BLOCK] = stack(coords[None, a : a + _EVAL_BLOCK], params)[0].numpy()
+        for i in range(0, len(views), per_block):
+            # exp(i(A + B)) per (view, row), then the imaginary part of times exp(iC)
+            re = (
+                ca[i : i + per_block, None, :] * cb[None]
+                - sa[i : i + per_block, None, :] * sb[None]
+            )
+            im = (
+                sa[i : i + per_block, None, :] * cb[None]
+                + ca[i : i + per_block, None, :] * sb[None]
+            )
+            h = re[:, :, None, :] * sc[None, None] + im[:, :, None, :] * cc[None, None]
+            h = h.reshape(-1, arch.width)
+            for k in range(1, n_layers):
+                h = torch.addmm(params[2 * k + 1], h, params[2 * k].T)
+                if k < n_layers - 1:
+                    h = torch.sin(arch.omega0 * h)
+            out[i : i + per_block] = h.reshape(-1, rows, cols).numpy()
     grid = np.clip(np.rint((out + 1.0) * 2.0 ** (GRID_BITS - 1)), 0, 2**GRID_BITS)
-    return grid.astype(np.int32).reshape(len(views), rows, cols)
-
-
-@functools.cache
-def _evaluator(arch: SirenArch) -> SirenStack:
-    """A parameter-less-use stack of ``arch`` (its own weights are never read)."""
-    return SirenStack(arch, segments=1)
+    return grid.astype(np.int32)
 
 
 def grid_check(grid: np.ndarray) -> int:

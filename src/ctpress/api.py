@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import math
 import os
 from pathlib import Path
 from typing import Any, overload
@@ -10,7 +10,13 @@ from typing import Any, overload
 import numpy as np
 
 from .codecs import Codec, get_codec_class
-from .container import CtpzFile, default_chunk_views, encode_aux, encode_ctpz, write_ctpz
+from .container import (
+    CtpzFile,
+    container_overhead,
+    default_chunk_views,
+    encode_ctpz,
+    write_ctpz,
+)
 from .errors import InputError, RateControlError
 from .io import read_scan, write_scan
 from .io._atomic import atomic_path
@@ -165,33 +171,40 @@ def compress(
     except RateControlError as exc:
         if codec_obj.mode != "bpp":
             raise
+        asked = float(rate["value"])
+        assert codec_obj.value is not None
         raise RateControlError(
-            f"{exc} (asked: {bpp:g} bits/value for the whole file, of which "
-            f"{codec_obj.value:.3g} for the coded data after the container's own bytes)"
+            f"{exc} (asked: {asked:g} bits/value for the whole file, of which "
+            f"{codec_obj.value:.3g} for the coded data after the container's own "
+            f"{asked - codec_obj.value:.2g})"
         ) from None
 
 
 def _budget_for_overhead(scan: Scan, codec: Codec, chunk_views: int, rate: dict[str, Any]) -> Codec:
-    """Lower the per-chunk bpp target by the container's own bytes (header, index,
-    chunk headers), so the *file* lands on the requested bits per value."""
+    """Lower the per-chunk bpp target by the container's own bytes (compressed header,
+    index, chunk framing, footer, aux payloads), so the *file* lands on the requested
+    bits per value.  The overhead is measured on the real header and index."""
     assert codec.value is not None
     n_values = int(np.prod(scan.shape))
     n_chunks = -(-scan.shape[0] // chunk_views)
-    header = {
-        "codec": codec.get_config(),
-        "geometry": None if scan.geometry is None else scan.geometry.to_dict(),
-        "metadata": scan.metadata,
-        "rate": rate,
-    }
-    overhead = len(json.dumps(header)) + 300 + 150 * n_chunks
-    overhead += sum(len(encode_aux(a)) for a in scan.aux.values())
-    chunk_bpp = codec.value - 8.0 * overhead / n_values
-    if chunk_bpp <= 0:
-        raise InputError(
-            f"{codec.value:g} bits/value is below the container's own overhead "
-            f"({8.0 * overhead / n_values:.3g} bits/value for this scan); ask for more"
-        )
-    return codec.with_rate("bpp", chunk_bpp, codec.data_range)
+    # stream bytes per chunk, for the size of the length fields (an upper bound)
+    chunk_bytes = math.ceil(codec.value * n_values / 8 / n_chunks)
+    overhead = container_overhead(scan, codec, chunk_views, rate, chunk_bytes)
+    budgeted = codec
+    for _ in range(3):  # the header stores the lowered target: settle its length
+        chunk_bpp = codec.value - 8.0 * overhead / n_values
+        if chunk_bpp <= 0:
+            raise InputError(
+                f"{codec.value:g} bits/value is below the container's own overhead "
+                f"({8.0 * overhead / n_values:.3g} bits/value, {overhead} bytes, for this "
+                "scan); ask for more"
+            )
+        budgeted = codec.with_rate("bpp", chunk_bpp, codec.data_range)
+        actual = container_overhead(scan, budgeted, chunk_views, rate, chunk_bytes)
+        if actual <= overhead:
+            break
+        overhead = actual
+    return budgeted
 
 
 def decompress(

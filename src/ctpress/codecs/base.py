@@ -9,12 +9,16 @@ Each encoded chunk is self-describing: a short header records the input dtype an
 shape and the exact transform applied before the inner coder (integer offset, or the
 quantisation step of float data), so ``decode`` needs nothing but the codec config and
 the bytes; a CRC-32 of the stream in that header catches damage even outside the
-``.ctpz`` container (e.g. in a Zarr store).  Concrete codecs implement a handful of hooks:
+``.ctpz`` container (e.g. in a Zarr store).  The chunk header is a compact binary
+struct ("CPC2"); chunks with the older JSON header ("CPC1") still decode.  Concrete
+codecs implement a handful of hooks:
 
 - ``_encode_exact(work)`` / ``_decode_stream(stream, shape, work_dtype)``: lossless
   coding of an array whose dtype is in ``exact_dtypes``;
 - optionally ``_lossy_work(x)``, ``_knob(work)`` and ``_encode_lossy(work, knob)``: the
-  codec's native lossy mode, steered by one scalar knob.
+  codec's native lossy mode, steered by one scalar knob;
+- optionally ``decode_views(buf, start, stop)``: decode only some views of a chunk
+  (the default decodes the chunk and slices it).
 
 The base class builds every rate control from those: error bounds on codecs without
 a native one come from explicit uniform quantisation (step ``2E``) followed by
@@ -33,12 +37,20 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from .._compact import get_varint, put_varint
 from ..errors import CorruptFileError, InputError, RateControlError
 
 #: Rate-control modes, in the order the CLI lists them.
 RATE_MODES: tuple[str, ...] = ("lossless", "max_error", "bpp", "psnr")
 
-_CHUNK_MAGIC = b"CPC1"
+_CHUNK_MAGIC = b"CPC1"  # JSON chunk header (written by ctpress <= 0.1 and as a fallback)
+_CHUNK_MAGIC_2 = b"CPC2"  # binary chunk header
+#: Codes of the CPC2 header (part of the format: append only).
+_CPC2_DTYPES = ("|u1", "<u2", "<i2", "<u4", "<i4", "<f4", "<f8", "|i1", "<i8", "<u8", "<f2")
+_CPC2_TRANSFORMS = ("none", "quant", "affine")
+_CPC2_FLOATS = ("o", "q", "k")  # optional float64 fields, flag bits 1, 2, 4
+_CPC2_EXTRA = 8  # flag bit: a JSON object of further keys follows
+_CPC2_FIXED = struct.Struct("<4sBBBBB")  # magic, dtype, work dtype, transform, flags, ndim
 _BPP_TOLERANCE = 0.10  # relative; --bpp must land within 10 %
 _SEARCH_STEPS = 18
 
@@ -213,8 +225,7 @@ class Codec(ABC):
             n=len(enc.stream),
             crc=zlib.crc32(enc.stream),
         )
-        header_bytes = json.dumps(header, separators=(",", ":")).encode()
-        return _CHUNK_MAGIC + struct.pack("<I", len(header_bytes)) + header_bytes + enc.stream
+        return _chunk_header(header) + enc.stream
 
     def _encode_lossless(self, x: np.ndarray) -> _Encoded:
         work, info = self._exact_work(x, step=None)
@@ -330,20 +341,8 @@ class Codec(ABC):
         self, buf: bytes | bytearray | memoryview, out: np.ndarray | None = None
     ) -> np.ndarray:
         """Decode bytes from :meth:`encode` to an array of the original dtype and shape."""
-        data = bytes(buf)
-        if len(data) < 8 or data[:4] != _CHUNK_MAGIC:
-            raise CorruptFileError("not a ctpress chunk (bad magic)")
-        (n,) = struct.unpack("<I", data[4:8])
-        try:
-            header = json.loads(data[8 : 8 + n])
-            shape = tuple(int(s) for s in header["shape"])
-            dtype = np.dtype(header["dtype"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CorruptFileError(f"damaged chunk header: {exc}") from None
+        enc, shape, dtype = self._read_chunk(buf)
         shape3 = shape if len(shape) == 3 else (1, *shape)
-        enc = _Encoded(data[8 + n :], header)
-        if len(enc.stream) != header.get("n") or zlib.crc32(enc.stream) != header.get("crc"):
-            raise CorruptFileError(f"{self.codec_id} chunk is truncated or damaged (checksum)")
         try:
             result = self._decode_parts(enc, np.empty(0, dtype), shape3)
         except (CorruptFileError, RateControlError):
@@ -355,6 +354,42 @@ class Codec(ABC):
             out[...] = result
             return out
         return result
+
+    def decode_views(
+        self, buf: bytes | bytearray | memoryview, start: int, stop: int
+    ) -> np.ndarray:
+        """Decode views ``start:stop`` (along the first axis) of the chunk in ``buf``.
+
+        Returns shape ``(stop - start, rows, cols)``.  The default decodes the whole chunk
+        and slices it; codecs that can evaluate a subset of views (e.g. an implicit
+        neural representation) override it, reading the checked header and stream with
+        :meth:`_read_chunk` so the checksum is still verified.
+        """
+        full = self.decode(buf)
+        if full.ndim == 2:
+            full = full[None]
+        if not 0 <= start < stop <= full.shape[0]:
+            raise InputError(f"view range {start}:{stop} is outside the chunk's 0:{full.shape[0]}")
+        return full[start:stop]
+
+    def _read_chunk(
+        self, buf: bytes | bytearray | memoryview
+    ) -> tuple[_Encoded, tuple[int, ...], np.dtype]:
+        """Parse a chunk: ``(stream + header info, stored shape, dtype)``, with the stream's
+        length and CRC-32 checked (CorruptFileError otherwise)."""
+        data = bytes(buf)
+        if data[:4] not in (_CHUNK_MAGIC, _CHUNK_MAGIC_2):
+            raise CorruptFileError("not a ctpress chunk (bad magic)")
+        try:
+            header, offset = _parse_chunk_header(data)
+            shape = tuple(int(s) for s in header["shape"])
+            dtype = np.dtype(header["dtype"])
+        except (ValueError, KeyError, TypeError, IndexError, struct.error) as exc:
+            raise CorruptFileError(f"damaged chunk header: {exc}") from None
+        enc = _Encoded(data[offset:], header)
+        if len(enc.stream) != header.get("n") or zlib.crc32(enc.stream) != header.get("crc"):
+            raise CorruptFileError(f"{self.codec_id} chunk is truncated or damaged (checksum)")
+        return enc, shape, dtype
 
     def _decode_parts(
         self, enc: _Encoded, like: np.ndarray, shape: tuple[int, ...] | None = None
@@ -378,6 +413,137 @@ class Codec(ABC):
             info_lim = np.iinfo(dtype)
             values = np.clip(np.rint(values), info_lim.min, info_lim.max)
         return values.astype(dtype)
+
+
+def _chunk_header(header: dict[str, Any]) -> bytes:
+    """Chunk framing of ``header``: the binary CPC2 form, or CPC1 (JSON) for what CPC2
+    cannot hold bit-exactly (checked by parsing it back)."""
+    packed = _pack_cpc2(header)
+    if packed is not None:
+        try:
+            parsed, end = _parse_chunk_header(packed)
+        except (ValueError, KeyError, TypeError, IndexError, struct.error):
+            parsed, end = {}, -1
+        if end == len(packed) and _canonical(parsed) == _canonical(header):
+            return packed
+    text = json.dumps(header, separators=(",", ":")).encode()
+    return _CHUNK_MAGIC + struct.pack("<I", len(text)) + text
+
+
+def _canonical(header: dict[str, Any]) -> str:
+    return json.dumps(header, sort_keys=True)
+
+
+def _pack_cpc2(header: dict[str, Any]) -> bytes | None:
+    """CPC2 header bytes, or None if a field does not fit the binary form::
+
+    "CPC2" | u8 dtype | u8 work dtype | u8 transform | u8 flags | u8 ndim
+    | varint shape[ndim] | lo, hi (input dtype) | varint n | u32 crc
+    | f64 o, q, k (flags 1, 2, 4 when present) | [varint J | J bytes JSON] (flag 8)
+    """
+    try:
+        dtype = _CPC2_DTYPES.index(header["dtype"])
+        work = _CPC2_DTYPES.index(header["w"])
+        transform = _CPC2_TRANSFORMS.index(header["t"])
+        shape = [int(s) for s in header["shape"]]
+        limits = np.array([header["lo"], header["hi"]], dtype=np.dtype(header["dtype"]))
+        n, crc = int(header["n"]), int(header["crc"])
+    except (KeyError, ValueError, TypeError, OverflowError):
+        return None
+    if len(shape) > 255 or min(shape, default=0) < 0 or not 0 <= crc < 1 << 32:
+        return None
+    flags = 0
+    floats = b""
+    for bit, key in enumerate(_CPC2_FLOATS):
+        if type(header.get(key)) is float:
+            flags |= 1 << bit
+            floats += struct.pack("<d", header[key])
+    known = {"dtype", "w", "t", "shape", "lo", "hi", "n", "crc"}
+    known.update(key for bit, key in enumerate(_CPC2_FLOATS) if flags & (1 << bit))
+    extra = {k: v for k, v in header.items() if k not in known}
+    tail = b""
+    if extra:
+        flags |= _CPC2_EXTRA
+        text = json.dumps(extra, separators=(",", ":")).encode()
+        tail = put_varint(len(text)) + text
+    out = bytearray(_CPC2_FIXED.pack(_CHUNK_MAGIC_2, dtype, work, transform, flags, len(shape)))
+    for size in shape:
+        out += put_varint(size)
+    out += limits.astype(limits.dtype.newbyteorder("<")).tobytes()
+    out += put_varint(n) + struct.pack("<I", crc) + floats + tail
+    return bytes(out)
+
+
+def _parse_chunk_header(data: bytes) -> tuple[dict[str, Any], int]:
+    """Chunk header dict (the keys CPC1 stores) and the offset of the stream."""
+    if data[:4] == _CHUNK_MAGIC and len(data) >= 8:
+        (n,) = struct.unpack_from("<I", data, 4)
+        parsed = json.loads(data[8 : 8 + n])
+        if not isinstance(parsed, dict):
+            raise ValueError("chunk header is not a JSON object")
+        return parsed, 8 + n
+    if data[:4] != _CHUNK_MAGIC_2 or len(data) < _CPC2_FIXED.size:
+        raise ValueError("not a ctpress chunk (bad magic)")
+    _, dtype_code, work_code, transform, flags, ndim = _CPC2_FIXED.unpack_from(data)
+    dtype = np.dtype(_CPC2_DTYPES[dtype_code])
+    pos = _CPC2_FIXED.size
+    shape = []
+    for _ in range(ndim):
+        size, pos = get_varint(data, pos)
+        shape.append(size)
+    limits = np.frombuffer(data, dtype=dtype.newbyteorder("<"), count=2, offset=pos)
+    pos += 2 * dtype.itemsize
+    n, pos = get_varint(data, pos)
+    (crc,) = struct.unpack_from("<I", data, pos)
+    pos += 4
+    header: dict[str, Any] = {
+        "t": _CPC2_TRANSFORMS[transform],
+        "w": _CPC2_DTYPES[work_code],
+    }
+    for bit, key in enumerate(_CPC2_FLOATS):
+        if flags & (1 << bit):
+            (header[key],) = struct.unpack_from("<d", data, pos)
+            pos += 8
+    if flags & _CPC2_EXTRA:
+        size, pos = get_varint(data, pos)
+        if pos + size > len(data):
+            raise ValueError("truncated chunk header")
+        extra = json.loads(data[pos : pos + size])
+        if not isinstance(extra, dict):
+            raise ValueError("chunk header extra is not a JSON object")
+        header.update(extra)
+        pos += size
+    header.update(
+        dtype=_CPC2_DTYPES[dtype_code],
+        shape=shape,
+        lo=limits[0].item(),
+        hi=limits[1].item(),
+        n=n,
+        crc=crc,
+    )
+    return header, pos
+
+
+def chunk_header_bound(shape: tuple[int, ...], dtype: np.dtype, stream_bytes: int) -> int:
+    """Upper bound of the framing bytes :meth:`Codec.encode` puts before a stream of about
+    ``stream_bytes`` for a chunk of ``shape`` and ``dtype`` (all optional floats present,
+    no codec-specific extra keys)."""
+    dtype = np.dtype(dtype)
+    zero: float | int = 0.0 if dtype.kind == "f" else 0
+    header = {
+        "t": "affine",
+        "w": "<u2",
+        "o": 0.5,
+        "q": 0.5,
+        "k": 0.5,
+        "dtype": dtype.str,
+        "shape": list(shape),
+        "lo": zero,
+        "hi": zero,
+        "n": max(0, int(stream_bytes)),
+        "crc": 0xFFFFFFFF,
+    }
+    return len(_chunk_header(header))
 
 
 def _search_knob(codec: Codec, x: np.ndarray, knob: Knob, attempt: Any) -> _Encoded:

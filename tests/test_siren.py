@@ -101,12 +101,17 @@ def test_view_range_decode_equals_full_decode(stack):
 
 def test_container_view_range(tmp_path, stack):
     out = tmp_path / "s.ctpz"
-    ctpress.compress(
-        stack, out, codec="siren", psnr=30.0, chunk_views=24, segments=4, width=16, **FAST
-    )
+    ctpress.compress(stack, out, codec="siren", psnr=30.0, segments=4, width=16, **FAST)
     with ctpress.open(out) as f:
+        assert len(f.chunks) == 1  # siren keeps a scan in one chunk (one cascade)
         full = f.read_views()
         assert np.array_equal(f[10:14], full[10:14])
+    chunk = get_codec("siren", mode="psnr", value=25.0, width=8, segments=2, steps=50).encode(stack)
+    with pytest.raises(InputError):
+        get_codec("siren").decode_views(chunk, 20, 30)
+    assert np.array_equal(
+        get_codec("siren").decode_views(chunk, 3, 9), get_codec("siren").decode(chunk)[3:9]
+    )
 
 
 def test_damaged_weights_fail_loudly(stack):

@@ -159,7 +159,9 @@ def compress(
         data_range=data_range,
         **codec_options,
     )
-    chunk_views = chunk_views or default_chunk_views(scan.shape, scan.dtype.itemsize)
+    chunk_views = chunk_views or default_chunk_views(
+        scan.shape, scan.dtype.itemsize, codec_obj.preferred_chunk_bytes
+    )
     if codec_obj.mode == "bpp":
         codec_obj = _budget_for_overhead(scan, codec_obj, chunk_views, rate)
     kwargs: dict[str, Any] = dict(chunk_views=chunk_views, rate=rate, jobs=jobs, progress=progress)

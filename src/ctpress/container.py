@@ -192,12 +192,14 @@ def parse_index(data: bytes, data_start: int) -> tuple[list[ChunkEntry], dict[st
     return chunks, aux, offset
 
 
-def default_chunk_views(shape: tuple[int, int, int], itemsize: int) -> int:
-    """Views per chunk: chunks of at most about :data:`DEFAULT_CHUNK_BYTES` of input, about
-    equally long (a small trailing chunk would be the hardest to fit to a bpp target,
-    which every chunk must meet on its own)."""
+def default_chunk_views(
+    shape: tuple[int, int, int], itemsize: int, chunk_bytes: int | None = None
+) -> int:
+    """Views per chunk: chunks of at most about ``chunk_bytes`` (default
+    :data:`DEFAULT_CHUNK_BYTES`) of input, about equally long (a small trailing chunk would
+    be the hardest to fit to a bpp target, which every chunk must meet on its own)."""
     per_view = shape[1] * shape[2] * itemsize
-    n_chunks = max(1, -(-shape[0] * per_view // DEFAULT_CHUNK_BYTES))
+    n_chunks = max(1, -(-shape[0] * per_view // (chunk_bytes or DEFAULT_CHUNK_BYTES)))
     return int(max(1, -(-shape[0] // n_chunks)))
 
 
@@ -248,7 +250,9 @@ def write_ctpz(
     bytes do not depend on ``jobs``) and written in order.  Returns the bytes written.
     """
     n_views = scan.shape[0]
-    chunk_views = chunk_views or default_chunk_views(scan.shape, scan.dtype.itemsize)
+    chunk_views = chunk_views or default_chunk_views(
+        scan.shape, scan.dtype.itemsize, codec.preferred_chunk_bytes
+    )
     if chunk_views < 1:
         raise InputError(f"chunk_views must be >= 1, got {chunk_views}")
     rate = rate or {"mode": codec.mode, "value": codec.value}

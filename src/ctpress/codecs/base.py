@@ -102,6 +102,8 @@ class Codec(ABC):
     exact_dtypes: ClassVar[tuple[str, ...]] = ()
     #: Whether the codec has a native lossy mode (``_encode_lossy``).
     has_native_lossy: ClassVar[bool] = False
+    #: Input bytes per container chunk this codec works best with (None: the default).
+    preferred_chunk_bytes: ClassVar[int | None] = None
 
     def __init__(
         self,
@@ -400,19 +402,24 @@ class Codec(ABC):
         work = self._decode_stream(enc.stream, tuple(shape), np.dtype(info["w"]).name)
         if work.shape != tuple(shape):
             raise CorruptFileError(f"decoded shape {work.shape} differs from stored {shape}")
-        dtype = like.dtype
-        t = info.get("t", "none")
-        if t == "none" and work.dtype == dtype:
-            return work
-        values = work.astype(np.float64)
-        if t in ("quant", "affine"):
-            values = values * float(info["q"]) + float(info["o"])
-        if "lo" in info:
-            np.clip(values, info["lo"], info["hi"], out=values)
-        if dtype.kind in "ui":
-            info_lim = np.iinfo(dtype)
-            values = np.clip(np.rint(values), info_lim.min, info_lim.max)
-        return values.astype(dtype)
+        return _to_output(work, info, like.dtype)
+
+
+def _to_output(work: np.ndarray, info: dict[str, Any], dtype: np.dtype) -> np.ndarray:
+    """Decoded work array -> the stored dtype: undo the chunk's transform (``info``), clip
+    to the chunk's range, round integers."""
+    t = info.get("t", "none")
+    if t == "none" and work.dtype == dtype:
+        return work
+    values = work.astype(np.float64)
+    if t in ("quant", "affine"):
+        values = values * float(info["q"]) + float(info["o"])
+    if "lo" in info:
+        np.clip(values, info["lo"], info["hi"], out=values)
+    if dtype.kind in "ui":
+        info_lim = np.iinfo(dtype)
+        values = np.clip(np.rint(values), info_lim.min, info_lim.max)
+    return values.astype(dtype)
 
 
 def _chunk_header(header: dict[str, Any]) -> bytes:

@@ -33,7 +33,7 @@ from ..errors import CorruptFileError, InputError, RateControlError
 from ..learned import inr, residual
 from ..learned.codec import _bisect, _finish, _odd
 from ..learned.models.siren import ENCODINGS, SirenArch, SirenStack
-from .base import Codec, _Encoded
+from .base import Codec, _Encoded, _to_output
 from .registry import register_codec
 
 _MAGIC = b"CTSR"
@@ -329,6 +329,9 @@ class Siren(Codec):
     description = "SIREN implicit neural representation (cascade along views) + residual"
     exact_dtypes: ClassVar[tuple[str, ...]] = ("uint8", "uint16", "int32")
     has_native_lossy = False
+    #: One network (cascade) per up to 64 MiB of input: a larger fit shares its weights over
+    #: more data, and the container's per-chunk bytes are paid once.
+    preferred_chunk_bytes = 64 << 20
 
     def __init__(
         self,
@@ -394,6 +397,17 @@ class Siren(Codec):
     # ---------------------------------------------------------------- decoding
     def _decode_stream(self, stream: bytes, shape: tuple[int, ...], work_dtype: str) -> np.ndarray:
         return decode_siren(stream, tuple(shape)).astype(work_dtype)
+
+    def decode_views(
+        self, buf: bytes | bytearray | memoryview, start: int, stop: int
+    ) -> np.ndarray:
+        """Views ``start:stop`` of a chunk, evaluating the networks at those views only."""
+        enc, shape, dtype = self._read_chunk(buf)
+        shape3 = shape if len(shape) == 3 else (1, *shape)
+        if not 0 <= start < stop <= shape3[0]:
+            raise InputError(f"view range {start}:{stop} is outside the chunk's 0:{shape3[0]}")
+        values = decode_siren(enc.stream, shape3, start, stop)
+        return _to_output(values, enc.info, dtype)
 
     # ---------------------------------------------------------------- encoding
     def _residual_fit(self, session: _Session) -> tuple[_Fit, float]:

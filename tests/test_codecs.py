@@ -8,15 +8,21 @@ import numpy as np
 import pytest
 
 import ctpress
-from ctpress.codecs import RATE_MODES, get_codec, get_codec_class, list_codecs
+from ctpress.codecs import RATE_MODES, Codec, get_codec, get_codec_class, list_codecs
 from ctpress.errors import CorruptFileError, InputError, RateControlError
 
 CODEC_IDS = [c.codec_id for c in list_codecs()]
 DATA = ["uint16_stack", "float32_stack", "int16_stack"]
+#: Test-sized settings of codecs that fit a model per chunk (their defaults take minutes).
+FAST_OPTIONS: dict[str, dict[str, object]] = {"siren": {"steps": 120}}
+
+
+def _codec(codec_id: str, mode: str, value: float | None) -> Codec:
+    return get_codec_class(codec_id)(mode=mode, value=value, **FAST_OPTIONS.get(codec_id, {}))
 
 
 def _roundtrip(codec_id: str, x: np.ndarray, mode: str, value: float | None) -> np.ndarray:
-    codec = get_codec_class(codec_id)(mode=mode, value=value)
+    codec = _codec(codec_id, mode, value)
     decoded = codec.decode(codec.encode(x))
     assert decoded.dtype == x.dtype and decoded.shape == x.shape
     return decoded
@@ -90,7 +96,7 @@ def test_bpp_target_lands_within_ten_percent(codec_id: str) -> None:
 
     x = np.clip(smooth_stack((32, 16, 128), seed=3, noise=60), 0, 65535).astype(np.uint16)
     target = 4.0
-    codec = get_codec_class(codec_id)(mode="bpp", value=target)
+    codec = _codec(codec_id, "bpp", target)
     data = codec.encode(x)
     bits = 8 * len(data) / x.size
     assert abs(bits - target) <= 0.1 * target, f"{codec_id}: {bits:.3f} bits/value"

@@ -169,7 +169,9 @@ def test_meta_init_is_pinned(tmp_path, stack, monkeypatch):
     try:
         zoo.install(path)
         assert inr.load_meta_init(arch) is not None
-        codec = get_codec("siren", mode="psnr", value=28.0, width=12, segments=1, **FAST)
+        codec = get_codec(
+            "siren", mode="psnr", value=28.0, width=12, depth=3, segments=1, meta_init=True, **FAST
+        )
         chunk = codec.encode(stack)
         assert _inner(chunk)[5] & 4  # meta-init flag
         assert _psnr(stack, codec.decode(chunk)) >= 28.0

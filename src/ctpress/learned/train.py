@@ -49,7 +49,7 @@ RATE_POINTS: dict[str, list[dict[str, Any]]] = {
     ],
 }
 #: Architectures of the shipped SIREN meta-learned initialisations (``ctpress train siren``).
-SIREN_INITS: list[dict[str, Any]] = [{"width": 16}, {"width": 24}, {"width": 32}, {"width": 48}]
+SIREN_INITS: list[dict[str, Any]] = [{"width": w, "depth": 2} for w in (16, 24, 32, 40)]
 #: Views per meta-learning task (a window of a training scan).
 SIREN_TASK_VIEWS = (16, 96)
 #: Patch side and batch size of training.

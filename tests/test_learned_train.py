@@ -43,3 +43,31 @@ def test_train_writes_installable_weights(method, tmp_path, monkeypatch):
     finally:
         monkeypatch.delenv(zoo.ENV_DIR)
         zoo.clear_cache()
+
+
+def test_train_siren_writes_an_installable_initialisation(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    (tmp_path / "projections").mkdir()
+    views = 20000 + np.cumsum(rng.integers(-50, 50, (30, 8, 32)), axis=2)
+    np.save(tmp_path / "projections" / "tiny_scan.npy", views.astype(np.uint16))
+    out = tmp_path / "init.safetensors"
+    args = ["-q", "train", "siren", "--data", str(tmp_path), "--out", str(out)]
+    assert main([*args, "--steps", "3", "--seed", "2"]) == 0
+    meta = json.loads(zoo._safetensors_metadata(out.read_bytes())["metadata"])
+    assert meta["method"] == "siren" and meta["steps"] == 3 and meta["seed"] == 2
+    assert meta["config"]["width"] == 16 and "--steps 3 --seed 2" in meta["reproduce"]
+    held = meta["held_out"]["tiny_scan[held-out views]"]
+    assert held["psnr_db_meta_init"] > 0 and held["psnr_db_standard_init"] > 0
+
+    weights = tmp_path / "zoo"
+    weights.mkdir()
+    monkeypatch.setenv(zoo.ENV_DIR, str(weights))
+    zoo.clear_cache()
+    try:
+        zoo.install(out)
+        x = views[:12].astype(np.uint16)
+        data = ctpress.compress(x, codec="siren", max_error=5, width=16, meta_init=True, steps=30)
+        assert np.abs(ctpress.decompress(data).projections.astype(int) - x).max() <= 5
+    finally:
+        monkeypatch.delenv(zoo.ENV_DIR)
+        zoo.clear_cache()

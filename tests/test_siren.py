@@ -210,3 +210,17 @@ def test_decode_is_identical_across_processes_and_threads(tmp_path, stack):
     here = get_codec("siren").decode(chunk)
     assert np.array_equal(np.load(tmp_path / "d.npy"), here)
     assert _psnr(stack, here) >= 33.0
+
+
+def test_cli_codec_options(tmp_path, stack, capsys):
+    from ctpress.cli import main
+
+    np.save(tmp_path / "x.npy", stack)
+    out = tmp_path / "x.ctpz"
+    base = ["-q", "compress", str(tmp_path / "x.npy"), str(out), "--codec", "siren"]
+    assert main([*base, "--psnr", "28", "-O", "steps=100", "-O", "width=16"]) == 0
+    assert ctpress.open(out).header["codec"]["width"] == 16
+    assert main([*base, "--psnr", "28", "-O", "stepz=100"]) == 2
+    assert "has no setting 'stepz'" in capsys.readouterr().err
+    assert main([*base, "--psnr", "28", "-O", "width=wide"]) == 2
+    assert not out.with_name("x.ctpz.tmp").exists()

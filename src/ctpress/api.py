@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from pathlib import Path
@@ -85,6 +86,13 @@ def make_codec(
     if mode == "psnr" and data_range is None:
         data_range = float(scan.projections.max()) - float(scan.projections.min()) or 1.0
     cls = get_codec_class(codec)
+    allowed = set(inspect.signature(cls.__init__).parameters) - {"self", "mode", "value"}
+    unknown = sorted(set(codec_options) - allowed)
+    if unknown:
+        raise InputError(
+            f"codec {cls.codec_id!r} has no setting {', '.join(map(repr, unknown))}; its "
+            f"settings are {', '.join(sorted(allowed - {'data_range'})) or 'none'}"
+        )
     instance = cls(mode=mode, value=value, data_range=data_range, **codec_options)
     return instance, {"mode": mode, "value": value, "data_range": data_range}
 

@@ -356,8 +356,17 @@ class Siren(Codec):
         for name, v, lo, hi in (("width", width, 1, 1024), ("depth", depth, 1, 16),
                                 ("segments", segments, 1, 65535), ("steps", steps, 1, 10**7),
                                 ("frequencies", frequencies, 0, 16)):  # fmt: skip
-            if v is not None and (int(v) != v or not lo <= v <= hi):
+            if v is not None and (
+                not isinstance(v, int | float) or int(v) != v or not lo <= v <= hi
+            ):
                 raise InputError(f"{name} must be an integer in [{lo}, {hi}], got {v!r}")
+        for name, f in (
+            ("omega0", omega0),
+            ("quant_noise", quant_noise),
+            ("time_budget", time_budget),
+        ):
+            if f is not None and not isinstance(f, int | float):
+                raise InputError(f"{name} must be a number, got {f!r}")
         if encoding not in ENCODINGS:
             raise InputError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
         if not (0 < omega0 < 1e4) or float(np.float32(omega0)) != float(omega0):

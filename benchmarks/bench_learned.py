@@ -5,11 +5,24 @@ the held-out simulated scans (volumes never used in training, dose 1e5, cone bea
 rows and a rows=1 fan-beam sinogram) and the held-out views of the real projections
 (``../shared/data/projections``).  Rates are the real ``.ctpz`` bytes; quality is
 measured on the decoded data.  BD-rate (PCHIP, PSNR) of each codec against JPEG 2000 per
-scan.  Throughput: MB/s of the input per second of wall time, torch using 2 threads.
+scan.
+
+Throughput (MB/s of uint16 input per second of wall time, torch using ``--threads``
+threads, 2 by default, weights loaded before timing), of the learned codecs:
+
+- ``bpp_target``: :func:`ctpress.compress` with a ``bpp`` target (rate search included)
+  and :func:`ctpress.decompress`, over every scan and target: mean, minimum and aggregate
+  (all input bytes over all seconds);
+- ``fixed_operating_point``: one rate point at gain 1 without a residual (no search):
+  the encoder's analysis, entropy coding and float64 synthesis, and the decoder, on the
+  largest scan.
+
+``--quick`` uses one scan of each kind (cone beam, fan-beam sinogram, real projections)
+and four bpp targets, and runs in a few minutes on 2 cores.
 
 Usage::
 
-    python benchmarks/bench_learned.py --out results/learned [--quick]
+    python benchmarks/bench_learned.py --out results/benchmarks [--quick] [--threads 2]
 """
 
 from __future__ import annotations
@@ -20,40 +33,83 @@ import math
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from ctpress.bdrate import bd_rate
-from ctpress.bench import bench_codec, run_info
+from ctpress.bench import BenchRecord, bench_codec, run_info
 from ctpress.learned import zoo
-from ctpress.learned.codec import _Session
+from ctpress.learned.codec import _Session, decode_learned
 from ctpress.learned.data import DataFiles, default_data_dir, held_out_scans
 from ctpress.scan import Scan
 
 CODECS = ("hyperprior", "vqvae", "jpeg2000", "htj2k")
+LEARNED = ("hyperprior", "vqvae")
 BPP_TARGETS = (0.1, 0.2, 0.4, 0.8, 1.6)
+QUICK_BPP_TARGETS = (0.2, 0.4, 0.8, 1.6)
+#: Scans of ``--quick`` (substrings of the scan names): one of each kind.
+QUICK_SCANS = ("pulmonary_ct_cropped_1p5mm-0-cone", "pulmonary_ct_cropped_1p5mm-0-fan", "savu")
 ANCHOR = "jpeg2000"
 
 
-def _single_pass_mb_s(method: str, scan: Scan, rate_point: int) -> float:
-    """Encoder throughput at one fixed operating point (no rate search): analysis,
-    entropy coding and the float64 synthesis whose CRC goes into the stream."""
+def _fixed_point_mb_s(method: str, scan: Scan, rate_point: int) -> dict[str, float]:
+    """Encode and decode throughput at one fixed operating point (no rate search):
+    analysis, entropy coding and the float64 synthesis whose CRC goes into the stream;
+    the decoder's entropy decoding and synthesis."""
     x = scan.projections
     t0 = time.perf_counter()
-    _Session(method, x).stream(rate_point, 1.0, None)
-    return x.nbytes / 1e6 / (time.perf_counter() - t0)
+    stream, _ = _Session(method, x).stream(rate_point, 1.0, None)
+    t1 = time.perf_counter()
+    decode_learned(method, stream, x.shape, "float64")
+    t2 = time.perf_counter()
+    mb = x.nbytes / 1e6
+    return {
+        "encode": round(mb / (t1 - t0), 3),
+        "decode": round(mb / (t2 - t1), 3),
+        "bits_per_value": round(8 * len(stream) / x.size, 4),
+    }
 
 
-def run(out: Path, quick: bool) -> dict:
+def _warm_up() -> None:
+    """Load every learned rate point and make its float64 decoder copies, so that the
+    timings are those of a running process (not of loading weights)."""
+    x = np.linspace(0, 60000, 2 * 32 * 48).reshape(2, 32, 48).astype(np.uint16)
+    for method in LEARNED:
+        for k in range(len(zoo.rate_points(method))):
+            stream, _ = _Session(method, x).stream(k, 1.0, None)
+            decode_learned(method, stream, x.shape, "float64")
+
+
+def _speed(records: list[BenchRecord], scans: dict[str, Scan]) -> dict[str, float | None]:
+    """Mean, minimum and aggregate (all input MB over all seconds) encode and decode
+    MB/s of the successful records."""
+    ok = [r for r in records if r.error is None and r.encode_s and r.decode_s]
+    if not ok:
+        return {}
+    mb = sum(scans[r.scan].projections.nbytes / 1e6 for r in ok)
+    speed: dict[str, float | None] = {}
+    for op in ("encode", "decode"):
+        rates = [getattr(r, f"{op}_mb_s") for r in ok]
+        speed[f"{op}_mean"] = _mean(rates)
+        speed[f"{op}_min"] = round(min(rates), 3)
+        speed[f"{op}_aggregate"] = round(mb / sum(getattr(r, f"{op}_s") for r in ok), 3)
+    return speed
+
+
+def run(out: Path, quick: bool, threads: int = 2) -> dict[str, Any]:
     """Benchmark every codec at every bpp target on every held-out scan."""
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     data = default_data_dir()
     if data is None:
-        raise SystemExit("needs ../shared/data (or $CTPRESS_DATA)")
+        raise FileNotFoundError("needs ../shared/data (or $CTPRESS_DATA)")
     _, held = DataFiles.find([data]).split()
     scans = held_out_scans(held, cache=out / "cache")
-    targets = BPP_TARGETS[::2] if quick else BPP_TARGETS
+    if quick:
+        scans = {name: scan for name, scan in scans.items() if any(k in name for k in QUICK_SCANS)}
+    targets = QUICK_BPP_TARGETS if quick else BPP_TARGETS
+    _warm_up()
     records = []
     for name, scan in scans.items():
         for codec in CODECS:
@@ -78,23 +134,33 @@ def run(out: Path, quick: bool) -> dict:
         for codec in CODECS:
             test = [r for r in records if r.scan == name and r.codec == codec and not r.error]
             bd[name][codec] = _bd(anchor, test)
-    throughput = {}
-    for method in ("hyperprior", "vqvae"):
-        scan = next(iter(scans.values()))
-        throughput[method] = {
-            f"rate_point_{k}_encode_mb_s": round(_single_pass_mb_s(method, scan, k), 3)
-            for k in range(len(zoo.rate_points(method)))
+    largest = max(scans, key=lambda name: scans[name].projections.size)
+    throughput = {
+        method: {
+            "bpp_target": _speed([r for r in records if r.codec == method], scans),
+            "fixed_operating_point": {
+                f"rate_point_{k}": _fixed_point_mb_s(method, scans[largest], k)
+                for k in range(len(zoo.rate_points(method)))
+            },
         }
+        for method in LEARNED
+    }
     result = {
         "run": run_info(),
-        "settings": {"codecs": CODECS, "bpp_targets": targets, "torch_threads": 2},
+        "settings": {
+            "codecs": CODECS,
+            "bpp_targets": targets,
+            "torch_threads": threads,
+            "quick": quick,
+            "fixed_operating_point_scan": largest,
+        },
         "scans": {name: list(scan.shape) for name, scan in scans.items()},
         "results": [asdict(r) for r in records],
         "bd_rate_vs_jpeg2000_percent": bd,
         "bd_rate_mean_percent": {
             codec: _mean([bd[name][codec] for name in scans]) for codec in CODECS
         },
-        "single_pass_encode": throughput,
+        "throughput_mb_s": throughput,
         "mean_mb_s": {
             codec: {
                 "encode": _mean([r.encode_mb_s for r in records if r.codec == codec]),
@@ -108,13 +174,13 @@ def run(out: Path, quick: bool) -> dict:
     return result
 
 
-def _bd(anchor: list, test: list) -> float | None:
+def _bd(anchor: list[BenchRecord], test: list[BenchRecord]) -> float | None:
     """BD-rate in percent, or None when the curves have < 2 points or do not overlap."""
     pts = []
     for records in (anchor, test):
-        by_psnr = {}
+        by_psnr: dict[float, float] = {}
         for r in records:
-            if math.isfinite(r.psnr_db):
+            if r.psnr_db is not None and math.isfinite(r.psnr_db) and r.bits_per_value:
                 by_psnr.setdefault(round(r.psnr_db, 6), r.bits_per_value)
         pts.append((list(by_psnr.values()), list(by_psnr.keys())))
     try:
@@ -123,22 +189,29 @@ def _bd(anchor: list, test: list) -> float | None:
         return None
 
 
-def _mean(values: list) -> float | None:
+def _mean(values: list[float | None]) -> float | None:
     vals = [v for v in values if v is not None and math.isfinite(v)]
     return round(float(np.mean(vals)), 3) if vals else None
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("results/learned"))
-    parser.add_argument("--quick", action="store_true", help="3 rate targets instead of 5")
-    args = parser.parse_args()
-    result = run(args.out, args.quick)
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("results/benchmarks"))
+    parser.add_argument(
+        "--quick", action="store_true", help="3 scans and 4 bpp targets (a few minutes)"
+    )
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    args = parser.parse_args(argv)
+    if default_data_dir() is None:
+        print("bench_learned: needs ../shared/data (or $CTPRESS_DATA)")
+        return 1
+    result = run(args.out, args.quick, args.threads)
     print(json.dumps(result["bd_rate_vs_jpeg2000_percent"], indent=1))
     print("mean BD-rate vs JPEG 2000 (%):", result["bd_rate_mean_percent"])
-    print("single-pass encode MB/s:", result["single_pass_encode"])
-    print("mean MB/s (bpp targets):", result["mean_mb_s"])
+    print("learned codecs, MB/s:", json.dumps(result["throughput_mb_s"], indent=1))
+    print(f"wrote {args.out / 'bench_learned.json'}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

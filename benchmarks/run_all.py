@@ -2,11 +2,12 @@
 
 Usage::
 
-    python benchmarks/run_all.py --out results/benchmarks [--only codecs,recon]
+    python benchmarks/run_all.py --out results/benchmarks [--only codecs,recon,learned]
 
 Each benchmark writes its own JSON into ``--out`` (``bench_codecs.json``,
-``bench_recon.json``); this script adds ``run_all.json`` with the command, library version,
-machine, and per benchmark its exit status, wall time and output file.
+``bench_recon.json``, ``bench_learned.json``); this script adds ``run_all.json`` with the
+command, library version, machine, and per benchmark its exit status, wall time and
+output file.  ``learned`` needs ``../shared/data`` (or ``$CTPRESS_DATA``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 BENCHMARKS = {
     "codecs": ("bench_codecs.py", "bench_codecs.json"),
     "recon": ("bench_recon.py", "bench_recon.json"),
+    "learned": ("bench_learned.py", "bench_learned.json"),
 }
 
 

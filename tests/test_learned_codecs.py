@@ -10,6 +10,7 @@ from conftest import smooth_stack
 from ctpress.cli import main
 from ctpress.codecs import get_codec
 from ctpress.learned import zoo
+from ctpress.learned.codec import _odd, _solve
 
 METHODS = ("hyperprior", "vqvae")
 
@@ -91,3 +92,49 @@ def test_rate_point_option_round_trips_in_config(scan):
 def test_float_data_lossless_is_refused(float32_stack):
     with pytest.raises(ctpress.RateControlError):
         ctpress.compress(float32_stack, codec="hyperprior", lossless=True)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("dtype", ["uint16", "float32"])
+@pytest.mark.parametrize("bpp", [0.3, 1.0, 3.0])
+def test_bpp_search_lands_within_tolerance(method, dtype, bpp):
+    """Gain search, residual fill and the rate point walk: the chunk lands within 10 %."""
+    x = np.clip(smooth_stack((6, 32, 96), seed=11), 0, 65535)
+    x = x.astype(np.uint16) if dtype == "uint16" else (x / 4096).astype(np.float32)
+    codec = get_codec(method, mode="bpp", value=bpp)
+    chunk = codec.encode(x)
+    assert abs(8 * len(chunk) / x.size - bpp) <= 0.1 * bpp
+    assert codec.decode(chunk).shape == x.shape
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("psnr", [35.0, 50.0, 70.0])
+def test_psnr_search_meets_target(method, psnr):
+    x = np.clip(smooth_stack((6, 32, 96), seed=12), 0, 65535).astype(np.uint16)
+    codec = get_codec(method, mode="psnr", value=psnr)
+    y = codec.decode(codec.encode(x))
+    assert ctpress.metrics.psnr_db(x, y) >= psnr
+
+
+def test_solve_power_law_in_few_probes():
+    calls = []
+
+    def bits(gain: float) -> float:
+        calls.append(gain)
+        return 2.0 * gain**-1.3
+
+    gain, value = _solve(bits, 0.5, (0.5, 8.0), 1.0, -1.0, 0.02)
+    assert 0.49 <= value <= 0.5 and bits(gain) == value
+    assert len(calls) <= 4
+
+
+def test_solve_bounds_and_odd_steps():
+    # target below the measure everywhere: nothing feasible
+    assert _solve(lambda g: 10.0 / g, 0.1, (0.5, 8.0), 1.0, -1.0, 0.02) is None
+    # target above the measure everywhere: the bound that comes closest
+    assert _solve(lambda g: 1.0 / g, 5.0, (0.5, 8.0), 1.0, -1.0, 0.02) == (0.5, 2.0)
+    # odd integer steps: the finest feasible one, with a value <= target
+    step, value = _solve(
+        lambda d: 100.0 / d, 9.0, (1.0, 999.0), 3.0, -1.0, 0.02, lambda d: _odd(d, True)
+    )
+    assert step == 13.0 and value == pytest.approx(100 / 13)

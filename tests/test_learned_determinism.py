@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 
 from conftest import smooth_stack
 from ctpress.codecs import get_codec
+from ctpress.codecs.base import _parse_chunk_header
 from ctpress.errors import CorruptFileError, CtpressError
 from ctpress.learned import zoo
 from ctpress.learned.codec import decode_learned
@@ -49,9 +49,8 @@ def chunks(stack) -> dict[tuple[str, str], bytes]:
 
 
 def _inner(chunk: bytes) -> bytes:
-    """The codec stream of a chunk (after its JSON header)."""
-    (n,) = struct.unpack_from("<I", chunk, 4)
-    return chunk[8 + n :]
+    """The codec stream of a chunk (after its header, binary or JSON)."""
+    return chunk[_parse_chunk_header(chunk)[1] :]
 
 
 def _decode(method: str, chunk: bytes, threads: int) -> np.ndarray:

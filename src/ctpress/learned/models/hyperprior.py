@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import struct
+from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
@@ -64,6 +65,27 @@ WAVELET_GROUPS = ((0, 4), (4, 16), (16, 64), (64, 256))
 DEADZONE = 0.15
 #: Range of the quantisation gains drawn in training (log-uniform).
 TRAINING_GAINS = (0.5, 2.0)
+
+
+@dataclass
+class HyperAnalysis:
+    """Encoder analysis of a batch of images: everything that does not depend on the
+    quantisation gain, so that a rate search codes the latents again without redoing it.
+
+    Attributes
+    ----------
+    y : Tensor
+        Latents (n, m, h, w), float64.
+    z_payload : bytes
+        The entropy-coded hyper-latents.
+    params : Tensor
+        Hyper-decoder output (n, 2m, h, w): means and log-scales, float64, computed from
+        the integer hyper-latents exactly as the decoder does.
+    """
+
+    y: Tensor
+    z_payload: bytes
+    params: Tensor
 
 
 class MeanScaleHyperprior(LearnedModel):
@@ -255,7 +277,7 @@ class MeanScaleHyperprior(LearnedModel):
         self.clear_inference_cache()
 
     # -------------------------------------------------------------------- coding
-    def analyse(self, x: Tensor) -> tuple[Tensor, np.ndarray]:
+    def analyse(self, x: Tensor) -> HyperAnalysis:
         with torch.no_grad():
             if self.transform == "wavelet":  # the exact transform, in float64
                 y = self._analysis(x.double())
@@ -263,18 +285,18 @@ class MeanScaleHyperprior(LearnedModel):
             else:
                 y = self._analysis(x.float())
                 z_int = torch.round(self.h_a(y)).to(torch.int64).numpy()
-        return to_float64(y), z_int
+        params = self._hyper_decode(z_int, (y.shape[-2], y.shape[-1]))
+        return HyperAnalysis(to_float64(y), self.prior.compress(z_int), params)
 
     def _hyper_decode(self, z_int: np.ndarray, size: tuple[int, int]) -> Tensor:
         h_s = self.float64("h_s", self.h_s)
         with torch.no_grad():
             return h_s(torch.from_numpy(z_int).double())[..., : size[0], : size[1]]
 
-    def code(self, analysis: tuple[Tensor, np.ndarray], gain: float) -> Coded:
-        y, z_int = analysis
-        params = self._hyper_decode(z_int, (y.shape[-2], y.shape[-1]))
+    def code(self, analysis: HyperAnalysis, gain: float) -> Coded:
+        y, params = analysis.y, analysis.params
         step = self.step * gain
-        parts = [self.prior.compress(z_int)]
+        parts = [analysis.z_payload]
         y_hat = y[:, :0]
         indexes = []
         with torch.no_grad():

@@ -2,12 +2,12 @@
 
 Usage::
 
-    python benchmarks/run_all.py --out results/benchmarks [--only codecs,recon,learned]
+    python benchmarks/run_all.py --out results/benchmarks [--only codecs,recon,learned,siren]
 
 Each benchmark writes its own JSON into ``--out`` (``bench_codecs.json``,
-``bench_recon.json``, ``bench_learned.json``); this script adds ``run_all.json`` with the
-command, library version, machine, and per benchmark its exit status, wall time and
-output file.  ``learned`` needs ``../shared/data`` (or ``$CTPRESS_DATA``).
+``bench_recon.json``, ``bench_learned.json``, ``bench_siren.json``); this script adds
+``run_all.json`` with the command, library version, machine, and per benchmark its exit
+status, wall time and output file.  ``learned`` needs ``../shared/data`` (or ``$CTPRESS_DATA``).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ BENCHMARKS = {
     "codecs": ("bench_codecs.py", "bench_codecs.json"),
     "recon": ("bench_recon.py", "bench_recon.json"),
     "learned": ("bench_learned.py", "bench_learned.json"),
+    "siren": ("bench_siren.py", "bench_siren.json"),
 }
 
 

@@ -60,6 +60,9 @@ _MAX_FITS = 3
 _PSNR_START_BPP = 0.01
 _PSNR_START_BITS = 8000.0
 _BPP_TOLERANCE = 0.10
+#: Largest network a bpp target buys (bits per value of the weights); beyond it, more
+#: weights fit too slowly to pay on 2 CPU cores, and the residual layer takes the rest.
+_MAX_NETWORK_BPP = 0.06
 #: Default network size of the residual modes (bits per value of the weights).
 _RESIDUAL_MODE_BPP = 0.02
 
@@ -494,7 +497,8 @@ class Siren(Codec):
 
     def _search_bpp(self, s: _Session, target: float) -> tuple[_Fit, float, float | None]:
         side_bits = 8.0 * (_SIDE.size + 4 * 64)
-        arch, segments = self._network(s.x, max(target * s.x.size - side_bits, 64.0))
+        network_bpp = min(target, _MAX_NETWORK_BPP)
+        arch, segments = self._network(s.x, max(network_bpp * s.x.size - side_bits, 64.0))
         fit = s.fit(arch, segments)
         rel_fine = fit.relative_step(self.quant_noise / 100)
         rel_coarse = fit.relative_step(self.quant_noise * 1000)
@@ -511,7 +515,8 @@ class Siren(Codec):
         rel = rel_fine if fits(rel_fine) else _bisect(fits, rel_coarse, rel_fine, 12)
         if self._weight_bits(s, fit, rel) >= target * (1 - _BPP_TOLERANCE / 2):
             return fit, rel, None
-        # the network is exact enough already: spend the rest on the residual layer
+        # the network is as large as it pays to fit (or exact enough already): spend the
+        # rest of the budget on the residual layer
         rel = fit.relative_step(self.quant_noise)
 
         def fits_residual(step: float) -> bool:

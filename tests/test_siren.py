@@ -68,10 +68,11 @@ def test_small_scan_fits_to_stated_psnr(stack):
 
 
 def test_bpp_target_counts_every_byte(stack):
-    codec = get_codec("siren", mode="bpp", value=0.5, **FAST)
-    chunk = codec.encode(stack)
-    assert abs(8 * len(chunk) / stack.size - 0.5) <= 0.05
-    assert _psnr(stack, codec.decode(chunk)) > 25
+    for bpp in (0.5, 1.5):  # network only; network + residual layer
+        codec = get_codec("siren", mode="bpp", value=bpp, **FAST)
+        chunk = codec.encode(stack)
+        assert abs(8 * len(chunk) / stack.size - bpp) <= 0.1 * bpp
+        assert _psnr(stack, codec.decode(chunk)) > 20
 
 
 def test_max_error_and_lossless_hold_on_every_value(stack):

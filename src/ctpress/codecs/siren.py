@@ -58,11 +58,12 @@ _BITS_PER_WEIGHT = 5.5
 _MAX_FITS = 3
 #: First network size tried for a PSNR target (bits of weights: per value, at least).
 _PSNR_START_BPP = 0.01
-_PSNR_START_BITS = 8000.0
 _BPP_TOLERANCE = 0.10
 #: Largest network a bpp target buys (bits per value of the weights); beyond it, more
 #: weights fit too slowly to pay on 2 CPU cores, and the residual layer takes the rest.
 _MAX_NETWORK_BPP = 0.06
+#: ... but never below this many bits of weights when the target allows them.
+_MIN_NETWORK_BITS = 8000.0
 #: Default network size of the residual modes (bits per value of the weights).
 _RESIDUAL_MODE_BPP = 0.02
 
@@ -497,8 +498,9 @@ class Siren(Codec):
 
     def _search_bpp(self, s: _Session, target: float) -> tuple[_Fit, float, float | None]:
         side_bits = 8.0 * (_SIDE.size + 4 * 64)
-        network_bpp = min(target, _MAX_NETWORK_BPP)
-        arch, segments = self._network(s.x, max(network_bpp * s.x.size - side_bits, 64.0))
+        budget = target * s.x.size - side_bits
+        largest = max(_MAX_NETWORK_BPP * s.x.size, _MIN_NETWORK_BITS)
+        arch, segments = self._network(s.x, max(min(budget, largest), 64.0))
         fit = s.fit(arch, segments)
         rel_fine = fit.relative_step(self.quant_noise / 100)
         rel_coarse = fit.relative_step(self.quant_noise * 1000)
@@ -525,7 +527,7 @@ class Siren(Codec):
         return fit, rel, self._fill_with_residual(s, fit, rel, fits_residual, coarse=False)
 
     def _search_psnr(self, s: _Session, mse_target: float) -> tuple[_Fit, float, float | None]:
-        budget = max(_PSNR_START_BPP * s.x.size, _PSNR_START_BITS)
+        budget = max(_PSNR_START_BPP * s.x.size, _MIN_NETWORK_BITS)
         fit = None
         for _ in range(_MAX_FITS):
             arch, segments = self._network(s.x, budget)

@@ -44,8 +44,8 @@ from .models.siren import SirenArch, SirenStack, encode_coordinates
 GRID_BITS = 20
 #: 2**(k/4) for k = 0..3, as literals (the decoder's step sizes are exact products).
 _QUARTER_POWERS = (1.0, 1.189207115002721, 1.4142135623730951, 1.681792830507429)
-#: Points evaluated per block at decode time.
-_EVAL_BLOCK = 1 << 16
+#: Points evaluated per block at decode time (small enough for the block to stay in cache).
+_EVAL_BLOCK = 1 << 13
 #: Points per fitting step (over all segments).
 FIT_BATCH = 1 << 15
 #: Fraction of the fitting steps spent on quantisation-aware fine-tuning.

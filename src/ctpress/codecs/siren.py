@@ -137,6 +137,7 @@ class _Session:
             steps=codec.steps,
             time_budget=None if codec.time_budget is None else codec.time_budget / _MAX_FITS,
             quant_noise=codec.quant_noise,
+            peak_lr=codec.learning_rate,
             init=[t.to(torch.float32) for t in init],
             seed=codec.seed,
         )
@@ -318,6 +319,8 @@ class Siren(Codec):
         Positional encoding of (view, row, column); ``frequencies`` octaves.
     steps : int
         Adam steps per fit (each of 32768 points).
+    learning_rate : float
+        Peak Adam learning rate (cosine decay to 1/20 of it).
     time_budget : float, optional
         Seconds of fitting per chunk (caps ``steps``; the output then depends on speed).
     quant_noise : float
@@ -351,6 +354,7 @@ class Siren(Codec):
         encoding: str = "none",
         frequencies: int = 4,
         steps: int = 2000,
+        learning_rate: float = 1e-3,
         time_budget: float | None = None,
         quant_noise: float = DEFAULT_QUANT_NOISE,
         meta_init: bool = False,
@@ -368,6 +372,7 @@ class Siren(Codec):
             ("omega0", omega0),
             ("quant_noise", quant_noise),
             ("time_budget", time_budget),
+            ("learning_rate", learning_rate),
         ):
             if f is not None and not isinstance(f, int | float):
                 raise InputError(f"{name} must be a number, got {f!r}")
@@ -386,6 +391,9 @@ class Siren(Codec):
         self.encoding = encoding
         self.frequencies = int(frequencies)
         self.steps = int(steps)
+        if not 0 < learning_rate < 1:
+            raise InputError(f"learning_rate must be in (0, 1), got {learning_rate!r}")
+        self.learning_rate = float(learning_rate)
         self.time_budget = None if time_budget is None else float(time_budget)
         self.quant_noise = float(quant_noise)
         self.meta_init = bool(meta_init)
@@ -395,7 +403,8 @@ class Siren(Codec):
         return {
             "width": self.width, "depth": self.depth, "segments": self.segments,
             "omega0": self.omega0, "encoding": self.encoding, "frequencies": self.frequencies,
-            "steps": self.steps, "time_budget": self.time_budget,
+            "steps": self.steps, "learning_rate": self.learning_rate,
+            "time_budget": self.time_budget,
             "quant_noise": self.quant_noise, "meta_init": self.meta_init, "seed": self.seed,
         }  # fmt: skip
 

@@ -511,8 +511,9 @@ class Siren(Codec):
         largest = max(_MAX_NETWORK_BPP * s.x.size, _MIN_NETWORK_BITS)
         arch, segments = self._network(s.x, max(min(budget, largest), 64.0))
         fit = s.fit(arch, segments)
-        rel_fine = fit.relative_step(self.quant_noise / 100)
-        rel_coarse = fit.relative_step(self.quant_noise * 1000)
+        # finer steps only add bits (up to ~10 bits per weight here), coarser ones lose
+        rel_fine = fit.relative_step(self.quant_noise / 1e6)
+        rel_coarse = fit.relative_step(self.quant_noise * 1e3)
 
         def fits(rel: float) -> bool:
             return self._weight_bits(s, fit, rel) <= target
@@ -523,17 +524,21 @@ class Siren(Codec):
                 f"network needs {self._weight_bits(s, fit, rel_coarse):.3g}); choose a larger "
                 "target, fewer segments or a smaller width"
             )
-        rel = rel_fine if fits(rel_fine) else _bisect(fits, rel_coarse, rel_fine, 12)
-        if self._weight_bits(s, fit, rel) >= target * (1 - _BPP_TOLERANCE / 2):
-            return fit, rel, None
-        # the network is as large as it pays to fit (or exact enough already): spend the
-        # rest of the budget on the residual layer
-        rel = fit.relative_step(self.quant_noise)
+        if budget > largest:
+            # the network is as large as it pays to fit: the residual layer takes the rest
+            rel = fit.relative_step(self.quant_noise)
 
-        def fits_residual(step: float) -> bool:
-            return 8.0 * len(s.stream(fit, rel, step)[0]) / s.x.size <= target
+            def fits_residual(step: float) -> bool:
+                return 8.0 * len(s.stream(fit, rel, step)[0]) / s.x.size <= target
 
-        return fit, rel, self._fill_with_residual(s, fit, rel, fits_residual, coarse=False)
+            if fits(rel):
+                try:
+                    step = self._fill_with_residual(s, fit, rel, fits_residual, coarse=False)
+                    return fit, rel, step
+                except RateControlError:
+                    pass  # no residual fits in what is left: spend it on the weights
+        rel = rel_fine if fits(rel_fine) else _bisect(fits, rel_coarse, rel_fine, 16)
+        return fit, rel, None
 
     def _search_psnr(self, s: _Session, mse_target: float) -> tuple[_Fit, float, float | None]:
         budget = max(_PSNR_START_BPP * s.x.size, _MIN_NETWORK_BITS)

@@ -398,13 +398,9 @@ def _meta_init(directory: str, config: str) -> tuple[tuple[torch.Tensor, ...], s
     entry = next((e for e in _meta_entries(directory) if e.get("config") == wanted), None)
     if entry is None:
         return None
-    data = (Path(directory) / entry["file"]).read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != entry["sha256"]:
-        raise CorruptFileError(
-            f"SIREN initialisation {entry['file']} has SHA-256 {digest[:16]}..., the manifest "
-            f"says {entry['sha256'][:16]}...: the installation is damaged; reinstall ctpress"
-        )
+    from .zoo import read_entry
+
+    data, digest = read_entry(directory, entry)
     tensors = safetensors.torch.load(data)
     keys = sorted(tensors, key=lambda k: (int(k[1:]), k[0] == "b"))
     return tuple(tensors[k].to(torch.float64) for k in keys), digest

@@ -129,7 +129,14 @@ def _load_model(directory: str, method: str, rate_point: int) -> tuple[LearnedMo
             f"{method} rate point {rate_point} is not installed (this ctpress has "
             f"{len(entries)}): install the ctpress version that wrote the file"
         )
-    entry = entries[rate_point]
+    data, digest = read_entry(directory, entries[rate_point])
+    model, _ = load_weights(data)
+    return model, digest
+
+
+def read_entry(directory: str, entry: dict[str, Any]) -> tuple[bytes, str]:
+    """(bytes, SHA-256) of the file of a manifest entry, refused (CorruptFileError) when
+    its SHA-256 differs from the manifest's."""
     data = (Path(directory) / entry["file"]).read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     if digest != entry["sha256"]:
@@ -137,8 +144,7 @@ def _load_model(directory: str, method: str, rate_point: int) -> tuple[LearnedMo
             f"weights {entry['file']} have SHA-256 {digest}, but the manifest says "
             f"{entry['sha256']}: the installation is damaged; reinstall ctpress"
         )
-    model, _ = load_weights(data)
-    return model, digest
+    return data, digest
 
 
 def clear_cache() -> None:

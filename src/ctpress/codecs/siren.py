@@ -31,7 +31,7 @@ import torch
 
 from ..errors import CorruptFileError, InputError, RateControlError
 from ..learned import inr, residual
-from ..learned.codec import _bisect, _finish, _odd
+from ..learned.codec import _bisect, _finish, _odd, encode_error_bounded, finish_search
 from ..learned.models.siren import ENCODINGS, SirenArch, SirenStack
 from .base import Codec, _Encoded, _to_output
 from .registry import register_codec
@@ -58,7 +58,6 @@ _BITS_PER_WEIGHT = 5.5
 _MAX_FITS = 3
 #: First network size tried for a PSNR target (bits of weights: per value, at least).
 _PSNR_START_BPP = 0.01
-_BPP_TOLERANCE = 0.10
 #: Largest network a bpp target buys (bits per value of the weights); beyond it, more
 #: weights fit too slowly to pay on 2 CPU cores, and the residual layer takes the rest.
 _MAX_NETWORK_BPP = 0.06
@@ -450,14 +449,7 @@ class Siren(Codec):
             return self._encode_lossless(x)
         session = _Session(self, x)
         fit, rel = self._residual_fit(session)
-        step = residual.residual_step(bound, integer)
-        for _ in range(6):  # float rounding can push an error a hair over the bound
-            stream, values = session.stream(fit, rel, step)
-            decoded = _finish(values, x)
-            if np.max(np.abs(decoded.astype(np.float64) - x.astype(np.float64))) <= bound:
-                return _Encoded(stream, {"t": "none", "w": "<f8"}, decoded)
-            step *= 0.999
-        raise RateControlError(f"cannot guarantee max error {bound:g} on {x.dtype} data")
+        return encode_error_bounded(x, bound, lambda step: session.stream(fit, rel, step))
 
     def _encode_search(self, x: np.ndarray) -> _Encoded:
         assert self.value is not None
@@ -467,14 +459,7 @@ class Siren(Codec):
         else:
             data_range = self.data_range or float(x.max()) - float(x.min()) or 1.0
             fit, rel, step = self._search_psnr(session, data_range**2 / 10 ** (self.value / 10))
-        stream, values = session.stream(fit, rel, step)
-        bits = 8.0 * len(stream) / x.size
-        if self.mode == "bpp" and abs(bits - self.value) > _BPP_TOLERANCE * self.value:
-            raise RateControlError(
-                f"codec 'siren' cannot reach {self.value:g} bits/value on this data "
-                f"(nearest: {bits:.3g}); choose another target or codec"
-            )
-        return _Encoded(stream, {"t": "none", "w": "<f8"}, _finish(values, x))
+        return finish_search(self, x, *session.stream(fit, rel, step))
 
     def _weight_bits(self, s: _Session, fit: _Fit, rel: float) -> float:
         n_bytes = _SIDE.size + 4 * fit.segments

@@ -292,6 +292,37 @@ def _finish(values: np.ndarray, x: np.ndarray) -> np.ndarray:
     return out.astype(x.dtype)
 
 
+def encode_error_bounded(
+    x: np.ndarray, bound: float, stream_at: Callable[[float], tuple[bytes, np.ndarray]]
+) -> _Encoded:
+    """The residual-layer stream that keeps every decoded value of ``x`` within ``bound``.
+
+    ``stream_at(step)`` gives (stream, decoded float64 values) with residual step
+    ``step``; the step starts at :func:`residual.residual_step` and shrinks a hair when
+    float rounding pushes an error over the bound."""
+    step = residual.residual_step(bound, x.dtype.kind in "ui")
+    for _ in range(6):
+        stream, values = stream_at(step)
+        decoded = _finish(values, x)
+        if np.max(np.abs(decoded.astype(np.float64) - x.astype(np.float64))) <= bound:
+            return _Encoded(stream, {"t": "none", "w": "<f8"}, decoded)
+        step *= 0.999
+    raise RateControlError(f"cannot guarantee max error {bound:g} on {x.dtype} data")
+
+
+def finish_search(codec: Codec, x: np.ndarray, stream: bytes, values: np.ndarray) -> _Encoded:
+    """The chunk of a bpp / PSNR search's operating point, refused (RateControlError)
+    when a bpp target is missed by more than 10 %."""
+    bits = 8.0 * len(stream) / x.size
+    if codec.mode == "bpp" and codec.value is not None:
+        if abs(bits - codec.value) > _BPP_TOLERANCE * codec.value:
+            raise RateControlError(
+                f"codec {codec.codec_id!r} cannot reach {codec.value:g} bits/value on this "
+                f"data (nearest: {bits:.3g}); choose another target or codec"
+            )
+    return _Encoded(stream, {"t": "none", "w": "<f8"}, _finish(values, x))
+
+
 def _bisect(ok: Callable[[float], bool], good: float, bad: float, steps: int) -> float:
     """Geometric bisection between ``good`` (``ok``) and ``bad`` (not ``ok``); returns the
     ``ok`` value found closest to ``bad``.  (For searches without a rate to interpolate,
@@ -492,16 +523,12 @@ class LearnedCodec(Codec):
         if integer and bound < 1:
             return self._encode_lossless(x)
         session = _Session(self.method, x)
-        step = residual.residual_step(bound, integer)
-        for _ in range(6):  # float rounding can push an error a hair over the bound
-            stream, values = min(
-                (session.stream(rp, 1.0, step) for rp in self._points()), key=lambda r: len(r[0])
-            )
-            decoded = _finish(values, x)
-            if np.max(np.abs(decoded.astype(np.float64) - x.astype(np.float64))) <= bound:
-                return _Encoded(stream, {"t": "none", "w": "<f8"}, decoded)
-            step *= 0.999
-        raise RateControlError(f"cannot guarantee max error {bound:g} on {x.dtype} data")
+
+        def smallest(step: float) -> tuple[bytes, np.ndarray]:
+            streams = (session.stream(rp, 1.0, step) for rp in self._points())
+            return min(streams, key=lambda r: len(r[0]))
+
+        return encode_error_bounded(x, bound, smallest)
 
     def _encode_search(self, x: np.ndarray) -> _Encoded:
         assert self.value is not None
@@ -511,14 +538,7 @@ class LearnedCodec(Codec):
         else:
             data_range = self.data_range or float(x.max()) - float(x.min()) or 1.0
             rp, gain, step = self._search_psnr(session, x, data_range**2 / 10 ** (self.value / 10))
-        stream, values = session.stream(rp, gain, step)
-        bits = 8.0 * len(stream) / x.size
-        if self.mode == "bpp" and abs(bits - self.value) > _BPP_TOLERANCE * self.value:
-            raise RateControlError(
-                f"codec {self.codec_id!r} cannot reach {self.value:g} bits/value on this data "
-                f"(nearest: {bits:.3g}); choose another target or codec"
-            )
-        return _Encoded(stream, {"t": "none", "w": "<f8"}, _finish(values, x))
+        return finish_search(self, x, *session.stream(rp, gain, step))
 
     def _search_bpp(self, s: _Session, target: float) -> tuple[int, float, float | None]:
         """Operating point for ``target`` bits/value (see the module docstring)."""

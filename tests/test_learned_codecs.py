@@ -10,7 +10,7 @@ from conftest import smooth_stack
 from ctpress.cli import main
 from ctpress.codecs import get_codec
 from ctpress.learned import zoo
-from ctpress.learned.codec import _odd, _solve
+from ctpress.learned.codec import _odd, _Session, _solve, decode_learned
 
 METHODS = ("hyperprior", "vqvae")
 
@@ -138,3 +138,18 @@ def test_solve_bounds_and_odd_steps():
         lambda d: 100.0 / d, 9.0, (1.0, 999.0), 3.0, -1.0, 0.02, lambda d: _odd(d, True)
     )
     assert step == 13.0 and value == pytest.approx(100 / 13)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_version_1_streams(method, scan):
+    """Version 2 changed only the hyperprior's payload: older VQ-VAE streams still decode,
+    older hyperprior streams are refused with a message (not decoded into garbage)."""
+    x = scan[:4]
+    stream, _ = _Session(method, x).stream(0, 1.0, None)
+    expected = decode_learned(method, stream, x.shape, "float64")
+    old = stream[:4] + b"\x01" + stream[5:]
+    if method == "vqvae":
+        assert np.array_equal(decode_learned(method, old, x.shape, "float64"), expected)
+    else:
+        with pytest.raises(zoo.WeightsMismatchError, match="earlier ctpress"):
+            decode_learned(method, old, x.shape, "float64")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,10 @@ import torch
 
 from ctpress.errors import CorruptFileError
 from ctpress.learned import residual, zoo
+from ctpress.learned.models.hyperprior import MeanScaleHyperprior
 from ctpress.learned.entropy import (
     PRECISION,
+    ScaleConditional,
     TableCoder,
     pack_varints,
     quantise_pmf,
@@ -125,3 +128,47 @@ def test_residual_tables_are_what_the_documented_builder_makes():
     built = residual.build_residual_tables()
     assert np.array_equal(stored["freqs"], built["freqs"])
     assert np.array_equal(stored["scales"], built["scales"])
+
+
+def test_table_code_lengths_match_the_coded_bytes():
+    rng = np.random.default_rng(3)
+    lengths = np.array([7, 12, 5])
+    freqs = np.concatenate([quantise_pmf(rng.random((1, n)) ** 3)[0] for n in lengths])
+    coder = TableCoder(freqs, np.array([-2, -4, 0]), lengths, escapes=True)
+    rows = rng.integers(0, 3, 20000)
+    values = rng.integers(-3, 4, 20000)
+    values[::501] = 10**6  # escapes: their column plus 3 varint bytes
+    estimated = coder.bits(values, rows).sum()
+    actual = 8 * (len(coder.encode(values, rows)) - 4)  # without the word count
+    assert abs(estimated - actual) <= 0.01 * actual + 64
+
+
+@pytest.mark.parametrize("bias", [1.0, 2.0, 0.5])
+def test_index_offset_corrects_a_biased_scale_prediction(bias):
+    conditional = ScaleConditional("laplace")
+    conditional.update()
+    rng = np.random.default_rng(4)
+    predicted = np.exp(rng.uniform(np.log(0.5), np.log(20.0), 50000))
+    values = np.round(rng.laplace(0.0, bias * predicted)).astype(np.int64)
+    index = conditional.indexes(torch.from_numpy(predicted))
+    shift = conditional.index_offset(index, values)
+    ratio = float(conditional.scale_table[1] / conditional.scale_table[0])
+    assert abs(shift - math.log(bias) / math.log(ratio)) <= 1.5
+    coder, top = conditional.coder(), conditional.scale_table.numel() - 1
+    shifted = np.clip(index + shift, 0, top)
+    assert len(coder.encode(values, shifted)) <= len(coder.encode(values, index))
+
+
+@pytest.mark.parametrize("spatial", [False, True])
+def test_hyperprior_payload_round_trips_with_table_shifts(spatial):
+    torch.manual_seed(0)
+    model = MeanScaleHyperprior(step=0.02, spatial=spatial)
+    model.update()
+    rng = np.random.default_rng(5)
+    x = torch.from_numpy(np.cumsum(rng.normal(0, 0.01, (2, 1, 48, 80)), axis=-1) + 0.5)
+    coded = model.code(model.analyse(x), 1.5)
+    decoded = model.decode(coded.payload, (2, 48, 80), 1.5, coded.check)
+    assert torch.equal(decoded.latent, coded.latent)
+    assert len(model.subbands) == 13  # one table shift per wavelet subband
+    with pytest.raises(CorruptFileError):
+        model.decode(coded.payload[:-1], (2, 48, 80), 1.5, coded.check)

@@ -33,6 +33,8 @@ residual step starts from the rate of a Laplace law fitted per block to the resi
 without entropy coding.
 
 Stream: side information (``_SIDE``), the model's latent payload, the residual stream.
+Version 2 added the hyperprior's table shifts to its payload; version-1 streams of the
+other methods are still read.
 """
 
 from __future__ import annotations
@@ -56,7 +58,9 @@ from .layers import pad_to_multiple
 from .models.base import Coded, LearnedModel
 
 _MAGIC = b"CTLN"
-_VERSION = 1
+_VERSION = 2
+#: Methods whose version-1 streams this decoder still reads (payload unchanged).
+_V1_METHODS = ("vqvae",)
 # magic, version, rate point, flags, gain, offset, scale, residual step, weights sha256[:8],
 # latent check, reconstruction check, latent payload length
 _SIDE = struct.Struct("<4sBBBxdddd8sIII")
@@ -141,8 +145,13 @@ def decode_learned(
         raise CorruptFileError(f"{method} stream is truncated")
     (magic, version, rate_point, flags, gain, offset, scale, step, sha8, latent_check,
      recon_check, n_latent) = _SIDE.unpack_from(stream)  # fmt: skip
-    if magic != _MAGIC or version != _VERSION:
+    if magic != _MAGIC or version not in (1, _VERSION):
         raise CorruptFileError(f"not a version-{_VERSION} learned stream")
+    if version == 1 and method not in _V1_METHODS:
+        raise zoo.WeightsMismatchError(
+            f"this {method} stream was written by an earlier ctpress (learned stream version 1)"
+            ": decode it with the ctpress version that wrote it"
+        )
     model, sha = loader(method, rate_point)
     if bytes.fromhex(sha)[:8] != sha8:
         raise zoo.WeightsMismatchError(

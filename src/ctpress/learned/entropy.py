@@ -108,6 +108,7 @@ class TableCoder:
         self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])
         self.escapes = escapes
         self._models: dict[int, object] = {}
+        self._row_totals = np.add.reduceat(self.freqs, self.starts).astype(np.float64)
 
     @property
     def rows(self) -> int:
@@ -122,6 +123,27 @@ class TableCoder:
             model = _constriction().stream.model.Categorical(counts, perfect=False)
             self._models[row] = model
         return model
+
+    def bits(self, values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Code length in bits of ``values[i]`` under table ``rows[i]`` (escapes counted
+        as their column plus their variable-length bytes), float64 of the same shape.
+        Encoder side only: used to choose between tables, never to report sizes."""
+        values = np.asarray(values, dtype=np.int64)
+        rows = np.asarray(rows, dtype=np.int64)
+        lengths = self.lengths[rows]
+        col = values - self.offsets[rows]
+        extra_bits = np.zeros(values.shape)
+        if self.escapes:
+            col = col + 1
+            low, high = col < 1, col > lengths - 2
+            distance = np.where(low, -col, np.where(high, col - lengths + 1, 0))
+            varint_bytes = np.maximum(1, np.ceil(np.log2(distance + 1) / 7))
+            extra_bits = np.where(low | high, 8.0 * varint_bytes, 0.0)
+            col = np.clip(col, 0, lengths - 1)
+        elif ((col < 0) | (col >= lengths)).any():
+            raise ValueError("value outside the support of its table")
+        freq = np.maximum(self.freqs[self.starts[rows] + col], 1).astype(np.float64)
+        return np.log2(self._row_totals[rows] / freq) + extra_bits
 
     def encode(self, values: np.ndarray, rows: np.ndarray) -> bytes:
         """Code ``values[i]`` with table ``rows[i]``.
@@ -454,6 +476,33 @@ class ScaleConditional(nn.Module):
         if self._coder is None:
             self._coder = _stored_table_coder(self, self.scale_table.numel(), "ScaleConditional")
         return self._coder
+
+    def index_offset(self, indexes: np.ndarray, values: np.ndarray, search: int = 32) -> int:
+        """The shift ``d`` of the table indexes (``clip(indexes + d)``, i.e. scales
+        multiplied by about ``1.118**d``) that codes ``values`` in the fewest bits, within
+        ``-search .. search``, found by walking downhill from 0 (the cost is close to
+        convex in ``d``).  Encoder side: it corrects, per subband and chunk, a scale
+        prediction that is biased on data unlike the training data; the decoder applies
+        the stored shift to its integer indexes, so no float reaches the decoder."""
+        rows = self.scale_table.numel()
+        keys, counts = np.unique(
+            np.ravel(values).astype(np.int64) * rows + np.ravel(indexes), return_counts=True
+        )
+        pair_values, pair_indexes = np.divmod(keys, rows)
+        coder = self.coder()
+        costs: dict[int, float] = {}
+
+        def cost(d: int) -> float:
+            if d not in costs:
+                shifted = np.clip(pair_indexes + d, 0, rows - 1)
+                costs[d] = float(counts @ coder.bits(pair_values, shifted))
+            return costs[d]
+
+        best = 0
+        for direction in (-1, 1):
+            while abs(best + direction) <= search and cost(best + direction) < cost(best):
+                best += direction
+        return best
 
     def indexes(self, scale: Tensor, step: float = 1.0) -> np.ndarray:
         """Table index of each predicted ``scale`` (float64 tensor, latent units) for

@@ -140,6 +140,18 @@ def wavelet_channels(x: Tensor, levels: int) -> Tensor:
     return torch.cat(parts, dim=1)
 
 
+def wavelet_subbands(levels: int) -> tuple[tuple[int, int], ...]:
+    """Channel ranges of the subbands in :func:`wavelet_channels`: the low-pass band,
+    then LH, HL, HH of each level from coarse to fine."""
+    bands, pos = [(0, 1)], 1
+    for level in range(levels, 0, -1):
+        width = 4 ** (levels - level)
+        for _ in range(3):
+            bands.append((pos, pos + width))
+            pos += width
+    return tuple(bands)
+
+
 def wavelet_image(y: Tensor, levels: int) -> Tensor:
     """Inverse of :func:`wavelet_channels`: (n, 4**levels, h, w) -> (n, 1, H, W)."""
     ll = y[:, :1]

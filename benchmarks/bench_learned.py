@@ -184,7 +184,61 @@ def run(out: Path, quick: bool, threads: int = 2) -> dict[str, Any]:
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_learned.json").write_text(json.dumps(result, indent=1, default=str))
+    (out / "bench_learned.md").write_text(_markdown(result))
     return result
+
+
+def _markdown(result: dict[str, Any]) -> str:
+    """The results as Markdown: BD-rates, throughput, then every point per scan."""
+    codecs = result["settings"]["codecs"]
+    lines = [
+        "# Learned codecs vs JPEG 2000 / HTJ2K, per projection",
+        "",
+        f"{result['run']['date']}, {result['run']['library']} "
+        f"({result['run']['git_revision']}), {result['run']['cpus']} CPUs, "
+        f"torch threads {result['settings']['torch_threads']}. Rates are whole `.ctpz` "
+        "files; PSNR uses each scan's own data range.",
+        "",
+        "## BD-rate vs JPEG 2000 (%, PCHIP over PSNR; negative = fewer bits)",
+        "",
+        "| scan | " + " | ".join(codecs) + " |",
+        "|---" * (len(codecs) + 1) + "|",
+    ]
+    table = result["bd_rate_vs_jpeg2000_percent"]
+    for scan, row in [*table.items(), ("mean", result["bd_rate_mean_percent"])]:
+        cells = ["n/a" if row.get(c) is None else f"{row[c]:+.1f}" for c in codecs]
+        lines.append(f"| {scan} | " + " | ".join(cells) + " |")
+    lines += ["", "## Learned codecs' throughput (MB/s of input)", ""]
+    lines += ["| codec | measure | encode | decode |", "|---|---|---|---|"]
+    for method, speed in result["throughput_mb_s"].items():
+        bpp = speed["bpp_target"]
+        lines.append(
+            f"| {method} | bpp target: mean (min) | {bpp.get('encode_mean')} "
+            f"({bpp.get('encode_min')}) | {bpp.get('decode_mean')} ({bpp.get('decode_min')}) |"
+        )
+        for point, fixed in speed["fixed_operating_point"].items():
+            lines.append(
+                f"| {method} | {point}, no search ({fixed['bits_per_value']} b/v) | "
+                f"{fixed['encode']} | {fixed['decode']} |"
+            )
+    lines += ["", "## Every point", ""]
+    lines += [
+        "| scan | codec | target | bits/value | PSNR dB | SSIM | HaarPSI | VSI "
+        "| enc MB/s | dec MB/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["results"]:
+        target = f"{r['mode']}={r['target']:g}"
+        if r["error"]:
+            error = r["error"][:90]
+            lines.append(f"| {r['scan']} | {r['codec']} | {target} | n/a: {error} |||||||")
+            continue
+        lines.append(
+            f"| {r['scan']} | {r['codec']} | {target} | {r['bits_per_value']:.4f} | "
+            f"{r['psnr_db']:.2f} | {r['ssim']:.4f} | {r['haarpsi']:.4f} | {r['vsi']:.4f} | "
+            f"{r['encode_mb_s']:.2f} | {r['decode_mb_s']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def _bd(anchor: list[BenchRecord], test: list[BenchRecord]) -> float | None:
@@ -222,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(result["bd_rate_vs_jpeg2000_percent"], indent=1))
     print("mean BD-rate vs JPEG 2000 (%):", result["bd_rate_mean_percent"])
     print("learned codecs, MB/s:", json.dumps(result["throughput_mb_s"], indent=1))
-    print(f"wrote {args.out / 'bench_learned.json'}")
+    print(f"wrote {args.out / 'bench_learned.json'} and bench_learned.md")
     return 0
 
 

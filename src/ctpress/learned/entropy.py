@@ -108,7 +108,7 @@ class TableCoder:
         self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])
         self.escapes = escapes
         self._models: dict[int, object] = {}
-        self._row_totals = np.add.reduceat(self.freqs, self.starts).astype(np.float64)
+        self._code_bits: np.ndarray | None = None
 
     @property
     def rows(self) -> int:
@@ -125,25 +125,34 @@ class TableCoder:
         return model
 
     def bits(self, values: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """Code length in bits of ``values[i]`` under table ``rows[i]`` (escapes counted
-        as their column plus their variable-length bytes), float64 of the same shape.
-        Encoder side only: used to choose between tables, never to report sizes."""
-        values = np.asarray(values, dtype=np.int64)
+        """Code length in bits of ``values[i]`` under table ``rows[i]``, float64 of the
+        same shape; an escaped value counts its escape column plus one byte (longer
+        escapes are rare and counted short).  Encoder side only: used to choose between
+        tables and symbols, never to report sizes."""
+        if self._code_bits is None:
+            self._code_bits = self._dense_code_bits()
         rows = np.asarray(rows, dtype=np.int64)
-        lengths = self.lengths[rows]
-        col = values - self.offsets[rows]
-        extra_bits = np.zeros(values.shape)
+        col = np.asarray(values, dtype=np.int64) - self.offsets[rows]
         if self.escapes:
-            col = col + 1
-            low, high = col < 1, col > lengths - 2
-            distance = np.where(low, -col, np.where(high, col - lengths + 1, 0))
-            varint_bytes = np.maximum(1, np.ceil(np.log2(distance + 1) / 7))
-            extra_bits = np.where(low | high, 8.0 * varint_bytes, 0.0)
-            col = np.clip(col, 0, lengths - 1)
-        elif ((col < 0) | (col >= lengths)).any():
+            col += 1
+            below = col < 1
+            bits = self._code_bits[rows, np.clip(col, 0, self._code_bits.shape[1] - 1)]
+            return bits + 8.0 * below
+        if ((col < 0) | (col >= self.lengths[rows])).any():
             raise ValueError("value outside the support of its table")
-        freq = np.maximum(self.freqs[self.starts[rows] + col], 1).astype(np.float64)
-        return np.log2(self._row_totals[rows] / freq) + extra_bits
+        return self._code_bits[rows, col]
+
+    def _dense_code_bits(self) -> np.ndarray:
+        """(rows, longest row) code lengths; past a row's end, its upper escape's column
+        plus one byte (with escapes) or infinity."""
+        out = np.full((self.rows, int(self.lengths.max())), np.inf)
+        for row, (start, length) in enumerate(zip(self.starts, self.lengths, strict=True)):
+            freqs = np.maximum(self.freqs[start : start + length], 1).astype(np.float64)
+            out[row, :length] = np.log2(freqs.sum() / freqs)
+            if self.escapes:
+                out[row, length - 1] += 8.0
+                out[row, length:] = out[row, length - 1]
+        return out
 
     def encode(self, values: np.ndarray, rows: np.ndarray) -> bytes:
         """Code ``values[i]`` with table ``rows[i]``.

@@ -14,19 +14,19 @@ Two transforms ``g_a`` / ``g_s``:
   channel-conditional context (Minnen & Singh 2020) over the wavelet levels: the channels
   of each level are predicted from the hyperprior and the already decoded coarser
   levels (inter-scale dependencies, as in zerotree / EBCOT coders), with Laplace
-  densities.  With ``spatial=True`` (shipped) each group is coded in two checkerboard
-  halves, the second with a mean and scale refined from its decoded neighbours in the
-  first (He et al. 2021).  Steps are drawn around the rate point's step in training, so
-  the quantisation gain can move between rate points.  Trains in minutes on a CPU.
-
-At coding time the encoder also picks, per wavelet subband and chunk, a shift of the
-scale-table indexes (one signed byte each, :meth:`ScaleConditional.index_offset`): it
-corrects scale predictions that are biased on data unlike the training data (on held-out
-cone-beam projections the finest level's scales were about half the true ones).
+  densities.  Steps are drawn around the rate point's step in training, so the
+  quantisation gain can move between rate points.  Trains in minutes on a CPU.
 - ``"cnn"``: learned GDN transforms (analysis float32, synthesis float64) trained on
   ``rate + lam * MSE`` with Gaussian densities; better in principle, but it needs far
   more training than a CPU gives in minutes (after 4 minutes it was about 12 dB below
   JPEG 2000 at 0.4 bits/value on the held-out scans).
+
+At coding time the encoder also picks, per wavelet subband and chunk, a shift of the
+scale-table indexes (one signed byte each, :meth:`ScaleConditional.index_offset`): it
+corrects scale predictions that are biased on data unlike the training data (on held-out
+cone-beam projections the finest level's scales were about half the true ones), and
+rounds each latent to the nearest integer or one step towards zero by rate-distortion cost
+(:data:`RDOQ_LAMBDA`).
 """
 
 from __future__ import annotations
@@ -120,11 +120,6 @@ class MeanScaleHyperprior(LearnedModel):
         Channels of the hyper-latent ``z`` (downsampled 64x).
     synthesis : tuple of int
         ``"cnn"`` only: channels after each of the first three x2 upsamplings of ``g_s``.
-    spatial : bool
-        Two-pass (checkerboard) spatial context inside each group: the anchor half of
-        the coefficients is coded first, the other half with a mean and scale refined
-        from its decoded anchor neighbours (He et al. 2021).  In the folded wavelet
-        groups, the checkerboard is taken in each subband's own pixel grid.
     """
 
     method = "hyperprior"
@@ -144,14 +139,12 @@ class MeanScaleHyperprior(LearnedModel):
         hyper: int = 48,
         z: int = 32,
         synthesis: tuple[int, int, int] = (40, 32, 16),
-        spatial: bool = False,
     ) -> None:
         super().__init__()
         if transform not in ("wavelet", "cnn"):
             raise ValueError(f"transform must be 'wavelet' or 'cnn', got {transform!r}")
         self.transform = transform
         self.lam, self.n, self.hyper, self.z = float(lam), n, hyper, z
-        self.spatial = bool(spatial)
         self.synthesis_channels = tuple(int(c) for c in synthesis)
         if transform == "wavelet":
             self.step, self.m = float(step), 4**WAVELET_LEVELS
@@ -197,18 +190,7 @@ class MeanScaleHyperprior(LearnedModel):
             )
             for a, b in self.groups[1:]
         )
-        # spatial context of group g: its decoded anchors (values, magnitudes) + log-scales
-        self.neighbours = nn.ModuleList(
-            nn.Sequential(
-                nn.Conv2d(3 * (b - a), hyper, 1),
-                nn.LeakyReLU(),
-                nn.Conv2d(hyper, hyper, 3, padding=1),
-                nn.LeakyReLU(),
-                nn.Conv2d(hyper, 2 * (b - a), 1),
-            )
-            for a, b in (self.groups if self.spatial else ())
-        )
-        for net in [self.h_s, *self.context, *self.neighbours]:
+        for net in [self.h_s, *self.context]:
             last = cast(nn.Conv2d, net[-1])
             nn.init.zeros_(last.weight)  # start from the biases (see initialise)
             nn.init.zeros_(cast(Tensor, last.bias))
@@ -216,8 +198,6 @@ class MeanScaleHyperprior(LearnedModel):
 
     def config(self) -> dict[str, Any]:
         config: dict[str, Any] = {"transform": self.transform, "hyper": self.hyper, "z": self.z}
-        if self.spatial:
-            config["spatial"] = True
         if self.transform == "wavelet":
             return config | {"step": self.step}
         return config | {
@@ -257,35 +237,6 @@ class MeanScaleHyperprior(LearnedModel):
             mean = mean + correction[:, : b - a]
             log_scale = log_scale + correction[:, b - a :]
         return mean, log_scale
-
-    def _refined_params(
-        self, g: int, mean: Tensor, log_scale: Tensor, anchors: Tensor, float64: bool
-    ) -> tuple[Tensor, Tensor]:
-        """Mean and log-scale of the non-anchor half of group ``g`` given its decoded
-        anchors ``anchors`` (n, b - a, h, w; zero at the non-anchor positions)."""
-        net = self.neighbours[g]
-        if float64:
-            net = self.float64(f"neighbours{g}", net)
-        ctx = torch.asinh(anchors / self.step)
-        correction = net(torch.cat([ctx, ctx.abs(), log_scale], dim=1))
-        b_a = mean.shape[1]
-        return mean + correction[:, :b_a], log_scale + correction[:, b_a:]
-
-    def _anchors(self, g: int, h: int, w: int) -> Tensor:
-        """Boolean anchor mask (1, b - a, h, w) of group ``g``: a checkerboard in the
-        pixel grid of each subband (group 0 is unfolded; group ``g > 0`` folds each
-        subband by ``2**g``, channel ``dy * 2**g + dx`` holding offset (dy, dx))."""
-        a, b = self.groups[g]
-        i = torch.arange(h)[:, None]
-        j = torch.arange(w)[None, :]
-        if self.transform == "cnn" or g == 0:
-            parity = ((i + j) % 2 == 0)[None].expand(b - a, h, w)
-        else:
-            fold = 2**g
-            k = torch.arange(b - a) % (fold * fold)
-            dy, dx = k // fold, k % fold
-            parity = ((dy + dx) % 2 == 0)[:, None, None].expand(b - a, h, w)
-        return parity[None]
 
     @staticmethod
     def _scale(log_scale: Tensor) -> Tensor:
@@ -328,19 +279,9 @@ class MeanScaleHyperprior(LearnedModel):
             mean, log_scale = self._group_params(g, params, y_hat, float64=False)
             u = (y[:, a:b] - mean) / step
             noisy = u + torch.empty_like(u).uniform_(-0.5, 0.5)
-            nats = torch.log2(self.conditional(noisy, 0 * u, self._scale(log_scale) / step))
-            decoded = mean + ste_round(u) * step
-            if self.spatial:
-                anchor = self._anchors(g, *y.shape[-2:]).to(y.device)
-                anchors = torch.where(anchor, decoded, 0.0)
-                mean, log_scale = self._refined_params(g, mean, log_scale, anchors, False)
-                u = (y[:, a:b] - mean) / step
-                noisy = u + torch.empty_like(u).uniform_(-0.5, 0.5)
-                refined = torch.log2(self.conditional(noisy, 0 * u, self._scale(log_scale) / step))
-                nats = torch.where(anchor, nats, refined)
-                decoded = torch.where(anchor, decoded, mean + ste_round(u) * step)
-            bits = bits - nats.sum()
-            y_hat = torch.cat([y_hat, decoded], dim=1)
+            likelihood = self.conditional(noisy, 0 * u, self._scale(log_scale) / step)
+            bits = bits - torch.log2(likelihood).sum()
+            y_hat = torch.cat([y_hat, mean + ste_round(u) * step], dim=1)
         bpp = bits / pixels
         if self.transform == "wavelet":  # the distortion is set by the step alone
             return bpp, {"bpp": float(bpp.detach())}
@@ -377,42 +318,30 @@ class MeanScaleHyperprior(LearnedModel):
         y_hat = y[:, :0]
         indexes = []
 
-        def quantise(u: Tensor, log_scale: Tensor) -> Tensor:
-            """RD-optimised rounding of ``u`` (in steps): to the nearest integer or one
-            step towards zero, whichever costs less squared error + RDOQ_LAMBDA * bits."""
+        def quantise(u: Tensor, index: np.ndarray) -> Tensor:
+            """RD-optimised rounding of ``u`` (in steps) coded with tables ``index``: to
+            the nearest integer or one step towards zero, whichever costs less squared
+            error + RDOQ_LAMBDA * bits."""
             nearest = torch.round(u)
             smaller = nearest - torch.sign(nearest)
-            index = self.conditional.indexes(self._scale(log_scale), step).ravel()
-            coder = self.conditional.coder()
-            costs = [
-                (u - k) ** 2
-                + RDOQ_LAMBDA * torch.from_numpy(coder.bits(k.numpy().ravel(), index)).view(u.shape)
-                for k in (nearest, smaller)
-            ]
-            return torch.where(costs[1] < costs[0], smaller, nearest)
+            bits = self.conditional.coder().bits(
+                torch.stack([nearest, smaller]).numpy(), np.stack([index, index])
+            )
+            saving = (u - nearest) ** 2 - (u - smaller) ** 2
+            saving += RDOQ_LAMBDA * torch.from_numpy(bits[0] - bits[1])
+            return torch.where(saving > 0, smaller, nearest)
 
         with torch.no_grad():
             for g, (a, b) in enumerate(self.groups):
                 mean, log_scale = self._group_params(g, params, y_hat, float64=True)
-                q = quantise((y[:, a:b] - mean) / step, log_scale)
-                halves = [np.ones(q.shape, dtype=bool)]
-                if self.spatial:
-                    anchor = self._anchors(g, *y.shape[-2:])
-                    anchors = torch.where(anchor, q * step + mean, 0.0)
-                    refined = self._refined_params(g, mean, log_scale, anchors, True)
-                    mean = torch.where(anchor, mean, refined[0])
-                    log_scale = torch.where(anchor, log_scale, refined[1])
-                    q = torch.where(anchor, q, quantise((y[:, a:b] - mean) / step, log_scale))
-                    half = anchor.expand(q.shape).numpy()
-                    halves = [half, ~half]
                 index = self.conditional.indexes(self._scale(log_scale), step)
+                q = quantise((y[:, a:b] - mean) / step, index)
                 symbols = q.numpy()
                 for lo, hi in self._subbands(g):
                     shift = self.conditional.index_offset(index[:, lo:hi], symbols[:, lo:hi])
                     shifts.append(shift)
                     index[:, lo:hi] = self._shifted(index[:, lo:hi], shift)
-                for half in halves:
-                    parts.append(self.conditional.coder().encode(symbols[half], index[half]))
+                parts.append(self.conditional.coder().encode(symbols.ravel(), index.ravel()))
                 indexes.append(index.ravel())
                 y_hat = torch.cat([y_hat, q * step + mean], dim=1)
         parts.insert(1, np.asarray(shifts, dtype=np.int8).tobytes())
@@ -432,53 +361,31 @@ class MeanScaleHyperprior(LearnedModel):
         n, h, w = shape
         y_size = (h // 16, w // 16)
         z_size = (-(-y_size[0] // 4), -(-y_size[1] // 4))
-        halves = 2 if self.spatial else 1
-        count = 2 + halves * len(self.groups)
+        count = 2 + len(self.groups)
         if len(payload) < 4 * count:
             raise CorruptFileError("hyperprior payload is truncated")
         lengths = struct.unpack_from(f"<{count}I", payload)
         if 4 * count + sum(lengths) != len(payload) or lengths[1] != len(self.subbands):
             raise CorruptFileError("hyperprior payload length does not match its parts")
         ends = np.cumsum([4 * count, *lengths])
-        parts = iter([payload[ends[i] : ends[i + 1]] for i in range(count)])
-        z_int = self.prior.decompress(next(parts), (n, self.z, *z_size))
-        shifts = np.frombuffer(next(parts), dtype=np.int8).tolist()
+        parts = [payload[ends[i] : ends[i + 1]] for i in range(count)]
+        z_int = self.prior.decompress(parts[0], (n, self.z, *z_size))
+        shifts = iter(np.frombuffer(parts[1], dtype=np.int8).tolist())
         params = self._hyper_decode(z_int, y_size)
         step = self.step * gain
         y_hat = params[:, :0]
         indexes = []
-        coder = self.conditional.coder()
-
-        def table_indexes(g: int, log_scale: Tensor, shifts: list[int]) -> np.ndarray:
-            index = self.conditional.indexes(self._scale(log_scale), step)
-            for (lo, hi), shift in zip(self._subbands(g), shifts, strict=True):
-                index[:, lo:hi] = self._shifted(index[:, lo:hi], shift)
-            return index
-
         try:
             with torch.no_grad():
                 for g, _ in enumerate(self.groups):
-                    group_shifts, shifts = (
-                        shifts[: len(self._subbands(g))],
-                        shifts[len(self._subbands(g)) :],
-                    )
                     mean, log_scale = self._group_params(g, params, y_hat, float64=True)
-                    index = table_indexes(g, log_scale, group_shifts)
-                    q = np.zeros(index.shape, dtype=np.int64)
-                    if self.spatial:
-                        anchor_t = self._anchors(g, *y_size)
-                        anchor = anchor_t.expand(q.shape).numpy()
-                        q[anchor] = coder.decode(next(parts), index[anchor])
-                        q_t = torch.from_numpy(q).double()
-                        anchors = torch.where(anchor_t, q_t * step + mean, 0.0)
-                        refined = self._refined_params(g, mean, log_scale, anchors, True)
-                        mean = torch.where(anchor_t, mean, refined[0])
-                        index = np.where(anchor, index, table_indexes(g, refined[1], group_shifts))
-                        q[~anchor] = coder.decode(next(parts), index[~anchor])
-                    else:
-                        q = coder.decode(next(parts), index.ravel()).reshape(index.shape)
+                    index = self.conditional.indexes(self._scale(log_scale), step)
+                    for lo, hi in self._subbands(g):
+                        index[:, lo:hi] = self._shifted(index[:, lo:hi], next(shifts))
                     indexes.append(index.ravel())
-                    y_hat = torch.cat([y_hat, torch.from_numpy(q).double() * step + mean], dim=1)
+                    q = self.conditional.coder().decode(parts[g + 2], index.ravel())
+                    q_t = torch.from_numpy(q.reshape(mean.shape)).double()
+                    y_hat = torch.cat([y_hat, q_t * step + mean], dim=1)
         except Exception:  # the chunk's checksum passed: the tables differ from the encoder's
             raise CorruptFileError(MISMATCH) from None
         check_or_fail(check, np.concatenate(indexes))

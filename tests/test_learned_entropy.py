@@ -151,12 +151,13 @@ def test_index_offset_corrects_a_biased_scale_prediction(bias):
     predicted = np.exp(rng.uniform(np.log(0.5), np.log(20.0), 50000))
     values = np.round(rng.laplace(0.0, bias * predicted)).astype(np.int64)
     index = conditional.indexes(torch.from_numpy(predicted))
-    shift = conditional.index_offset(index, values)
+    shift, bits = conditional.index_offset(index, values)
     ratio = float(conditional.scale_table[1] / conditional.scale_table[0])
     assert abs(shift - math.log(bias) / math.log(ratio)) <= 1.5
     coder, top = conditional.coder(), conditional.scale_table.numel() - 1
     shifted = np.clip(index + shift, 0, top)
     assert len(coder.encode(values, shifted)) <= len(coder.encode(values, index))
+    assert abs(bits - 8 * len(coder.encode(values, shifted))) <= 0.01 * bits + 64
 
 
 def test_hyperprior_payload_round_trips_with_table_shifts():

@@ -124,6 +124,11 @@ class TableCoder:
             self._models[row] = model
         return model
 
+    def _row_order(self, rows: np.ndarray) -> np.ndarray:
+        """Stable order of ``rows`` (numpy sorts 16-bit keys by radix, ~10x faster)."""
+        key = rows.astype(np.int16) if self.rows <= np.iinfo(np.int16).max else rows
+        return np.argsort(key, kind="stable")
+
     def bits(self, values: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Code length in bits of ``values[i]`` under table ``rows[i]``, float64 of the
         same shape; an escaped value counts its escape column plus one byte (longer
@@ -181,7 +186,7 @@ class TableCoder:
             escaped = pack_varints(extra[extra >= 0].astype(np.uint64))
         elif symbols.size and (symbols.min() < 0 or (symbols >= self.lengths[rows]).any()):
             raise ValueError("value outside the support of its table")
-        order = np.argsort(rows, kind="stable")
+        order = self._row_order(rows)
         encoder = _constriction().stream.queue.RangeEncoder()
         sorted_rows = rows[order]
         sorted_symbols = symbols[order].astype(np.int32)
@@ -205,7 +210,7 @@ class TableCoder:
             raise CorruptFileError("entropy-coded block is truncated")
         words = np.frombuffer(data, dtype="<u4", count=n_words, offset=4).astype(np.uint32)
         decoder = _constriction().stream.queue.RangeDecoder(words)
-        order = np.argsort(rows, kind="stable")
+        order = self._row_order(rows)
         sorted_rows = rows[order]
         symbols = np.empty(rows.size, dtype=np.int64)
         bounds = np.flatnonzero(np.diff(sorted_rows)) + 1
@@ -407,6 +412,10 @@ def default_scale_table(lo: float = 0.11, hi: float = 128.0, levels: int = 64) -
     return np.exp(np.linspace(math.log(lo), math.log(hi), levels))
 
 
+#: Values beyond +-this share one histogram bin in :meth:`ScaleConditional.index_offset`.
+_SHIFT_VALUES = 256
+
+
 class ScaleConditional(nn.Module):
     """Zero-mean Gaussian or Laplace tables over a fixed scale table (symbols =
     ``round((y - mean) / step)``).
@@ -486,32 +495,42 @@ class ScaleConditional(nn.Module):
             self._coder = _stored_table_coder(self, self.scale_table.numel(), "ScaleConditional")
         return self._coder
 
-    def index_offset(self, indexes: np.ndarray, values: np.ndarray, search: int = 32) -> int:
+    def index_offset(
+        self, indexes: np.ndarray, values: np.ndarray, search: int = 32
+    ) -> tuple[int, float]:
         """The shift ``d`` of the table indexes (``clip(indexes + d)``, i.e. scales
         multiplied by about ``1.118**d``) that codes ``values`` in the fewest bits, within
         ``-search .. search``, found by walking downhill from 0 (the cost is close to
-        convex in ``d``).  Encoder side: it corrects, per subband and chunk, a scale
-        prediction that is biased on data unlike the training data; the decoder applies
-        the stored shift to its integer indexes, so no float reaches the decoder."""
+        convex in ``d``), and those bits (:meth:`TableCoder.bits`).  Encoder side: it
+        corrects, per subband and chunk, a scale prediction that is biased on data unlike
+        the training data; the decoder applies the stored shift to its integer indexes, so
+        no float reaches the decoder."""
         rows = self.scale_table.numel()
-        keys, counts = np.unique(
-            np.ravel(values).astype(np.int64) * rows + np.ravel(indexes), return_counts=True
+        # histogram of (value, index) pairs; values beyond +-_SHIFT_VALUES share a bin
+        # (rare: they weigh on the choice as if they were that large)
+        span = 2 * _SHIFT_VALUES + 1
+        clipped = np.clip(np.ravel(values).astype(np.int64), -_SHIFT_VALUES, _SHIFT_VALUES)
+        counts = np.bincount(
+            (clipped + _SHIFT_VALUES) * rows + np.ravel(indexes), minlength=span * rows
         )
-        pair_values, pair_indexes = np.divmod(keys, rows)
+        present = np.flatnonzero(counts)
+        pair_values, pair_indexes = np.divmod(present, rows)
+        pair_values -= _SHIFT_VALUES
+        weights = counts[present].astype(np.float64)
         coder = self.coder()
         costs: dict[int, float] = {}
 
         def cost(d: int) -> float:
             if d not in costs:
                 shifted = np.clip(pair_indexes + d, 0, rows - 1)
-                costs[d] = float(counts @ coder.bits(pair_values, shifted))
+                costs[d] = float(weights @ coder.bits(pair_values, shifted))
             return costs[d]
 
         best = 0
         for direction in (-1, 1):
             while abs(best + direction) <= search and cost(best + direction) < cost(best):
                 best += direction
-        return best
+        return best, cost(best)
 
     def indexes(self, scale: Tensor, step: float = 1.0) -> np.ndarray:
         """Table index of each predicted ``scale`` (float64 tensor, latent units) for

@@ -20,7 +20,7 @@ from ctpress.learned.entropy import (
     quantise_pmf,
     unpack_varints,
 )
-from ctpress.learned.models.hyperprior import MeanScaleHyperprior
+from ctpress.learned.models.hyperprior import ZERO_BAND, MeanScaleHyperprior
 
 
 def test_quantise_pmf_sums_exactly_and_keeps_every_symbol():
@@ -172,3 +172,20 @@ def test_hyperprior_payload_round_trips_with_table_shifts():
     assert len(model.subbands) == 13  # one table shift per wavelet subband
     with pytest.raises(CorruptFileError):
         model.decode(coded.payload[:-1], (2, 48, 80), 1.5, coded.check)
+
+
+def test_hyperprior_zeroes_subbands_that_cost_more_than_they_give():
+    """A smooth image at a coarse step: the fine subbands are stored as all-zero (a
+    shift byte, no symbols) and the payload still decodes to the encoder's latents."""
+    torch.manual_seed(0)
+    model = MeanScaleHyperprior(step=0.02)
+    model.update()
+    ramp = torch.linspace(0.2, 0.8, 96, dtype=torch.float64)
+    x = (ramp[None, :] * ramp[:, None])[None, None].repeat(2, 1, 1, 1)
+    coded = model.code(model.analyse(x), 8.0)
+    head = 4 * (2 + len(model.groups))
+    z_bytes = int.from_bytes(coded.payload[:4], "little")
+    shifts = np.frombuffer(coded.payload[head + z_bytes :][: len(model.subbands)], np.int8)
+    assert (shifts == ZERO_BAND).sum() >= 3
+    decoded = model.decode(coded.payload, (2, 96, 96), 8.0, coded.check)
+    assert torch.equal(decoded.latent, coded.latent)

@@ -29,30 +29,9 @@ from typing import Any
 import numpy as np
 
 import ctpress
-from ctpress.bench import PeakMemory, default_rates, run_info
+from ctpress.bench import PeakMemory, benchmark_scan, default_rates, run_info
 from ctpress.codecs import get_codec_class, list_codecs
 from ctpress.errors import CtpressError
-from ctpress.sim import simulate_scan
-
-
-def load_scan(out: Path, shape: tuple[int, int, int]) -> tuple[ctpress.Scan, str]:
-    """The benchmark scan and where it came from (simulated now, or the cached file)."""
-    n_views, rows, cols = shape
-    cache = out / f"codec_scan_{n_views}x{rows}x{cols}.npy"
-    if cache.exists():
-        return ctpress.Scan(np.load(cache)), f"cached simulation {cache}"
-    t0 = time.perf_counter()
-    scan = simulate_scan(
-        None,
-        geometry_kind="cone",
-        n_views=n_views,
-        det_rows=rows,
-        det_cols=cols,
-        detector_shape="cylindrical",
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    np.save(cache, scan.projections)
-    return scan, f"simulate_scan (cone, i0=1e5, uint16) in {time.perf_counter() - t0:.0f} s"
 
 
 def bench_one(
@@ -100,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", default="720,64,736", help="views,rows,cols of the scan")
     args = parser.parse_args(argv)
     n_views, rows, cols = (int(v) for v in args.shape.split(","))
-    scan, source = load_scan(args.out, (n_views, rows, cols))
+    scan, source = benchmark_scan(args.out, (n_views, rows, cols))
     ids = [c.codec_id for c in list_codecs()] if args.codecs == "all" else args.codecs.split(",")
     results = []
     for codec in ids:

@@ -115,6 +115,31 @@ class BenchRecord:
         return self.error is None and self.note is None
 
 
+def benchmark_scan(cache_dir: Path, shape: tuple[int, int, int]) -> tuple[Scan, str]:
+    """A realistic benchmark scan of ``shape`` (views, rows, columns) and where it came
+    from: simulated from the embedded volume (cone beam, cylindrical detector, Poisson
+    noise at i0 = 1e5, uint16) and cached as ``codec_scan_<shape>.npy`` in ``cache_dir``,
+    or that cached file."""
+    from .sim import simulate_scan
+
+    n_views, rows, cols = shape
+    cache = cache_dir / f"codec_scan_{n_views}x{rows}x{cols}.npy"
+    if cache.exists():
+        return Scan(np.load(cache)), f"cached simulation {cache}"
+    t0 = time.perf_counter()
+    scan = simulate_scan(
+        None,
+        geometry_kind="cone",
+        n_views=n_views,
+        det_rows=rows,
+        det_cols=cols,
+        detector_shape="cylindrical",
+    )
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    np.save(cache, scan.projections)
+    return scan, f"simulate_scan (cone, i0=1e5, uint16) in {time.perf_counter() - t0:.0f} s"
+
+
 def parse_rates(text: str) -> list[Rate] | None:
     """Parse ``--rates``: ``default`` (None: :func:`default_rates` per codec) or a comma list
     like ``lossless,max_error=4,bpp=2,psnr=60``."""

@@ -16,6 +16,7 @@ from ctpress.bench import (
     BenchResult,
     PeakMemory,
     bench_codec,
+    benchmark_scan,
     format_table,
     load_results,
     parse_rates,
@@ -188,3 +189,12 @@ def test_record_labels_and_bench_codec(tiny_scan: Scan) -> None:
     assert r.rate_label == "max_error=4" and r.key == "s|zstd|max_error=4" and r.ok
     r = bench_codec(tiny_scan, "zstd", "max_error", 4.0, scan_name="s", perceptual=False)
     assert r.key == "s|zstd|max_error=4" and r.max_abs_error <= 4 and r.haarpsi is None
+
+
+def test_benchmark_scan_is_simulated_once_then_read_from_its_cache(tmp_path):
+    scan, source = benchmark_scan(tmp_path, (4, 8, 16))
+    assert scan.projections.shape == (4, 8, 16) and scan.projections.dtype == np.uint16
+    assert source.startswith("simulate_scan")
+    again, source = benchmark_scan(tmp_path, (4, 8, 16))
+    assert source.startswith("cached simulation")
+    assert np.array_equal(again.projections, scan.projections)

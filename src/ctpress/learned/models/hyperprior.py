@@ -316,6 +316,9 @@ class MeanScaleHyperprior(LearnedModel):
             return h_s(torch.from_numpy(z_int).double())[..., : size[0], : size[1]]
 
     def code(self, analysis: HyperAnalysis, gain: float) -> Coded:
+        """Payload: the u32 lengths of its parts, then the parts: the hyper-latents, one
+        int8 table shift per subband (:data:`ZERO_BAND`: all zeros, not coded), and the
+        range-coded symbols of each group."""
         y, params = analysis.y, analysis.params
         step = self.step * gain
         parts = [analysis.z_payload]

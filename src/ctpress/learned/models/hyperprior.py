@@ -229,8 +229,8 @@ class MeanScaleHyperprior(LearnedModel):
     def _group_params(
         self, g: int, params: Tensor, y_hat: Tensor, float64: bool
     ) -> tuple[Tensor, Tensor]:
-        """Mean and log-scale of group ``g`` from the hyper parameters ``params``
-        (n, 2m, h, w) and the decoded coarser channels ``y_hat`` (n, a, h, w)."""
+        """Mean and scale of group ``g`` from the hyper parameters ``params`` (n, 2m, h, w)
+        and the decoded coarser channels ``y_hat`` (n, a, h, w)."""
         a, b = self.groups[g]
         mean, log_scale = params[:, a:b], params[:, self.m + a : self.m + b]
         if g > 0:
@@ -241,11 +241,7 @@ class MeanScaleHyperprior(LearnedModel):
             correction = net(torch.cat([ctx, ctx.abs(), log_scale], dim=1))
             mean = mean + correction[:, : b - a]
             log_scale = log_scale + correction[:, b - a :]
-        return mean, log_scale
-
-    @staticmethod
-    def _scale(log_scale: Tensor) -> Tensor:
-        return torch.exp(log_scale.clamp(-30.0, 30.0))
+        return mean, torch.exp(log_scale.clamp(-30.0, 30.0))
 
     # ------------------------------------------------------------------ training
     def training_view(self, image: np.ndarray) -> np.ndarray:
@@ -281,11 +277,10 @@ class MeanScaleHyperprior(LearnedModel):
         params = self.h_s(ste_round(z))[..., : y.shape[-2], : y.shape[-1]]
         y_hat = y[:, :0]
         for g, (a, b) in enumerate(self.groups):
-            mean, log_scale = self._group_params(g, params, y_hat, float64=False)
+            mean, scale = self._group_params(g, params, y_hat, float64=False)
             u = (y[:, a:b] - mean) / step
             noisy = u + torch.empty_like(u).uniform_(-0.5, 0.5)
-            likelihood = self.conditional(noisy, 0 * u, self._scale(log_scale) / step)
-            bits = bits - torch.log2(likelihood).sum()
+            bits = bits - torch.log2(self.conditional(noisy, 0 * u, scale / step)).sum()
             y_hat = torch.cat([y_hat, mean + ste_round(u) * step], dim=1)
         bpp = bits / pixels
         if self.transform == "wavelet":  # the distortion is set by the step alone
@@ -341,8 +336,8 @@ class MeanScaleHyperprior(LearnedModel):
 
         with torch.no_grad():
             for g, (a, b) in enumerate(self.groups):
-                mean, log_scale = self._group_params(g, params, y_hat, float64=True)
-                index = self.conditional.indexes(self._scale(log_scale), step)
+                mean, scale = self._group_params(g, params, y_hat, float64=True)
+                index = self.conditional.indexes(scale, step)
                 u = (y[:, a:b] - mean) / step
                 q = quantise(u, index)
                 symbols = q.numpy()
@@ -394,8 +389,8 @@ class MeanScaleHyperprior(LearnedModel):
         try:
             with torch.no_grad():
                 for g, (a, b) in enumerate(self.groups):
-                    mean, log_scale = self._group_params(g, params, y_hat, float64=True)
-                    index = self.conditional.indexes(self._scale(log_scale), step)
+                    mean, scale = self._group_params(g, params, y_hat, float64=True)
+                    index = self.conditional.indexes(scale, step)
                     coded = np.ones(b - a, dtype=bool)
                     for lo, hi in self._subbands(g):
                         shift = next(shifts)

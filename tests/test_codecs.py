@@ -143,3 +143,28 @@ def test_two_dimensional_input_keeps_its_shape(uint16_stack) -> None:
     codec = get_codec("jpegls")
     assert codec.decode(codec.encode(image)).shape == image.shape
     assert ctpress.__version__
+
+
+def test_jpeg2000_frames_are_bare_codestreams_and_jp2_frames_still_decode(
+    uint16_stack, monkeypatch
+) -> None:
+    """Frames are .j2k codestreams (SOC marker first, no 85-byte JP2 boxes); chunks whose
+    frames are JP2 files (written by earlier versions) decode the same."""
+    import imagecodecs
+
+    from ctpress.codecs.jpeg2000 import Jpeg2000
+
+    codec = get_codec("jpeg2000", mode="lossless")
+    bare = codec.encode(uint16_stack)
+    frame = Jpeg2000()._encode_image(uint16_stack[0], 60)
+    assert frame[:4] == b"\xff\x4f\xff\x51"
+
+    def jp2(self, image: np.ndarray, knob: float | None) -> bytes:
+        level = 0 if knob is None else round(knob)
+        return bytes(imagecodecs.jpeg2k_encode(image, level=level, reversible=knob is None))
+
+    monkeypatch.setattr(Jpeg2000, "_encode_image", jp2)
+    boxed = codec.encode(uint16_stack)
+    assert len(boxed) > len(bare) + 80 * (len(uint16_stack) - 1)
+    assert np.array_equal(codec.decode(boxed), uint16_stack)
+    assert np.array_equal(codec.decode(bare), uint16_stack)

@@ -15,7 +15,12 @@ class Jpeg2000(ImageCodec):
     """JPEG 2000 Part 1 per projection: reversible 5/3 wavelet for lossless, irreversible
     9/7 for lossy.  The lossy knob is OpenJPEG's per-layer PSNR target in whole dB (relative to
     the 16-bit peak), searched for bpp/PSNR targets; ``max_error`` quantises explicitly
-    and codes losslessly."""
+    and codes losslessly.
+
+    Frames are bare JPEG 2000 codestreams (``.j2k``): the JP2 file boxes would add 85
+    bytes per projection that the container already holds (shape, dtype).  Frames written
+    as JP2 files by earlier ctpress versions still decode (the decoder detects the format).
+    """
 
     codec_id = "jpeg2000"
     description = "JPEG 2000 (OpenJPEG): lossless and lossy, up to 16-bit integers"
@@ -26,9 +31,10 @@ class Jpeg2000(ImageCodec):
         return Knob(lo=20.0, hi=140.0, rate_increases=True, log=False, integer=True)
 
     def _encode_image(self, image: np.ndarray, knob: float | None) -> bytes:
-        if knob is None:
-            return bytes(imagecodecs.jpeg2k_encode(image, level=0, reversible=True))
-        return bytes(imagecodecs.jpeg2k_encode(image, level=round(knob), reversible=False))
+        level, reversible = (0, True) if knob is None else (round(knob), False)
+        return bytes(
+            imagecodecs.jpeg2k_encode(image, level=level, reversible=reversible, codecformat="J2K")
+        )
 
     def _decode_image(self, data: bytes) -> np.ndarray:
         return np.asarray(imagecodecs.jpeg2k_decode(data))

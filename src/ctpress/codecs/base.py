@@ -531,6 +531,25 @@ def _parse_chunk_header(data: bytes) -> tuple[dict[str, Any], int]:
     return header, pos
 
 
+def read_chunk_header(buf: bytes | bytearray | memoryview) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype a chunk declares, read from its header alone (nothing is decoded or
+    allocated), so a reader can check them against what it expects first.
+
+    Raises
+    ------
+    CorruptFileError
+        If the bytes do not start with a readable chunk header.
+    """
+    data = bytes(buf[:65536])
+    try:
+        header, _ = _parse_chunk_header(data)
+        shape = tuple(int(s) for s in header["shape"])
+        dtype = np.dtype(header["dtype"])
+    except (ValueError, KeyError, TypeError, IndexError, struct.error) as exc:
+        raise CorruptFileError(f"damaged chunk header: {exc}") from None
+    return shape, dtype
+
+
 def chunk_header_bound(shape: tuple[int, ...], dtype: np.dtype, stream_bytes: int) -> int:
     """Upper bound of the framing bytes :meth:`Codec.encode` puts before a stream of about
     ``stream_bytes`` for a chunk of ``shape`` and ``dtype`` (all optional floats present,

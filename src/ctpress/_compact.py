@@ -83,10 +83,20 @@ def _b64z(raw: bytes) -> str:
     return base64.b64encode(zstandard.ZstdCompressor(level=19).compress(raw)).decode("ascii")
 
 
-def _unb64z(text: str, limit: int) -> bytes:
-    return zstandard.ZstdDecompressor().decompress(
-        base64.b64decode(text.encode("ascii"), validate=True), max_output_size=limit
-    )
+def _unb64z(text: Any, low: int, high: int) -> bytes:
+    """Inverse of :func:`_b64z`, for a frame that declares between ``low`` and ``high``
+    bytes of content: the declared size is checked before anything is decompressed, and
+    decompression stops at it."""
+    if not isinstance(text, str):
+        raise ValueError(f"expected base64 text, got {type(text).__name__}")
+    frame = base64.b64decode(text.encode("ascii"), validate=True)
+    size = zstandard.frame_content_size(frame)
+    if not low <= size <= high:  # -1: size not declared
+        raise ValueError(f"compressed part declares {size} bytes, expected {low} to {high}")
+    raw = zstandard.ZstdDecompressor().decompress(frame, max_output_size=size)
+    if len(raw) != size:
+        raise ValueError(f"compressed part holds {len(raw)} bytes, declared {size}")
+    return raw
 
 
 def _put_varints(values: np.ndarray) -> bytes:
@@ -138,26 +148,39 @@ def pack_floats(values: Sequence[float]) -> list[float] | dict[str, Any]:
     return min(options, key=_json_len)  # first of equal lengths: the plain list
 
 
-def unpack_floats(packed: dict[str, Any]) -> list[float]:
-    """Inverse of :func:`pack_floats` for its dict forms (ValueError if malformed)."""
+def unpack_floats(packed: dict[str, Any], n: int | None = None) -> list[float]:
+    """Inverse of :func:`pack_floats` for its dict forms (ValueError if malformed).
+
+    ``n``: the number of values the array must hold (e.g. the number of views), checked
+    before anything is decompressed; None accepts any count up to 2**28.
+    """
     try:
-        n = int(packed[ARRAY_KEY])
-        if n < 0 or n > 1 << 28:
-            raise ValueError(f"bad array length {n}")
+        claimed = packed[ARRAY_KEY]
+        if n is None:
+            count_ok, expected = _is_int(claimed) and 0 <= claimed <= 1 << 28, "up to 2**28"
+        else:
+            count_ok, expected = _is_int(claimed) and claimed == n, f"{n} (one per view)"
+        if not count_ok:
+            raise ValueError(f"it claims {claimed!r} values, expected {expected}")
         if "raw" in packed:
-            raw = _unb64z(packed["raw"], 8 * n)
-            if len(raw) != 8 * n:
-                raise ValueError(f"packed array holds {len(raw)} bytes, expected {8 * n}")
+            raw = _unb64z(packed["raw"], 8 * claimed, 8 * claimed)
             return np.frombuffer(raw, dtype="<f8").tolist()
-        a = _linear(float(packed["start"]), float(packed["step"]), n)
-        if "ulp" in packed:
-            zigzag = _get_varints(_unb64z(packed["ulp"], 10 * n), n)
+        start, step = packed["start"], packed["step"]
+        if not all(_is_int(v) or isinstance(v, float) for v in (start, step)):
+            raise ValueError("start and step must be numbers")
+        a = _linear(float(start), float(step), claimed)
+        if "ulp" in packed:  # one varint (1 to 10 bytes) per value
+            zigzag = _get_varints(_unb64z(packed["ulp"], claimed, 10 * claimed), claimed)
             residual = (zigzag >> np.uint64(1)) ^ (np.uint64(0) - (zigzag & np.uint64(1)))
             a = _ordered(_ordered(_bits(a)) + residual).view("<f8")
         result: list[float] = a.tolist()
         return result
     except (KeyError, TypeError, ValueError, zstandard.ZstdError) as exc:
         raise ValueError(f"damaged packed float array: {exc}") from None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def pack_float_lists(mapping: dict[str, Any]) -> dict[str, Any]:
@@ -170,9 +193,10 @@ def pack_float_lists(mapping: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def unpack_float_lists(mapping: dict[str, Any]) -> dict[str, Any]:
-    """Inverse of :func:`pack_float_lists`."""
+def unpack_float_lists(mapping: dict[str, Any], n: int | None = None) -> dict[str, Any]:
+    """Inverse of :func:`pack_float_lists`; ``n``: the number of values every packed array
+    must hold (see :func:`unpack_floats`)."""
     return {
-        key: unpack_floats(value) if isinstance(value, dict) and ARRAY_KEY in value else value
+        key: unpack_floats(value, n) if isinstance(value, dict) and ARRAY_KEY in value else value
         for key, value in mapping.items()
     }

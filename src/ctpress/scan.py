@@ -9,6 +9,7 @@ so that they survive compress/decompress exactly (floats round-trip through JSON
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
@@ -146,11 +147,19 @@ class Geometry:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Geometry:
-        """Rebuild a geometry from :meth:`to_dict` output."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
+        """Rebuild a geometry from :meth:`to_dict` output (InputError if it is not one:
+        unknown fields, or values of the wrong JSON type)."""
+        if not isinstance(data, dict):
+            raise InputError(f"geometry must be a JSON object, got {type(data).__name__}")
+        unknown = set(data) - set(_GEOMETRY_FIELD_TYPES)
         if unknown:
             raise InputError(f"unknown geometry field(s): {sorted(unknown)}")
+        for key, value in data.items():
+            check, expected = _GEOMETRY_FIELD_TYPES[key]
+            if not check(value):
+                raise InputError(
+                    f"geometry field {key!r} must be {expected}, got {type(value).__name__}"
+                )
         kwargs = dict(data)
         for key in ("detector_spacing_mm", "detector_offset_mm"):
             if key in kwargs:
@@ -182,6 +191,30 @@ class Geometry:
             source_detector_mm=source_detector_mm,
             **kwargs,
         )
+
+
+def _is_number(value: Any) -> bool:
+    """A JSON number that converts to a float (bools are not numbers here)."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, float) or (isinstance(value, int) and abs(value) < 1 << 1024)
+
+
+def _is_number_list(value: Any) -> bool:
+    return isinstance(value, list) and all(_is_number(v) for v in value)
+
+
+#: JSON type of each field of :meth:`Geometry.to_dict`: a check and how to name it.
+_GEOMETRY_FIELD_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "kind": (lambda v: isinstance(v, str), "a string"),
+    "angles_rad": (_is_number_list, "a list of numbers"),
+    "source_isocenter_mm": (lambda v: v is None or _is_number(v), "a number or null"),
+    "source_detector_mm": (lambda v: v is None or _is_number(v), "a number or null"),
+    "detector_spacing_mm": (_is_number_list, "a list of numbers"),
+    "detector_shape": (lambda v: isinstance(v, str), "a string"),
+    "detector_offset_mm": (_is_number_list, "a list of numbers"),
+    "z_mm": (lambda v: v is None or _is_number_list(v), "a list of numbers or null"),
+}
 
 
 #: Well-known metadata keys (free metadata may hold any other JSON value too).

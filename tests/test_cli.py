@@ -37,7 +37,7 @@ def test_max_error_and_bpp_through_the_cli(npy_file: Path, tmp_path: Path, capsy
     assert "bits/value" in capsys.readouterr().out
     assert run("-q", "decompress", str(ctpz), str(out)) == 0
     assert np.abs(np.load(out).astype(int) - x).max() <= 5
-    assert run("-q", "compress", str(npy_file), str(ctpz), "--codec", "htj2k", "--bpp", "3") == 0
+    assert run("-q", "compress", str(npy_file), str(ctpz), "-f", "--codec=htj2k", "--bpp=3") == 0
     assert abs(8 * ctpz.stat().st_size / x.size - 3) <= 0.3
 
 

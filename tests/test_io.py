@@ -201,7 +201,7 @@ def test_zarr_replaces_existing_directory(tmp_path: Path) -> None:
     path = tmp_path / "scan.zarr"
     write_scan(cone_scan(), path)
     scan = helical_scan()
-    write_scan(scan, path)
+    write_scan(scan, path, overwrite=True)
     assert_same(scan, read_scan(path))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scan.zarr"]
 
@@ -286,6 +286,6 @@ def test_failed_write_keeps_old_output(tmp_path: Path, monkeypatch: pytest.Monke
 
     monkeypatch.setitem(cio._WRITERS, "zarr", half_write)
     with pytest.raises(KeyboardInterrupt):
-        write_scan(helical_scan(), path)
+        write_scan(helical_scan(), path, overwrite=True)
     assert [p.name for p in tmp_path.iterdir()] == ["scan.zarr"]
     assert_same(scan, read_scan(path))

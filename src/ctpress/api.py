@@ -5,6 +5,8 @@ from __future__ import annotations
 import inspect
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, overload
 
@@ -12,15 +14,15 @@ import numpy as np
 
 from .codecs import Codec, get_codec_class
 from .container import (
+    DEFAULT_MAX_OUTPUT_BYTES,
     CtpzFile,
     container_overhead,
     default_chunk_views,
     encode_ctpz,
     write_ctpz,
 )
-from .errors import InputError, RateControlError
-from .io import read_scan, write_scan
-from .io._atomic import atomic_path
+from .errors import CtpressError, InputError, RateControlError
+from .io import atomic_path, check_output, read_scan, write_scan
 from .scan import Scan, as_scan
 
 PathLike = str | os.PathLike[str]
@@ -61,6 +63,8 @@ def resolve_rate(
             + ", ".join(f"--{m.replace('_', '-')}" for m in modes)
         )
     mode, value = asked[0]
+    if mode == "psnr" and not float(value) > 0:
+        raise InputError(f"psnr must be > 0 dB, got {value}")
     return mode, (None if mode == "lossless" else float(value))
 
 
@@ -93,8 +97,27 @@ def make_codec(
             f"codec {cls.codec_id!r} has no setting {', '.join(map(repr, unknown))}; its "
             f"settings are {', '.join(sorted(allowed - {'data_range'})) or 'none'}"
         )
-    instance = cls(mode=mode, value=value, data_range=data_range, **codec_options)
+    with _blame_settings(cls.codec_id, codec_options):
+        instance = cls(mode=mode, value=value, data_range=data_range, **codec_options)
     return instance, {"mode": mode, "value": value, "data_range": data_range}
+
+
+@contextmanager
+def _blame_settings(codec_id: str, options: dict[str, Any]) -> Iterator[None]:
+    """Turn a TypeError, ValueError or OverflowError raised while a codec is built or encodes
+    with user settings into an InputError naming them (a value the codec's library refused);
+    without settings it is a bug and propagates unchanged."""
+    try:
+        yield
+    except (TypeError, ValueError, OverflowError) as exc:
+        if isinstance(exc, CtpressError) or not options:
+            raise
+        settings = ", ".join(f"{key}={value!r}" for key, value in options.items())
+        noun = "setting" if len(options) == 1 else "settings"
+        raise InputError(
+            f"codec {codec_id!r} cannot use the {noun} {settings} ({type(exc).__name__}: "
+            f"{exc}); give a valid value"
+        ) from exc
 
 
 @overload
@@ -119,6 +142,8 @@ def compress(
     jobs: int = 1,
     progress: bool = False,
     input_format: str | None = None,
+    dataset: str | None = None,
+    overwrite: bool = False,
     **codec_options: Any,
 ) -> bytes | int:
     """Compress projections to a ``.ctpz`` file (or bytes).
@@ -128,7 +153,8 @@ def compress(
     data : Scan, ndarray of shape (n_views, rows, cols) or (n_views, cols), or path
         What to compress.  A path is read with :func:`ctpress.io.read_scan`.
     output : path or None
-        Where to write the ``.ctpz`` (atomically).  None: return the bytes instead.
+        Where to write the ``.ctpz`` (atomically).  None: return the bytes instead.  It must
+        not be the input; an existing file is replaced only with ``overwrite``.
     codec : str or Codec
         Codec id (see ``ctpress codecs``) or a configured codec instance.
     lossless, max_error, bpp, psnr
@@ -142,6 +168,12 @@ def compress(
         Threads encoding chunks in parallel (the output bytes do not depend on it).
     progress : bool
         Show a progress bar.
+    input_format : str, optional
+        Format of ``data`` when it is a path (default: from its extension).
+    dataset : str, optional
+        Name of the projections array when ``data`` is an npz, HDF5 or zarr path.
+    overwrite : bool
+        Replace an existing ``output``.
     **codec_options
         Codec-specific settings (e.g. ``level`` for zstd).
 
@@ -150,10 +182,19 @@ def compress(
     bytes or int
         The file's bytes when ``output`` is None, else the number of bytes written.
     """
-    if output is not None and Path(output).suffix != ".ctpz":
-        raise InputError(f"{output}: compressed output must end in .ctpz")
+    inputs: list[PathLike] = [data] if isinstance(data, str | os.PathLike) else []
+    if dataset is not None and not inputs:
+        raise InputError("dataset names an array inside an input file; data is not a path")
+    if jobs < 1:
+        raise InputError(f"jobs must be >= 1, got {jobs}")
+    if chunk_views is not None and chunk_views < 1:
+        raise InputError(f"chunk_views must be >= 1, got {chunk_views}")
+    if output is not None:
+        if Path(output).suffix != ".ctpz":
+            raise InputError(f"{output}: compressed output must end in .ctpz")
+        check_output(output, overwrite=overwrite, inputs=inputs)
     scan = (
-        read_scan(data, format=input_format)
+        read_scan(data, input_format, dataset)
         if isinstance(data, str | os.PathLike)
         else as_scan(data)
     )
@@ -174,10 +215,14 @@ def compress(
         codec_obj = _budget_for_overhead(scan, codec_obj, chunk_views, rate)
     kwargs: dict[str, Any] = dict(chunk_views=chunk_views, rate=rate, jobs=jobs, progress=progress)
     try:
-        if output is None:
-            return encode_ctpz(scan, codec_obj, **kwargs)
-        with atomic_path(Path(output)) as tmp, tmp.open("wb") as fh:
-            return write_ctpz(fh, scan, codec_obj, **kwargs)
+        with _blame_settings(codec_obj.codec_id, codec_options):
+            if output is None:
+                return encode_ctpz(scan, codec_obj, **kwargs)
+            with (
+                atomic_path(output, overwrite=overwrite, inputs=inputs) as tmp,
+                tmp.open("wb") as fh,
+            ):
+                return write_ctpz(fh, scan, codec_obj, **kwargs)
     except RateControlError as exc:
         if codec_obj.mode != "bpp":
             raise
@@ -223,26 +268,34 @@ def decompress(
     *,
     views: tuple[int, int] | None = None,
     output_format: str | None = None,
+    overwrite: bool = False,
+    max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
 ) -> Scan:
     """Decode a ``.ctpz`` file (path or bytes) to a :class:`Scan`.
 
     ``views=(start, stop)`` decodes only that view range.  With ``output``, the scan is
-    also written (format from the extension or ``output_format``), atomically.
+    also written (format from the extension or ``output_format``), atomically; the output
+    must not be the input, and an existing one is replaced only with ``overwrite`` (a
+    directory only if ctpress wrote it).  ``max_output_bytes`` caps the memory the decoded
+    data may take (InputError beyond it; see :class:`~ctpress.container.CtpzFile`).
     """
-    with CtpzFile(source) as f:
+    if output is not None:
+        check_output(output, overwrite=overwrite, inputs=[source])
+    with CtpzFile(source, max_output_bytes=max_output_bytes) as f:
         start, stop = views if views is not None else (0, f.shape[0])
         scan = f.read_scan(start, stop)
     if output is not None:
-        write_scan(scan, output, format=output_format)
+        write_scan(scan, output, format=output_format, overwrite=overwrite)
     return scan
 
 
-def open(path: PathLike | bytes) -> CtpzFile:
-    """Open a ``.ctpz`` file: header, geometry and lazy view-range access.
+def open(path: PathLike | bytes, *, max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES) -> CtpzFile:
+    """Open a ``.ctpz`` file: header, geometry and lazy view-range access
+    (``max_output_bytes``: the most memory one read may take).
 
     Example
     -------
     >>> with ctpress.open("scan.ctpz") as f:  # doctest: +SKIP
     ...     views = f[100:110]              # decodes only the chunks covering 100:110
     """
-    return CtpzFile(path)
+    return CtpzFile(path, max_output_bytes=max_output_bytes)

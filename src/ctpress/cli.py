@@ -8,8 +8,11 @@ Exit codes: 0 success, 2 bad usage or input (one-line message, no traceback),
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,10 +22,24 @@ from . import api
 from ._version import __version__
 from .codecs import list_codecs
 from .errors import CtpressError, InputError
-from .io import FORMATS
+from .io import FORMATS, OutputExistsError, check_output, results_directory
 from .scan import Scan
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
+#: Signals handled like Ctrl-C (SIGINT): temporary outputs are removed, exit 128 + signal.
+_TERMINATING = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+_OUT_RULE = (
+    "; a directory ctpress made (it holds .ctpress-output) is updated in place, an empty one "
+    "is used, any other directory is refused"
+)
+#: Keyword arguments of api.compress that are not codec settings (they have their own flags).
+_COMPRESS_KEYWORDS = frozenset(
+    name
+    for name, parameter in inspect.signature(api.compress).parameters.items()
+    if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,6 +47,21 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_USAGE, f"ctpress: error: {message} (see '{self.prog} --help')\n")
+
+
+def _at_least_one(text: str) -> int:
+    """argparse type of counts (views, threads, pixels): an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _add_force(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("-f", "--force", action="store_true", help=f"replace an existing {what}")
 
 
 def _add_rate_options(p: argparse.ArgumentParser) -> None:
@@ -46,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``ctpress`` command."""
     parser = _Parser(prog="ctpress", description="Compress raw CT projection data, honestly.")
     parser.add_argument("--version", action="version", version=f"ctpress {__version__}")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or chatter")
+    quiet_help = "no progress bars or chatter"
+    parser.add_argument("-q", "--quiet", action="store_true", help=quiet_help)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     formats = ", ".join(FORMATS)
 
@@ -56,10 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--codec", default="zstd", help="codec id (see 'ctpress codecs')")
     _add_rate_options(p)
     p.add_argument("--data-range", type=float, help="PSNR peak (default: max - min of the scan)")
-    p.add_argument("--chunk-views", type=int, help="views per chunk (default: ~1 MiB of input)")
-    p.add_argument("--jobs", type=int, default=1, help="encoder threads (output is identical)")
+    p.add_argument(
+        "--chunk-views", type=_at_least_one, help="views per chunk (default: ~1 MiB of input)"
+    )
+    p.add_argument(
+        "--jobs", type=_at_least_one, default=1, help="encoder threads (output is identical)"
+    )
     p.add_argument("--format", help=f"input format, overriding the extension ({formats})")
-    p.add_argument("--dataset", help="dataset path inside an HDF5 input")
+    p.add_argument("--dataset", help="name of the projections array in an npz, HDF5 or zarr input")
+    _add_force(p, "output file")
     p.add_argument(
         "--time-budget",
         type=float,
@@ -80,10 +118,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help=f"output file ({formats})")
     p.add_argument("--views", metavar="START:STOP", help="decode only this view range")
     p.add_argument("--format", help="output format, overriding the extension")
+    _add_force(p, "output (a directory only if ctpress wrote it)")
 
     p = sub.add_parser("info", help="show the header of a .ctpz file and verify checksums")
     p.add_argument("input", help="a .ctpz file")
     p.add_argument("--json", action="store_true", help="print the raw JSON header")
+
+    p = sub.add_parser("verify", help="check a .ctpz file for damage (writes nothing)")
+    p.add_argument("input", help="a .ctpz file")
+    p.add_argument(
+        "--decode",
+        action="store_true",
+        help="also decode every chunk and compare it with the digest stored when it was written",
+    )
 
     sub.add_parser("codecs", help="list codecs and the rate controls they support")
 
@@ -102,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pitch", type=float, default=1.0, help="helical pitch")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", help="output format, e.g. dicom-ctpd for a helical series")
+    _add_force(p, "output (a directory only if ctpress wrote it)")
 
     p = sub.add_parser("recon", help="reconstruct projections (.ctpz or any input format)")
     p.add_argument("input", help=f"projections (.ctpz, {formats})")
@@ -109,11 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--algorithm", default="fbp", choices=["fbp", "fdk", "sirt"])
     p.add_argument("--filter", default="ram-lak", help="ram-lak, shepp-logan, cosine or hann")
     p.add_argument("--cutoff", type=float, default=1.0, help="filter cut-off, fraction of Nyquist")
-    p.add_argument("--size", type=int, help="image width/height in pixels (default: columns)")
+    p.add_argument(
+        "--size", type=_at_least_one, help="image width/height in pixels (default: columns)"
+    )
     p.add_argument("--pixel-size", type=float, help="pixel size in mm (default: column pitch)")
     p.add_argument("--hu", action="store_true", help="output Hounsfield units, not 1/mm")
     p.add_argument("--iterations", type=int, default=50, help="SIRT iterations")
     p.add_argument("--format", help="input format, overriding the extension")
+    _add_force(p, "output file")
 
     p = sub.add_parser("compare", help="quality of DECODED versus ORIGINAL projections")
     p.add_argument("original", help="original projections (.ctpz or any input format)")
@@ -123,9 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("demo", help="compress the default scan with every codec; print a table")
-    p.add_argument("--out", default="results/demo", help="directory for the results")
+    p.add_argument("--out", default="results/demo", help=f"directory for the results{_OUT_RULE}")
     p.add_argument("--codecs", default="all", help="comma-separated codec ids, or 'all'")
-    p.add_argument("--jobs", type=int, default=1, help="parallel worker processes")
+    p.add_argument("--jobs", type=_at_least_one, default=1, help="parallel worker processes")
+    _add_force(p, "file at --out")
     p.add_argument("--no-recon", action="store_true", help="skip the reconstruction domain")
 
     p = sub.add_parser("bench", help="measure codecs at a sweep of rates; CSV, JSON and report")
@@ -136,9 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
         default="default",
         help="'default' or a list like lossless,max_error=4,bpp=2,psnr=60 (unsupported: skipped)",
     )
-    p.add_argument("--out", required=True, help="directory for results and index.html")
+    p.add_argument("--out", required=True, help=f"directory for results and index.html{_OUT_RULE}")
     p.add_argument("--recon", action="store_true", help="also compare reconstructions")
-    p.add_argument("--jobs", type=int, default=1, help="parallel worker processes")
+    p.add_argument("--jobs", type=_at_least_one, default=1, help="parallel worker processes")
+    _add_force(p, "file at --out")
     p.add_argument("--resume", action="store_true", help="reuse matching results found in --out")
     p.add_argument("--no-perceptual", action="store_true", help="skip HaarPSI and VSI")
     p.add_argument("--format", help=f"input format, overriding the extension ({formats})")
@@ -157,6 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     length.add_argument("--steps", type=int, help="number of optimiser steps (reproducible)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", type=Path, help="cache of simulated noise-free projections")
+    for subparser in sub.choices.values():  # -q also after the command name
+        subparser.add_argument(
+            "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=quiet_help
+        )
     return parser
 
 
@@ -175,6 +232,8 @@ def _cmd_compress(args: argparse.Namespace) -> None:
         jobs=args.jobs,
         progress=not args.quiet,
         input_format=args.format,
+        dataset=args.dataset,
+        overwrite=args.force,
         **_codec_options(args.option, args.time_budget),
     )
     if not args.quiet:
@@ -194,6 +253,11 @@ def _codec_options(pairs: list[str], time_budget: float | None) -> dict[str, Any
         key, sep, text = pair.partition("=")
         if not sep or not key.isidentifier():
             raise InputError(f"codec option {pair!r} is not KEY=VALUE")
+        if key in _COMPRESS_KEYWORDS:
+            raise InputError(
+                f"-O {key}: {key} is not a codec setting; use its own option "
+                "(see 'ctpress compress --help')"
+            )
         try:
             options[key] = json.loads(text)
         except ValueError:
@@ -215,7 +279,11 @@ def _parse_views(text: str | None) -> tuple[int, int] | None:
 
 def _cmd_decompress(args: argparse.Namespace) -> None:
     scan = api.decompress(
-        args.input, args.output, views=_parse_views(args.views), output_format=args.format
+        args.input,
+        args.output,
+        views=_parse_views(args.views),
+        output_format=args.format,
+        overwrite=args.force,
     )
     if not args.quiet:
         print(f"{args.output}: {scan.user_array().shape} {scan.dtype}")
@@ -247,6 +315,12 @@ def _cmd_info(args: argparse.Namespace) -> None:
             print(f"aux arrays:  {aux}")
 
 
+def _cmd_verify(args: argparse.Namespace) -> None:
+    with api.open(args.input) as f:
+        summary = f.verify(decode=args.decode)
+    print(f"{args.input}: OK ({summary})")
+
+
 def _cmd_codecs(args: argparse.Namespace) -> None:
     print(f"{'codec':10s} {'rate controls':34s} description")
     for cls in list_codecs():
@@ -259,6 +333,7 @@ def _cmd_simulate(args: argparse.Namespace) -> None:
     from .io import write_scan
     from .sim import simulate_scan
 
+    check_output(args.output, overwrite=args.force, inputs=[args.volume] if args.volume else [])
     volume: np.ndarray | str | None = "shepp_logan" if args.phantom else None
     if args.volume:
         volume = np.load(args.volume)
@@ -276,7 +351,7 @@ def _cmd_simulate(args: argparse.Namespace) -> None:
         detector_shape=args.detector,
         helical_pitch=args.pitch,
     )
-    write_scan(scan, args.output, format=args.format)
+    write_scan(scan, args.output, format=args.format, overwrite=args.force)
     if not args.quiet:
         print(
             f"{args.output}: {scan.shape} {scan.dtype} {args.geometry}, "
@@ -300,6 +375,7 @@ def _cmd_recon(args: argparse.Namespace) -> None:
 
     if Path(args.output).suffix not in (".npy", ".tif", ".tiff"):
         raise CtpressError(f"{args.output}: the reconstruction is written as .npy or .tif")
+    check_output(args.output, overwrite=args.force, inputs=[args.input])
     scan = _read_any(args.input, args.format)
     options: dict[str, object] = {"filter": args.filter, "cutoff": args.cutoff}
     if args.algorithm == "sirt":
@@ -319,7 +395,7 @@ def _cmd_recon(args: argparse.Namespace) -> None:
         volume = mu_to_hu(volume, float(scan.metadata.get("mu_water_per_mm", 0.0192)))
     from .io import atomic_path
 
-    with atomic_path(args.output) as tmp:
+    with atomic_path(args.output, overwrite=args.force, inputs=[args.input]) as tmp:
         if Path(args.output).suffix == ".npy":
             with tmp.open("wb") as fh:
                 np.save(fh, volume)
@@ -369,7 +445,12 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
     codecs = None if args.codecs == "all" else args.codecs.split(",")
     run_demo(
-        Path(args.out), codecs, recon=not args.no_recon, jobs=args.jobs, progress=not args.quiet
+        Path(args.out),
+        codecs,
+        recon=not args.no_recon,
+        jobs=args.jobs,
+        progress=not args.quiet,
+        overwrite=args.force,
     )
 
 
@@ -378,17 +459,15 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     from .io import read_scan
     from .report import write_report
 
-    out = Path(args.out)
     codecs = [c.codec_id for c in list_codecs()] if args.codecs == "all" else args.codecs.split(",")
     rates = parse_rates(args.rates)
-    if args.jobs < 1:
-        raise CtpressError(f"--jobs must be >= 1, got {args.jobs}")
     scans = {}
     for path in args.inputs:
         name = Path(path).stem
         if name in scans:
             raise CtpressError(f"two inputs are named {name!r}; rename one")
         scans[name] = read_scan(path, format=args.format)
+    out = results_directory(args.out, overwrite=args.force)  # before any measurement
     resume = load_results(out) if args.resume and (out / "results.json").exists() else None
     result = run_bench(
         scans,
@@ -421,11 +500,25 @@ def _cmd_train(args: argparse.Namespace) -> None:
     )  # fmt: skip
 
 
+class _Terminated(BaseException):
+    """Raised in the main thread on SIGTERM or SIGHUP, so that temporary outputs are removed
+    on the way out (as for Ctrl-C)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated(signum)
+
+
 _COMMANDS = {
     "train": _cmd_train,
     "compress": _cmd_compress,
     "decompress": _cmd_decompress,
     "info": _cmd_info,
+    "verify": _cmd_verify,
     "codecs": _cmd_codecs,
     "simulate": _cmd_simulate,
     "recon": _cmd_recon,
@@ -438,17 +531,28 @@ _COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ctpress`` command; returns the exit code."""
     args = build_parser().parse_args(argv)
+    handled = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, _terminate) for sig in _TERMINATING} if handled else {}
     try:
         _COMMANDS[args.command](args)
+    except OutputExistsError as exc:
+        print(f"ctpress: error: {exc.path} exists; pass --force to replace it", file=sys.stderr)
+        return EXIT_USAGE
     except CtpressError as exc:
-        print(f"ctpress: error: {exc}", file=sys.stderr)
+        print(f"ctpress: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_USAGE
     except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
         print(f"ctpress: error: {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("ctpress: interrupted", file=sys.stderr)
-        return 130
+        return 128 + signal.SIGINT
+    except _Terminated as exc:
+        print(f"ctpress: stopped by {signal.Signals(exc.signum).name}", file=sys.stderr)
+        return 128 + exc.signum
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return EXIT_OK
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .bench import BenchResult, Rate, format_table, run_bench, write_results
 from .codecs import list_codecs
-from .io import write_scan
+from .io import results_directory, write_scan
 from .report import write_report
 from .sim import default_scan
 
@@ -33,14 +33,20 @@ def run_demo(
     recon: bool = True,
     jobs: int = 1,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> BenchResult:
     """Simulate the embedded default scan, bench each codec at :data:`DEMO_RATES` (with the
-    reconstruction domain unless ``recon`` is False), write ``results.csv``, ``results.json``,
-    ``index.html`` and ``summary.md`` to ``out_dir``; print the table and the report path."""
+    reconstruction domain unless ``recon`` is False), write ``default_scan.npz``,
+    ``results.csv``, ``results.json``, ``index.html`` and ``summary.md`` to ``out_dir``; print
+    the table and the report path.
+
+    ``out_dir`` is checked before any work (:func:`~ctpress.io.results_directory`): a
+    directory an earlier demo or bench made is updated in place, an existing file is replaced
+    only with ``overwrite``, a non-empty directory ctpress did not make is refused."""
     t0 = time.perf_counter()
+    out_dir = results_directory(out_dir, overwrite=overwrite)
     scan = default_scan()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_scan(scan, out_dir / "default_scan.npz")
+    write_scan(scan, out_dir / "default_scan.npz", overwrite=True)  # out_dir is ctpress's own
     ids = [cls.codec_id for cls in list_codecs()] if codecs is None else codecs
     rates = {codec: STUDY_CODECS.get(codec, DEMO_RATES) for codec in ids}
     result = run_bench({"default": scan}, ids, rates, recon=recon, jobs=jobs, progress=progress)

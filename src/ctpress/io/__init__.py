@@ -4,7 +4,8 @@ DICOM-CT-PD series (a directory of ``.dcm`` files, format ``dicom-ctpd``).
 Every format but ``.npy`` and ``dicom-ctpd`` stores the geometry, metadata,
 ``original_ndim`` and aux arrays of a :class:`~ctpress.scan.Scan` exactly, under a JSON
 header named ``ctpress_scan``; ``dicom-ctpd`` maps them to DICOM tags (see
-:mod:`ctpress.io._dicom_ctpd`).  Writes are atomic (see :func:`atomic_path`).
+:mod:`ctpress.io._dicom_ctpd`).  Writes are atomic and never replace an existing output
+unless asked to (see :mod:`ctpress.io._atomic`).
 """
 
 from __future__ import annotations
@@ -18,9 +19,19 @@ import numpy as np
 from ..errors import InputError
 from ..scan import Scan, as_scan
 from . import _hdf5, _npy, _tiff, _zarr
-from ._atomic import atomic_path
+from ._atomic import MARKER, OutputExistsError, atomic_path, check_output, results_directory
 
-__all__ = ["FORMATS", "atomic_path", "format_from_path", "read_scan", "write_scan"]
+__all__ = [
+    "FORMATS",
+    "MARKER",
+    "OutputExistsError",
+    "atomic_path",
+    "check_output",
+    "format_from_path",
+    "read_scan",
+    "results_directory",
+    "write_scan",
+]
 
 #: Format name -> file extensions (lower case, with the dot).
 FORMATS: dict[str, tuple[str, ...]] = {
@@ -137,8 +148,13 @@ def write_scan(
     path: str | os.PathLike[str],
     format: str | None = None,
     dataset: str | None = None,
+    *,
+    overwrite: bool = False,
 ) -> None:
-    """Write a scan atomically; an existing file or directory at ``path`` is replaced.
+    """Write a scan atomically.
+
+    An existing output at ``path`` is replaced only with ``overwrite=True``, and a directory
+    only if ctpress wrote it (see :func:`check_output`).
 
     ``.npy`` stores only ``scan.user_array()`` (geometry, metadata and aux arrays are
     dropped); the other formats keep everything.
@@ -155,9 +171,18 @@ def write_scan(
     dataset : str, optional
         Name of the projections array in npz, HDF5 or zarr output (default
         ``projections``; an HDF5 file given no name may be written as NXtomo).
+    overwrite : bool
+        Replace an existing output (a directory only if ctpress wrote it).
+
+    Raises
+    ------
+    OutputExistsError
+        ``path`` exists and ``overwrite`` is False.
+    InputError
+        ``path`` is a directory ctpress did not write, or the scan cannot be stored.
     """
     scan = as_scan(scan)
     fmt = format_from_path(path, format)
     _check_dataset(fmt, dataset)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, overwrite=overwrite) as tmp:
         _WRITERS[fmt](scan, tmp, dataset)

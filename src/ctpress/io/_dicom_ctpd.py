@@ -32,6 +32,7 @@ byte-identical except for the pixel data.
 from __future__ import annotations
 
 import math
+import os
 from io import BytesIO
 from itertools import pairwise
 from pathlib import Path
@@ -55,6 +56,7 @@ __all__ = ["CREATOR", "PRIVATE_TAGS", "read_ctpd", "write_ctpd", "write_fresh", 
 CREATOR = "CtProjectionData-MayoClinc-v1"
 RAW_DATA_STORAGE = UID("1.2.840.10008.5.1.4.1.1.66")
 _PIXEL_DATA = 0x7FE00010
+_MAX_NAME_BYTES = 255
 
 #: DICOM-CT-PD dictionary keyword -> (tag, VR, VM).
 PRIVATE_TAGS: dict[str, tuple[int, str, str]] = {
@@ -371,7 +373,21 @@ def read_ctpd(directory: str | Path) -> Scan:
     return Scan(stack, geometry=geometry, metadata=metadata, aux=aux)
 
 
+def _is_safe_filename(name: object) -> bool:
+    """Whether ``name`` is a plain file name: 1-255 bytes, no path separator, NUL or leading
+    dot (hidden files are not read back, and the output marker starts with one)."""
+    if not isinstance(name, str) or not name or name.startswith(".") or "\0" in name:
+        return False
+    try:
+        encoded = os.fsencode(name)
+    except UnicodeError:
+        return False
+    return len(encoded) <= _MAX_NAME_BYTES and Path(name).name == name and "\\" not in name
+
+
 def _filenames(scan: Scan) -> list[str]:
+    """File names of the views: metadata ``dicom_filenames`` (checked: they may come from a
+    crafted file) or ``000001.dcm``, ``000002.dcm``, ..."""
     names = scan.metadata.get("dicom_filenames")
     if names is None:
         return [f"{i + 1:06d}.dcm" for i in range(scan.shape[0])]
@@ -380,8 +396,13 @@ def _filenames(scan: Scan) -> list[str]:
             f"metadata dicom_filenames must list one file name per view ({scan.shape[0]})"
         )
     for name in names:
-        if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
-            raise InputError(f"metadata dicom_filenames holds an unsafe file name {name!r}")
+        if not _is_safe_filename(name):
+            raise InputError(
+                f"metadata dicom_filenames holds an unsafe file name {name!r:.80} (a file name "
+                "is 1-255 bytes without '/', '\\', NUL or a leading '.'); the scan's metadata "
+                "is damaged: write another format, or drop metadata['dicom_filenames'] in "
+                "Python for generated names"
+            )
     if len(set(names)) != len(names):
         raise InputError("metadata dicom_filenames holds duplicate file names")
     return names
@@ -529,7 +550,7 @@ def write_into(scan: Scan, directory: Path) -> None:
         write_fresh(scan, directory)
 
 
-def write_ctpd(scan: Scan, directory: str | Path) -> None:
+def write_ctpd(scan: Scan, directory: str | Path, *, overwrite: bool = False) -> None:
     """Write ``scan`` as a DICOM-CT-PD series directory, atomically.
 
     A scan read by :func:`read_ctpd` (it carries ``aux["dicom_headers"]``) is written
@@ -542,13 +563,16 @@ def write_ctpd(scan: Scan, directory: str | Path) -> None:
     scan : Scan
         uint16 projections (n_views, det_rows, det_cols).
     directory : str or Path
-        Output directory; an existing one is replaced.
+        Output directory.
+    overwrite : bool
+        Replace an existing output directory (only one ctpress wrote: see
+        :func:`~ctpress.io.check_output`).
 
     Raises
     ------
     InputError
         Projections not uint16, a view count or detector size that does not match the
-        stored headers, unsafe file names, or no usable geometry.
+        stored headers, unsafe file names, no usable geometry, or an existing output.
     """
-    with atomic_path(directory) as tmp:
+    with atomic_path(directory, overwrite=overwrite) as tmp:
         write_into(scan, tmp)

@@ -12,11 +12,20 @@ from ..scan import Scan
 from . import _header
 
 _UNREADABLE = (ValueError, OSError, EOFError, zipfile.BadZipFile)
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGIC = b"PK\x03\x04"  # an .npz under a .npy name: told apart below
 
 
 def read_npy(path: Path) -> Scan:
     """Read a bare array of shape (views, rows, cols) or (views, cols); no geometry."""
     try:
+        with open(path, "rb") as fh:
+            magic = fh.read(len(_NPY_MAGIC))
+        if magic != _NPY_MAGIC and not magic.startswith(_ZIP_MAGIC):
+            raise FormatError(
+                f"{path}: not a valid .npy file (it does not start with the NumPy header); "
+                "check the file, or name its format (--format)"
+            )
         arr = np.load(path, allow_pickle=False)
     except _UNREADABLE as exc:
         raise FormatError(f"{path}: not a readable .npy file ({exc}); check the file") from exc

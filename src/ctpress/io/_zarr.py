@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ import zarr.errors
 from ..errors import FormatError, InputError
 from ..scan import Scan
 from . import _header
+from ._atomic import MARKER
 
 #: Target bytes per chunk; chunks hold whole views.
 CHUNK_BYTES = 16 * 2**20
@@ -33,7 +36,11 @@ def read_zarr(path: Path, dataset: str | None) -> Scan:
         if isinstance(node, zarr.Array):
             arrays["projections"] = node
         else:
-            arrays.update(node.arrays())
+            with warnings.catch_warnings():  # the marker of a store ctpress wrote is no array
+                warnings.filterwarnings(
+                    "ignore", f"Object at {re.escape(MARKER)} is not recognized", UserWarning
+                )
+                arrays.update(node.arrays())
             header = node.attrs.get(_header.KEY)
     except _UNREADABLE as exc:
         raise _unreadable(path, exc) from exc

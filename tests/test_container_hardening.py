@@ -171,6 +171,7 @@ HEADER_CASES: dict[str, tuple[Callable[[dict[str, Any]], object], str]] = {
     "chunk_views 0": (_set("chunk_views", 0), "'chunk_views' must be an integer from 1"),
     "chunk_views a string": (_set("chunk_views", "4"), "'chunk_views' must be"),
     "original_ndim 4": (_set("original_ndim", 4), "'original_ndim' must be 2 or 3"),
+    "original_ndim 2 with rows": (_set("original_ndim", 2), "'shape' has 3 rows"),
     "metadata a list": (_set("metadata", [1, 2]), "'metadata' must be a JSON object"),
     "metadata a string": (_set("metadata", "counts"), "'metadata' must be a JSON object"),
     "codec a string": (_set("codec", "zstd"), "'codec' must be a JSON object with a string"),
@@ -435,8 +436,9 @@ def test_decoded_dtype_mismatch_names_the_expected_dtype(good, monkeypatch) -> N
 # ------------------------------------------------------------ max_output_bytes
 def _huge_file(good: bytes) -> bytes:
     """A small file whose header, index and chunk header consistently declare a
-    (1000000, 1000, 1000) uint16 scan (2 TB) in one chunk."""
-    shape = [1_000_000, 1000, 1000]
+    (20000, 1000, 1000) uint16 scan (40 GB: more than the default max_output_bytes) in one
+    chunk."""
+    shape = [20_000, 1000, 1000]
 
     def edit(h: dict[str, Any]) -> None:
         h.update(shape=shape, chunk_views=shape[0], geometry=None, aux={})
@@ -455,14 +457,14 @@ def test_reads_are_capped_before_allocating(good) -> None:
     huge = _huge_file(good)
     assert len(huge) < 1000
     with ctpress.open(huge) as f:  # the structure is consistent: it opens
-        assert f.shape == (1_000_000, 1000, 1000)
+        assert f.shape == (20_000, 1000, 1000)
         assert f.verify() == "1 chunk, checksums verified"
         for read in (f.read_views, f.read_scan, lambda: f.verify(decode=True), lambda: f[:1]):
             with pytest.raises(InputError, match="more than max_output_bytes") as info:
                 read()
             assert "\n" not in str(info.value)
     message = str(info.value)
-    assert message.startswith("<bytes>: decoding chunk 0 (views 0:1000000) needs 1.82 TiB")
+    assert message.startswith("<bytes>: decoding chunk 0 (views 0:20000) needs 37.3 GiB")
     assert "allow more with max_output_bytes (--max-output-bytes)" in message
 
 

@@ -267,6 +267,10 @@ def validate_header(
                 raise ValueError(f"it has no {key!r}")
         elif not check(header[key]):
             raise ValueError(f"{key!r} must be {expected}, got {reprlib.repr(header[key])}")
+    if header.get("original_ndim") == 2 and header["shape"][1] != 1:
+        raise ValueError(
+            f"'original_ndim' is 2 (views, cols), but 'shape' has {header['shape'][1]} rows"
+        )
     geometry = header.get("geometry")
     if geometry is not None:
         n_views = header["shape"][0]

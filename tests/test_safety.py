@@ -425,6 +425,17 @@ def test_safe_dicom_file_names_are_kept(tmp_path: Path) -> None:
     assert read_scan(tmp_path / "series").metadata["dicom_filenames"] == names
 
 
+@pytest.mark.parametrize("name", [".", ".."])
+def test_aux_names_of_only_dots_from_a_crafted_header(
+    tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    crafted = tmp_path / "crafted.ctpz"
+    ctpress.compress(Scan(np.zeros((2, 3, 4), np.uint16), aux={name: np.zeros(3)}), crafted)
+    code, err = cli(capsys, "-q", "decompress", str(crafted), str(tmp_path / "out.h5"))
+    assert code == 2 and f"aux name {name!r}" in one_line(err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["crafted.ctpz"]
+
+
 # --- 5. stale temporary files ---------------------------------------------------------------
 
 

@@ -14,14 +14,17 @@ from ..scan import Geometry, Scan
 #: Name of the attribute / entry holding the JSON header in every format but ``.npy``.
 KEY = "ctpress_scan"
 VERSION = 1
-_AUX_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_AUX_NAME = re.compile(r"^(?!\.+$)[A-Za-z0-9_.-]+$")  # also a link name in HDF5: not "." or ".."
 
 
 def encode(scan: Scan) -> str:
     """JSON header of ``scan`` (geometry, metadata, original_ndim); checks aux names."""
     for name, arr in scan.aux.items():
         if not isinstance(name, str) or not _AUX_NAME.match(name):
-            raise InputError(f"aux name {name!r} must be non-empty letters, digits, '_', '.', '-'")
+            raise InputError(
+                f"aux name {name!r} must be non-empty letters, digits, '_', '.', '-' (not only "
+                "dots)"
+            )
         if arr.dtype.hasobject:
             raise InputError(f"aux array {name!r} has object dtype; use a numeric dtype")
     info = {

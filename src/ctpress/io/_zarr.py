@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import zarr
@@ -18,10 +21,20 @@ from ._atomic import MARKER
 #: Target bytes per chunk; chunks hold whole views.
 CHUNK_BYTES = 16 * 2**20
 _UNREADABLE = (zarr.errors.BaseZarrError, ValueError, OSError, KeyError)
+_T = TypeVar("_T")
 
 
 def _unreadable(path: Path, exc: Exception) -> FormatError:
     return FormatError(f"{path}: not a readable zarr store ({exc}); check the path")
+
+
+def _finish_on_interrupt(function: Callable[[], _T]) -> _T:
+    """``function()`` run in a worker thread that an interrupt of this thread
+    (Ctrl-C, SIGTERM) waits for: zarr does its I/O in tasks of its own event loop thread,
+    which would otherwise keep writing into a directory being removed, and report pending
+    tasks at exit."""
+    with ThreadPoolExecutor(max_workers=1) as pool:  # leaving the block joins the thread
+        return pool.submit(function).result()
 
 
 def read_zarr(path: Path, dataset: str | None) -> Scan:
@@ -29,6 +42,10 @@ def read_zarr(path: Path, dataset: str | None) -> Scan:
 
     A store holding a single array at its root is read as bare projections.
     """
+    return _finish_on_interrupt(lambda: _read_zarr(path, dataset))
+
+
+def _read_zarr(path: Path, dataset: str | None) -> Scan:
     try:
         node = zarr.open(store=str(path), mode="r")
         arrays: dict[str, zarr.Array] = {}
@@ -62,6 +79,10 @@ def write_zarr(scan: Scan, path: Path, dataset: str | None) -> None:
     Projections (``scan.user_array()``) go to ``dataset`` (default ``projections``) in
     chunks of about :data:`CHUNK_BYTES`; the header is the group attribute ``ctpress_scan``.
     """
+    _finish_on_interrupt(lambda: _write_zarr(scan, path, dataset))
+
+
+def _write_zarr(scan: Scan, path: Path, dataset: str | None) -> None:
     name = dataset or "projections"
     if name.startswith("aux_"):
         raise InputError(f"dataset name {name!r} is reserved; choose another")

@@ -930,9 +930,10 @@ class CtpzFile:
         """Check the file; nothing is written.
 
         Without ``decode``: the structure (checked at open), every block's CRC-32 and the
-        shape and dtype every chunk header declares.  With ``decode``: also decode every
-        chunk and auxiliary array, and compare each chunk with the digest stored when it
-        was written (files written before digests, e.g. version 1, only decode).
+        shape and dtype every chunk header declares.  With ``decode``: after those checks,
+        also decode every chunk and auxiliary array, and compare each chunk with the digest
+        stored when it was written (files written before digests, e.g. version 1, only
+        decode).
 
         Returns
         -------
@@ -946,23 +947,22 @@ class CtpzFile:
             mismatch (the file is damaged)"``.
         """
         for entry in self.chunks:
-            if not decode:
-                self._chunk_payload(entry)
-            elif chunk_digest(self._decode_chunk(entry)) != (entry.digest or b""):
-                if entry.digest is not None:
-                    raise self._fail(
-                        f"{self._entry_label(entry)}: the decoded data differ from the digest "
-                        "stored when it was written (the file is damaged, or this machine "
-                        "decodes differently)"
-                    )
+            self._chunk_payload(entry)
         for name, (offset, length, crc) in self._aux_index.items():
-            if decode:
-                self._decode_aux(name)
-            else:
-                self._read_block(offset, length, crc, f"auxiliary array {name!r}")
+            self._read_block(offset, length, crc, f"auxiliary array {name!r}")
         count = f"{len(self.chunks)} chunk{'' if len(self.chunks) == 1 else 's'}"
         if not decode:
             return f"{count}, checksums verified"
+        for entry in self.chunks:
+            array = self._decode_chunk(entry)
+            if entry.digest is not None and chunk_digest(array) != entry.digest:
+                raise self._fail(
+                    f"{self._entry_label(entry)}: the decoded data differ from the digest "
+                    "stored when it was written (the file is damaged, or this machine "
+                    "decodes differently)"
+                )
+        for name in self._aux_index:
+            self._decode_aux(name)
         if self.has_digests:
             return f"{count}, digests verified"
         return f"{count} decoded without error; the file has no digests (older ctpress)"

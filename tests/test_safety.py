@@ -149,6 +149,15 @@ def test_existing_file_needs_force(
     assert leftovers(tmp_path) == []
 
 
+def test_missing_output_directory_is_reported_before_any_work(
+    tmp_path: Path, small: Path, good_ctpz: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for source, name in ((small, "x.ctpz"), (good_ctpz, "x.npy")):
+        command = "compress" if source == small else "decompress"
+        code, err = cli(capsys, "-q", command, str(source), str(tmp_path / "no" / name))
+        assert code == 2 and f"directory {tmp_path / 'no'} does not exist" in one_line(err)
+
+
 def test_api_refuses_existing_outputs_without_overwrite(tmp_path: Path, small: Path) -> None:
     ctpz, npz, store = tmp_path / "s.ctpz", tmp_path / "s.npz", tmp_path / "s.zarr"
     ctpress.compress(small, ctpz)

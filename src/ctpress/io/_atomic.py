@@ -151,12 +151,17 @@ def check_output(
     Raises
     ------
     InputError
-        ``path`` is (or holds) an input, or is a directory ctpress did not write.
+        ``path`` is (or holds) an input, is a directory ctpress did not write, or its
+        directory does not exist.
     OutputExistsError
         ``path`` exists and ``overwrite`` is False.
     """
     target = Path(path)
     real = Path(os.path.realpath(target))
+    if not real.parent.is_dir():
+        raise InputError(
+            f"cannot write {target}: directory {real.parent} does not exist; create it first"
+        )
     for source in inputs:
         if isinstance(source, bytes):
             continue
@@ -236,10 +241,6 @@ def atomic_path(
     Path
         Temporary path to write the complete output to.
     """
-    if not Path(path).parent.is_dir():
-        raise InputError(
-            f"cannot write {path}: directory {Path(path).parent} does not exist; create it first"
-        )
     inputs = list(inputs)
     target = check_output(path, overwrite=overwrite, inputs=inputs)
     remove_stale_temps(target.parent)
@@ -275,7 +276,9 @@ def results_directory(path: PathLike, *, overwrite: bool = False) -> Path:
             _mark(target)
         remove_stale_temps(target)
         return target
-    real = check_output(target, overwrite=overwrite)
+    real = target
+    if os.path.lexists(target):  # a file, or a symlink to nothing
+        real = check_output(target, overwrite=overwrite)
     try:
         real.unlink(missing_ok=True)
         real.mkdir(parents=True)

@@ -491,7 +491,9 @@ def test_max_output_bytes_counts_the_views_asked_for_plus_aux() -> None:
 
 
 def test_geometry_unpacking_counts_against_the_cap(good) -> None:
-    with pytest.raises(InputError, match=r"unpacking the geometry \(1 arrays of 10 values\)"):
+    with pytest.raises(
+        InputError, match=r"unpacking the geometry's per-view arrays \(1 x 10 values\)"
+    ):
         ctpress.open(good, max_output_bytes=100)
 
 

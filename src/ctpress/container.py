@@ -278,7 +278,7 @@ def validate_header(
         _check_output(
             n_packed * n_views * _FLOAT_OBJECT_BYTES,
             max_output_bytes,
-            f"unpacking the geometry ({n_packed} arrays of {n_views} values)",
+            f"unpacking the geometry's per-view arrays ({n_packed} x {n_views} values)",
         )
         try:
             header["geometry"] = unpack_float_lists(geometry, n_views)

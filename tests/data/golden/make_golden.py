@@ -44,9 +44,13 @@ def golden_scans() -> dict[str, ctpress.Scan]:
         detector_shape="cylindrical",
     )
     metadata = {"units": "counts", "i0": 1e5, "note": "golden é"}
-    cone = ctpress.Scan(proj, geometry, metadata, {"dark": np.full((1, rows, cols), 100, np.uint16)})
+    cone = ctpress.Scan(
+        proj, geometry, metadata, {"dark": np.full((1, rows, cols), 100, np.uint16)}
+    )
     sino = (values[:, 7:8, :] / 4096).astype(np.float32)  # (6, 1, 64) line-integral-like
-    sinogram = ctpress.Scan(sino, ctpress.Geometry(kind="parallel", angles_rad=tuple(np.arange(n) * 0.5)))
+    sinogram = ctpress.Scan(
+        sino, ctpress.Geometry(kind="parallel", angles_rad=tuple(np.arange(n) * 0.5))
+    )
     return {"u16": cone, "f32": sinogram}
 
 

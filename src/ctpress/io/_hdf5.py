@@ -49,7 +49,10 @@ def _find_dataset(f: h5py.File, path: Path) -> str:
         if len(names) == 1:
             return names[0]
         if len(names) > 1:
-            raise InputError(f"{path}: several candidate datasets {names}; pass one as dataset")
+            raise InputError(
+                f"{path}: several candidate datasets {names}; pass one with --dataset "
+                "(dataset= in Python)"
+            )
     raise FormatError(f"{path}: no 2-D or 3-D dataset found; check the file")
 
 

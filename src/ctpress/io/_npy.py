@@ -55,7 +55,10 @@ def read_npz(path: Path, dataset: str | None) -> Scan:
     names = [k for k in entries if not k.startswith("aux_")]
     name = dataset or ("projections" if "projections" in names or len(names) != 1 else names[0])
     if name not in entries:
-        raise InputError(f"{path}: no array {name!r}; pass one of {sorted(entries)} as dataset")
+        raise InputError(
+            f"{path}: no array {name!r}; pass one of {sorted(entries)} with --dataset "
+            "(dataset= in Python)"
+        )
     return _header.build(entries[name], None if header is None else str(header), aux, path)
 
 

@@ -64,7 +64,10 @@ def _read_zarr(path: Path, dataset: str | None) -> Scan:
     names = [k for k in arrays if not k.startswith("aux_")]
     name = dataset or ("projections" if "projections" in names or len(names) != 1 else names[0])
     if name not in arrays:
-        raise InputError(f"{path}: no array {name!r}; pass one of {sorted(arrays)} as dataset")
+        raise InputError(
+            f"{path}: no array {name!r}; pass one of {sorted(arrays)} with --dataset "
+            "(dataset= in Python)"
+        )
     try:
         proj = np.asarray(arrays[name][...])
         aux = {k[4:]: np.asarray(v[...]) for k, v in arrays.items() if k.startswith("aux_")}

@@ -193,3 +193,23 @@ def test_simulate_helical_dicom_ctpd_and_reconstruct(tmp_path: Path) -> None:
     out = tmp_path / "h.npy"
     assert run("-q", "recon", str(series), str(out), "--size", "32") == 0
     assert np.load(out).ndim == 3
+
+
+def test_max_output_bytes_caps_decompress_info_and_verify(
+    npy_file: Path, tmp_path: Path, capsys
+) -> None:
+    ctpz, out = tmp_path / "x.ctpz", tmp_path / "y.npy"
+    assert run("-q", "compress", str(npy_file), str(ctpz)) == 0
+    size = np.load(npy_file).nbytes
+    capsys.readouterr()
+    assert run("-q", "decompress", str(ctpz), str(out), "--max-output-bytes", "1K") == 2
+    err = capsys.readouterr().err
+    assert "max_output_bytes" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+    assert run("-q", "decompress", str(ctpz), str(out), "--max-output-bytes", str(size)) == 0
+    for command in ("info", "verify"):
+        assert run(command, str(ctpz), "--max-output-bytes", "1M") == 0
+    with pytest.raises(SystemExit) as exc:
+        run("verify", str(ctpz), "--max-output-bytes", "lots")
+    assert exc.value.code == 2
+    assert "must be a size like 64G" in capsys.readouterr().err

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import re
 import signal
 import sys
 import threading
@@ -58,6 +59,34 @@ def _at_least_one(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+_BYTE_SIZE = re.compile(r"\s*([0-9.eE+]+)\s*([KMGT]?)(?:i?B)?\s*", re.IGNORECASE)
+
+
+def _byte_count(text: str) -> int:
+    """argparse type of a memory size: bytes, or with a K/M/G/T suffix (binary units)."""
+    match = _BYTE_SIZE.fullmatch(text)
+    try:
+        value = float(match[1]) * 1024 ** " KMGT".index(match[2].upper() or " ")  # type: ignore[index]
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"must be a size like 64G or 1000000, got {text!r}"
+        ) from None
+    if not value >= 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 byte, got {text!r}")
+    return int(value)
+
+
+def _add_max_output(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--max-output-bytes",
+        type=_byte_count,
+        default=api.DEFAULT_MAX_OUTPUT_BYTES,
+        metavar="SIZE",
+        help="most memory one decode may take, e.g. 64G (default 32G): a crafted file that "
+        "claims more is refused before anything is allocated",
+    )
 
 
 def _add_force(p: argparse.ArgumentParser, what: str) -> None:
@@ -119,10 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--views", metavar="START:STOP", help="decode only this view range")
     p.add_argument("--format", help="output format, overriding the extension")
     _add_force(p, "output (a directory only if ctpress wrote it)")
+    _add_max_output(p)
 
     p = sub.add_parser("info", help="show the header of a .ctpz file and verify checksums")
     p.add_argument("input", help="a .ctpz file")
     p.add_argument("--json", action="store_true", help="print the raw JSON header")
+    _add_max_output(p)
 
     p = sub.add_parser("verify", help="check a .ctpz file for damage (writes nothing)")
     p.add_argument("input", help="a .ctpz file")
@@ -131,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also decode every chunk and compare it with the digest stored when it was written",
     )
+    _add_max_output(p)
 
     sub.add_parser("codecs", help="list codecs and the rate controls they support")
 
@@ -284,13 +316,14 @@ def _cmd_decompress(args: argparse.Namespace) -> None:
         views=_parse_views(args.views),
         output_format=args.format,
         overwrite=args.force,
+        max_output_bytes=args.max_output_bytes,
     )
     if not args.quiet:
         print(f"{args.output}: {scan.user_array().shape} {scan.dtype}")
 
 
 def _cmd_info(args: argparse.Namespace) -> None:
-    with api.open(args.input) as f:
+    with api.open(args.input, max_output_bytes=args.max_output_bytes) as f:
         f.verify()
         if args.json:
             print(json.dumps(f.header, indent=2))
@@ -316,7 +349,7 @@ def _cmd_info(args: argparse.Namespace) -> None:
 
 
 def _cmd_verify(args: argparse.Namespace) -> None:
-    with api.open(args.input) as f:
+    with api.open(args.input, max_output_bytes=args.max_output_bytes) as f:
         summary = f.verify(decode=args.decode)
     print(f"{args.input}: OK ({summary})")
 

@@ -213,3 +213,11 @@ def test_max_output_bytes_caps_decompress_info_and_verify(
         run("verify", str(ctpz), "--max-output-bytes", "lots")
     assert exc.value.code == 2
     assert "must be a size like 64G" in capsys.readouterr().err
+
+
+def test_train_refuses_an_existing_weights_file_before_training(tmp_path: Path, capsys) -> None:
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"the user's file")
+    assert run("-q", "train", "vqvae", "--out", str(weights), "--steps", "1") == 2
+    assert "pass --force" in capsys.readouterr().err
+    assert weights.read_bytes() == b"the user's file"

@@ -242,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     length.add_argument("--steps", type=int, help="number of optimiser steps (reproducible)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", type=Path, help="cache of simulated noise-free projections")
+    _add_force(p, "weights file at --out")
     for subparser in sub.choices.values():  # -q also after the command name
         subparser.add_argument(
             "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=quiet_help
@@ -527,6 +528,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     data = args.data or [
         default_data_dir() or Path(__file__).parent / "data" / "default_volume.npz"
     ]
+    check_output(args.out, overwrite=args.force, inputs=data)  # before any training
     train(
         args.method, args.rate_point, data, args.out, steps=args.steps, minutes=args.minutes,
         seed=args.seed, cache=args.cache, command=main_command(), log=not args.quiet,

@@ -27,11 +27,13 @@ lossless coding, and bpp/PSNR targets are met by searching the knob.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import struct
 import zlib
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -53,6 +55,9 @@ _CPC2_EXTRA = 8  # flag bit: a JSON object of further keys follows
 _CPC2_FIXED = struct.Struct("<4sBBBBB")  # magic, dtype, work dtype, transform, flags, ndim
 _BPP_TOLERANCE = 0.10  # relative; --bpp must land within 10 %
 _SEARCH_STEPS = 18
+#: Largest decoded chunk (bytes of its output or work array) a chunk header may declare:
+#: anything larger is a damaged header, refused before a decoder allocates it.
+MAX_CHUNK_BYTES = 1 << 36
 
 
 @dataclass(frozen=True)
@@ -344,18 +349,27 @@ class Codec(ABC):
     ) -> np.ndarray:
         """Decode bytes from :meth:`encode` to an array of the original dtype and shape."""
         enc, shape, dtype = self._read_chunk(buf)
+        if out is not None and (out.shape != shape or not np.can_cast(dtype, out.dtype)):
+            raise InputError(f"out must be a {dtype} array of shape {shape}, got {out.shape}")
         shape3 = shape if len(shape) == 3 else (1, *shape)
-        try:
+        with self._stream_errors():
             result = self._decode_parts(enc, np.empty(0, dtype), shape3)
-        except (CorruptFileError, RateControlError):
-            raise
-        except Exception as exc:  # a damaged inner stream fails inside a C library
-            raise CorruptFileError(f"{self.codec_id} stream could not be decoded: {exc}") from None
         result = result.reshape(shape)
         if out is not None:
             out[...] = result
             return out
         return result
+
+    @contextlib.contextmanager
+    def _stream_errors(self) -> Iterator[None]:
+        """Any error of decoding a stream (a damaged stream fails inside a C library) as
+        CorruptFileError."""
+        try:
+            yield
+        except (CorruptFileError, RateControlError):
+            raise
+        except Exception as exc:
+            raise CorruptFileError(f"{self.codec_id} stream could not be decoded: {exc}") from None
 
     def decode_views(
         self, buf: bytes | bytearray | memoryview, start: int, stop: int
@@ -382,12 +396,7 @@ class Codec(ABC):
         data = bytes(buf)
         if data[:4] not in (_CHUNK_MAGIC, _CHUNK_MAGIC_2):
             raise CorruptFileError("not a ctpress chunk (bad magic)")
-        try:
-            header, offset = _parse_chunk_header(data)
-            shape = tuple(int(s) for s in header["shape"])
-            dtype = np.dtype(header["dtype"])
-        except (ValueError, KeyError, TypeError, IndexError, struct.error) as exc:
-            raise CorruptFileError(f"damaged chunk header: {exc}") from None
+        header, offset, shape, dtype = _checked_chunk_header(data)
         enc = _Encoded(data[offset:], header)
         if len(enc.stream) != header.get("n") or zlib.crc32(enc.stream) != header.get("crc"):
             raise CorruptFileError(f"{self.codec_id} chunk is truncated or damaged (checksum)")
@@ -411,14 +420,16 @@ def _to_output(work: np.ndarray, info: dict[str, Any], dtype: np.dtype) -> np.nd
     t = info.get("t", "none")
     if t == "none" and work.dtype == dtype:
         return work
-    values = work.astype(np.float64)
+    values = work.astype(np.float64)  # a copy: everything below works in place on it
     if t in ("quant", "affine"):
-        values = values * float(info["q"]) + float(info["o"])
+        np.multiply(values, float(info["q"]), out=values)
+        np.add(values, float(info["o"]), out=values)
     if "lo" in info:
         np.clip(values, info["lo"], info["hi"], out=values)
     if dtype.kind in "ui":
         info_lim = np.iinfo(dtype)
-        values = np.clip(np.rint(values), info_lim.min, info_lim.max)
+        np.rint(values, out=values)
+        np.clip(values, info_lim.min, info_lim.max, out=values)
     return values.astype(dtype)
 
 
@@ -540,14 +551,80 @@ def read_chunk_header(buf: bytes | bytearray | memoryview) -> tuple[tuple[int, .
     CorruptFileError
         If the bytes do not start with a readable chunk header.
     """
-    data = bytes(buf[:65536])
-    try:
-        header, _ = _parse_chunk_header(data)
-        shape = tuple(int(s) for s in header["shape"])
-        dtype = np.dtype(header["dtype"])
-    except (ValueError, KeyError, TypeError, IndexError, struct.error) as exc:
-        raise CorruptFileError(f"damaged chunk header: {exc}") from None
+    _, _, shape, dtype = _checked_chunk_header(bytes(buf[:65536]))
     return shape, dtype
+
+
+def _checked_chunk_header(data: bytes) -> tuple[dict[str, Any], int, tuple[int, ...], np.dtype]:
+    """``(header, stream offset, shape, dtype)`` of the chunk header at the start of
+    ``data``, every field a decoder uses checked (CorruptFileError otherwise): a 2-D or
+    3-D shape of at most :data:`MAX_CHUNK_BYTES`, numeric dtypes, a known transform with
+    finite parameters."""
+    try:
+        header, offset = _parse_chunk_header(data)
+        shape = tuple(_count(s) for s in header["shape"])
+        dtype, work = _numeric_dtype(header["dtype"]), _numeric_dtype(header["w"])
+        transform = header.get("t", "none")
+        if transform not in _CPC2_TRANSFORMS:
+            raise ValueError(f"unknown transform {transform!r}")
+        if transform != "none" and not (
+            _finite(header["o"]) and _finite(header["q"]) and header["q"] > 0
+        ):
+            raise ValueError("bad transform parameters")
+        if "lo" in header and not (
+            _finite(header["lo"]) and _finite(header["hi"]) and header["lo"] <= header["hi"]
+        ):
+            raise ValueError("bad value range")
+    except (ValueError, KeyError, TypeError, IndexError, OverflowError, RecursionError,
+            struct.error) as exc:  # fmt: skip
+        raise CorruptFileError(f"damaged chunk header: {exc}") from None
+    if len(shape) not in (2, 3) or min(shape) < 1:
+        raise CorruptFileError(f"damaged chunk header: shape {shape} is not 2-D or 3-D")
+    if math.prod(shape) * max(dtype.itemsize, work.itemsize) > MAX_CHUNK_BYTES:
+        raise CorruptFileError(
+            f"chunk header declares {shape} {dtype} values, more than {MAX_CHUNK_BYTES >> 30} "
+            "GiB (the file is damaged)"
+        )
+    return header, offset, shape, dtype
+
+
+def _count(value: Any) -> int:
+    if type(value) is not int:  # JSON (CPC1) may hold anything
+        raise ValueError(f"bad dimension {value!r}")
+    return value
+
+
+def _numeric_dtype(name: Any) -> np.dtype:
+    if not isinstance(name, str):
+        raise ValueError(f"bad dtype {name!r}")
+    dtype = np.dtype(name)
+    if dtype.kind not in "uif" or dtype.itemsize > 8:
+        raise ValueError(f"unsupported dtype {name!r}")
+    return dtype
+
+
+def _finite(value: Any) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+def declared_bytes(shape: tuple[int, ...], dtype: str | np.dtype) -> int:
+    """Bytes of an array of ``shape`` and ``dtype``: what a chunk header declares a decoder
+    will produce, the unit of every decoder's memory bound."""
+    return math.prod(shape) * np.dtype(dtype).itemsize
+
+
+def check_declared(what: str, found: Any, declared: Any) -> None:
+    """Refuse (CorruptFileError) a stream whose own header disagrees with its chunk
+    header: ``found`` is read from the stream before anything is decoded or allocated,
+    ``declared`` comes from the chunk header (tuples are shapes, shown as ``AxBxC``)."""
+    if found != declared:
+        raise CorruptFileError(
+            f"{what} is {_shown(found)}, but the chunk header declares {_shown(declared)}"
+        )
+
+
+def _shown(value: Any) -> str:
+    return "x".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
 
 
 def chunk_header_bound(shape: tuple[int, ...], dtype: np.dtype, stream_bytes: int) -> int:

@@ -6,9 +6,12 @@ import blosc2
 import numpy as np
 import zstandard
 
+from ..errors import CorruptFileError
 from ..scan import SUPPORTED_DTYPES
-from .base import Codec
+from .base import Codec, check_declared
 from .registry import register_codec
+
+_BLOSC_MIN_HEADER = 16  # bytes of a Blosc chunk header (Blosc2's extended one: 32)
 
 
 class _ByteCodec(Codec):
@@ -30,10 +33,13 @@ class _ByteCodec(Codec):
         return {"level": self.level}
 
     def _decode_stream(self, stream: bytes, shape: tuple[int, ...], work_dtype: str) -> np.ndarray:
-        raw = self._decompress_bytes(stream)
-        return np.frombuffer(raw, dtype=work_dtype).reshape(shape).copy()
+        out = np.empty(shape, dtype=np.dtype(work_dtype).newbyteorder("<"))
+        self._decompress_into(stream, out)
+        return out.astype(work_dtype, copy=False)
 
-    def _decompress_bytes(self, stream: bytes) -> bytes:
+    def _decompress_into(self, stream: bytes, out: np.ndarray) -> None:
+        """Decompress ``stream`` into ``out`` after checking that the stream's own header
+        declares exactly ``out.nbytes`` bytes (nothing larger is ever allocated)."""
         raise NotImplementedError
 
 
@@ -48,8 +54,13 @@ class Zstd(_ByteCodec):
         data = np.ascontiguousarray(work, dtype=work.dtype.newbyteorder("<")).tobytes()
         return zstandard.ZstdCompressor(level=self.level).compress(data)
 
-    def _decompress_bytes(self, stream: bytes) -> bytes:
-        return zstandard.ZstdDecompressor().decompress(stream)
+    def _decompress_into(self, stream: bytes, out: np.ndarray) -> None:
+        size = zstandard.frame_content_size(stream)  # -1: not recorded (ctpress records it)
+        check_declared("zstd frame content size", size, out.nbytes)
+        raw = zstandard.ZstdDecompressor().decompress(
+            stream, max_output_size=out.nbytes, allow_extra_data=False
+        )
+        out.reshape(-1).view(np.uint8)[:] = np.frombuffer(raw, dtype=np.uint8)
 
 
 @register_codec
@@ -81,5 +92,10 @@ class Blosc2(_ByteCodec):
             )
         )
 
-    def _decompress_bytes(self, stream: bytes) -> bytes:
-        return bytes(blosc2.decompress2(stream))
+    def _decompress_into(self, stream: bytes, out: np.ndarray) -> None:
+        if len(stream) < _BLOSC_MIN_HEADER:
+            raise CorruptFileError("blosc2 stream is shorter than its header")
+        size, stored, _ = blosc2.get_cbuffer_sizes(stream)
+        check_declared("blosc2 chunk size", size, out.nbytes)
+        check_declared("blosc2 compressed size", stored, len(stream))
+        blosc2.decompress2(stream, dst=out)

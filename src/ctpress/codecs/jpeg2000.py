@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import imagecodecs
 import numpy as np
 
@@ -39,6 +41,9 @@ class Jpeg2000(ImageCodec):
     def _decode_image(self, data: bytes) -> np.ndarray:
         return np.asarray(imagecodecs.jpeg2k_decode(data))
 
+    def _image_size(self, data: bytes) -> tuple[int, int]:
+        return j2k_size(data)
+
 
 @register_codec
 class HtJ2k(ImageCodec):
@@ -49,6 +54,8 @@ class HtJ2k(ImageCodec):
     description = "High-Throughput JPEG 2000 (OpenJPH): lossless and lossy"
     exact_dtypes = ("uint8", "uint16")
     has_native_lossy = True
+    #: OpenJPH crashes (SIGSEGV) on some damaged code blocks: decode in the worker process.
+    isolated = True
 
     def _knob(self, work: np.ndarray) -> Knob:
         return Knob(lo=1e-6, hi=0.5)
@@ -60,3 +67,47 @@ class HtJ2k(ImageCodec):
 
     def _decode_image(self, data: bytes) -> np.ndarray:
         return np.asarray(imagecodecs.htj2k_decode(data))
+
+    def _image_size(self, data: bytes) -> tuple[int, int]:
+        return j2k_size(data)
+
+
+_SOC_SIZ = b"\xff\x4f\xff\x51"  # start of codestream, then the image and tile size marker
+_JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
+# Lsiz, Rsiz, Xsiz, Ysiz, XOsiz, YOsiz, XTsiz, YTsiz, XTOsiz, YTOsiz, Csiz, Ssiz, XRsiz, YRsiz
+_SIZ = struct.Struct(">HHIIIIIIIIHBBB")
+
+
+def j2k_size(data: bytes) -> tuple[int, int]:
+    """(rows, cols) of a JPEG 2000 image (a bare codestream or a JP2 file) from its SIZ
+    marker segment.  ValueError unless it is what ctpress writes: one unsigned component
+    of at most 16 bits, no image or tile offset, one tile (OpenJPH loops for ever on an
+    image offset beyond the image; a tiny tile size makes OpenJPEG allocate per tile)."""
+    codestream = _jp2_codestream(data) if data.startswith(_JP2_SIGNATURE) else data
+    if not codestream.startswith(_SOC_SIZ):
+        raise ValueError("not a JPEG 2000 codestream")
+    (_, _, width, height, x0, y0, tile_w, tile_h, tile_x0, tile_y0, components, depth, dx,
+     dy) = _SIZ.unpack_from(codestream, len(_SOC_SIZ))  # fmt: skip
+    if components != 1 or depth > 15 or (dx, dy) != (1, 1):  # depth: bits - 1, bit 7 signed
+        raise ValueError("JPEG 2000 image is not one unsigned component of at most 16 bits")
+    if (x0, y0, tile_x0, tile_y0) != (0, 0, 0, 0) or tile_w < width or tile_h < height:
+        raise ValueError("JPEG 2000 image has offsets or more than one tile")
+    return height, width
+
+
+def _jp2_codestream(data: bytes) -> bytes:
+    """The contiguous codestream box (``jp2c``) of a JP2 file."""
+    pos = 0
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        header = 8
+        if length == 1:
+            (length,), header = struct.unpack_from(">Q", data, pos + 8), 16
+        elif length == 0:
+            length = len(data) - pos
+        if length < header:
+            break
+        if kind == b"jp2c":
+            return data[pos + header : pos + length]
+        pos += length
+    raise ValueError("JP2 file has no codestream box")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import imagecodecs
 import numpy as np
 
@@ -18,6 +20,9 @@ class JpegXl(ImageCodec):
     codec_id = "jpegxl"
     description = "JPEG XL (libjxl) lossless; lossy via explicit quantisation"
     exact_dtypes = ("uint8", "uint16")
+    #: The size header is checked, but a frame may still declare thousands of extra
+    #: channels or animation frames of that size: decode in the worker process.
+    isolated = True
 
     def __init__(
         self,
@@ -37,3 +42,61 @@ class JpegXl(ImageCodec):
 
     def _decode_image(self, data: bytes) -> np.ndarray:
         return np.asarray(imagecodecs.jpegxl_decode(data))
+
+    def _image_size(self, data: bytes) -> tuple[int, int]:
+        return jpegxl_size(data)
+
+
+_CODESTREAM = b"\xff\x0a"
+_CONTAINER = b"\x00\x00\x00\x0cJXL \r\n\x87\n"
+#: Widths of JPEG XL's U32(1 + u(9), 1 + u(13), 1 + u(18), 1 + u(30)) image sizes.
+_SIZE_BITS = (9, 13, 18, 30)
+#: Width / height of JPEG XL's size ratio codes 1..7.
+_RATIOS = ((1, 1), (12, 10), (4, 3), (3, 2), (16, 9), (5, 4), (2, 1))
+
+
+def jpegxl_size(data: bytes) -> tuple[int, int]:
+    """(rows, cols) of a JPEG XL image (a bare codestream or the ISO BMFF container) from
+    the codestream's SizeHeader (ISO 18181-1, A.2)."""
+    codestream = _jxl_codestream(data) if data.startswith(_CONTAINER) else data
+    if not codestream.startswith(_CODESTREAM):
+        raise ValueError("not a JPEG XL codestream")
+    bits = int.from_bytes(codestream[2:12], "little")  # the header needs at most 68 bits
+    pos = 0
+
+    def read(n: int) -> int:
+        nonlocal pos
+        value = (bits >> pos) & ((1 << n) - 1)
+        pos += n
+        return value
+
+    def size(small: bool) -> int:
+        return 8 * (read(5) + 1) if small else 1 + read(_SIZE_BITS[read(2)])
+
+    small = bool(read(1))
+    rows = size(small)
+    ratio = read(3)
+    if ratio == 0:
+        return rows, size(small)
+    num, den = _RATIOS[ratio - 1]
+    return rows, rows * num // den
+
+
+def _jxl_codestream(data: bytes) -> bytes:
+    """The start of the codestream in a JPEG XL container (``jxlc`` or first ``jxlp`` box)."""
+    pos = 0
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        header = 8
+        if length == 1:
+            (length,), header = struct.unpack_from(">Q", data, pos + 8), 16
+        elif length == 0:
+            length = len(data) - pos
+        if length < header:
+            break
+        if kind == b"jxlc":
+            return data[pos + header : pos + length]
+        if kind == b"jxlp":
+            return data[pos + header + 4 : pos + length]  # after the part's index
+        pos += length
+    raise ValueError("JPEG XL container has no codestream box")

@@ -21,6 +21,7 @@ the coded weights, the residual stream.
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -46,6 +47,15 @@ _FLAG_RESIDUAL = 2
 _FLAG_META_INIT = 4
 #: Hidden widths the rate control picks from.
 WIDTHS = (8, 12, 16, 20, 24, 32, 40, 48, 64, 96, 128)
+#: Largest architecture fields the encoder accepts (its settings) and the decoder reads
+#: (its streams): beyond them a stream is damaged, refused before anything is built.
+MAX_WIDTH = 1024
+MAX_DEPTH = 16
+MAX_SEGMENTS = 65535  # a u16 in the stream
+MAX_FREQUENCIES = 16
+MAX_OMEGA0 = 1e4
+#: Weights of all segments of a chunk: at most one per value of the chunk, or this many.
+MIN_WEIGHT_CAP = 1 << 18
 #: Largest parameter count of one SIREN before the rate control adds segments instead
 #: (keeps decoding fast: each value costs about this many multiply-adds).
 MAX_SEGMENT_PARAMS = 2400
@@ -65,6 +75,12 @@ _MAX_NETWORK_BPP = 0.06
 _MIN_NETWORK_BITS = 8000.0
 #: Default network size of the residual modes (bits per value of the weights).
 _RESIDUAL_MODE_BPP = 0.02
+
+
+def max_weights(n_values: int) -> int:
+    """Most weights (all segments) the networks of a chunk of ``n_values`` values may
+    have: the decoder holds about 100 bytes per weight while decoding them."""
+    return max(n_values, MIN_WEIGHT_CAP)
 
 
 @dataclass
@@ -217,19 +233,45 @@ def _to_data(grid: np.ndarray, offset: float, scale: float, integer: bool) -> np
     return np.clip(recon, offset, offset + scale)
 
 
-def _parse(stream: bytes) -> tuple[tuple[Any, ...], SirenArch, np.ndarray]:
+def _parse(
+    stream: bytes, shape: tuple[int, int, int]
+) -> tuple[tuple[Any, ...], SirenArch, np.ndarray]:
+    """Side information, architecture and per-segment checks of a stream, every field
+    checked against the encoder's limits and the chunk's ``shape`` (n, rows, cols)."""
     if len(stream) < _SIDE.size:
         raise CorruptFileError("siren stream is truncated")
     side = _SIDE.unpack_from(stream)
-    magic, version, _, segments, width, depth, encoding, frequencies, omega0 = side[:9]
+    (magic, version, flags, segments, width, depth, encoding, frequencies, omega0, offset,
+     scale, step) = side[:12]  # fmt: skip
     if magic != _MAGIC or version != _VERSION:
         raise CorruptFileError(f"not a version-{_VERSION} siren stream")
-    if segments < 1 or encoding >= len(ENCODINGS):
-        raise CorruptFileError("siren stream has an invalid architecture")
-    try:
-        arch = SirenArch(width, depth, float(omega0), ENCODINGS[encoding], frequencies)
-    except ValueError as exc:
-        raise CorruptFileError(f"siren stream has an invalid architecture: {exc}") from None
+    if flags & ~(_FLAG_INTEGER | _FLAG_RESIDUAL | _FLAG_META_INIT):
+        raise CorruptFileError(f"siren stream has unknown flags {flags:#04x}")
+    if not (
+        1 <= width <= MAX_WIDTH
+        and 1 <= depth <= MAX_DEPTH
+        and encoding < len(ENCODINGS)
+        and frequencies <= MAX_FREQUENCIES
+        and 0 < omega0 < MAX_OMEGA0
+    ):
+        raise CorruptFileError(
+            f"siren stream has an invalid architecture (width {width}, depth {depth}, "
+            f"encoding {encoding}, frequencies {frequencies}, omega0 {omega0:g})"
+        )
+    arch = SirenArch(width, depth, float(omega0), ENCODINGS[encoding], frequencies)
+    n_views = shape[0]
+    if not 1 <= segments <= n_views:
+        raise CorruptFileError(f"siren stream has {segments} segments for {n_views} views")
+    cap = max_weights(math.prod(shape))
+    if segments * arch.n_params > cap:
+        raise CorruptFileError(
+            f"siren stream has {segments} x {arch.n_params} weights, more than a chunk of "
+            f"{math.prod(shape)} values may have ({cap})"
+        )
+    if not (math.isfinite(offset) and math.isfinite(scale) and scale > 0):
+        raise CorruptFileError("siren stream has an invalid value range")
+    if not math.isfinite(step) or (flags & _FLAG_RESIDUAL and not step > 0):
+        raise CorruptFileError("siren stream has an invalid residual step")
     end = _SIDE.size + 4 * segments
     if len(stream) < end:
         raise CorruptFileError("siren stream is truncated")
@@ -244,9 +286,9 @@ def decode_siren(stream: bytes, shape: tuple[int, ...], start: int = 0, stop: in
     Only the segments overlapping ``start:stop`` are evaluated, and only at those views;
     a segment evaluated completely is checked against the encoder's CRC-32 (a partly
     evaluated one cannot be)."""
-    side, arch, checks = _parse(stream)
-    (_, _, flags, segments, *_, offset, scale, step, n_weights, sha8) = side
     n, rows, cols = shape
+    side, arch, checks = _parse(stream, (n, rows, cols))
+    (_, _, flags, segments, *_, offset, scale, step, n_weights, sha8) = side
     stop = n if stop is None else stop
     init: list[torch.Tensor]
     if flags & _FLAG_META_INIT:
@@ -360,9 +402,10 @@ class Siren(Codec):
         seed: int = 0,
     ) -> None:
         super().__init__(mode, value, data_range)
-        for name, v, lo, hi in (("width", width, 1, 1024), ("depth", depth, 1, 16),
-                                ("segments", segments, 1, 65535), ("steps", steps, 1, 10**7),
-                                ("frequencies", frequencies, 0, 16)):  # fmt: skip
+        for name, v, lo, hi in (("width", width, 1, MAX_WIDTH), ("depth", depth, 1, MAX_DEPTH),
+                                ("segments", segments, 1, MAX_SEGMENTS),
+                                ("steps", steps, 1, 10**7),
+                                ("frequencies", frequencies, 0, MAX_FREQUENCIES)):  # fmt: skip
             if v is not None and (
                 not isinstance(v, int | float) or int(v) != v or not lo <= v <= hi
             ):
@@ -377,7 +420,7 @@ class Siren(Codec):
                 raise InputError(f"{name} must be a number, got {f!r}")
         if encoding not in ENCODINGS:
             raise InputError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
-        if not (0 < omega0 < 1e4) or float(np.float32(omega0)) != float(omega0):
+        if not (0 < omega0 < MAX_OMEGA0) or float(np.float32(omega0)) != float(omega0):
             raise InputError(f"omega0 must be a positive float32 value, got {omega0!r}")
         if time_budget is not None and not time_budget > 0:
             raise InputError(f"time_budget must be > 0 seconds, got {time_budget!r}")
@@ -415,6 +458,12 @@ class Siren(Codec):
             arch = base
         if self.segments is not None:
             segments = min(self.segments, x.shape[0])
+        if segments * arch.n_params > max_weights(x.size):
+            raise InputError(
+                f"siren networks of {segments} x {arch.n_params} weights are too large for a "
+                f"chunk of {x.size} values (at most {max_weights(x.size)} weights); choose a "
+                "smaller width, depth or number of segments"
+            )
         return arch, segments
 
     # ---------------------------------------------------------------- decoding
@@ -429,8 +478,9 @@ class Siren(Codec):
         shape3 = shape if len(shape) == 3 else (1, *shape)
         if not 0 <= start < stop <= shape3[0]:
             raise InputError(f"view range {start}:{stop} is outside the chunk's 0:{shape3[0]}")
-        values = decode_siren(enc.stream, shape3, start, stop)
-        return _to_output(values, enc.info, dtype)
+        with self._stream_errors():
+            values = decode_siren(enc.stream, shape3, start, stop)
+            return _to_output(values, enc.info, dtype)
 
     # ---------------------------------------------------------------- encoding
     def _residual_fit(self, session: _Session) -> tuple[_Fit, float]:

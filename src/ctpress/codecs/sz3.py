@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pysz
 
 from ._float import ErrorBoundedCodec
+from ._isolate import decode_isolated
 from .registry import register_codec
 
 
@@ -28,6 +31,14 @@ class Sz3(ErrorBoundedCodec):
         return compressed.tobytes()
 
     def _decode_stream(self, stream: bytes, shape: tuple[int, ...], work_dtype: str) -> np.ndarray:
-        data = np.frombuffer(stream, dtype=np.uint8).copy()
-        decoded, _ = pysz.sz.decompress(data, np.dtype(work_dtype), tuple(shape))
-        return np.asarray(decoded)
+        """Decoded in the worker process: pysz checks the value count stored in the stream
+        against ``shape`` before allocating, but SZ3's inner stages (Huffman tables, its
+        zstd stage) trust size fields deep inside the stream."""
+        decode = functools.partial(_decompress, shape=tuple(shape), work_dtype=work_dtype)
+        return decode_isolated(decode, stream, shape, work_dtype, self.codec_id)
+
+
+def _decompress(stream: bytes, shape: tuple[int, ...], work_dtype: str) -> np.ndarray:
+    data = np.frombuffer(stream, dtype=np.uint8).copy()
+    decoded, _ = pysz.sz.decompress(data, np.dtype(work_dtype), shape)
+    return np.asarray(decoded)

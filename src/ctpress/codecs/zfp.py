@@ -5,9 +5,16 @@ from __future__ import annotations
 import numpy as np
 import zfpy
 
+from ..errors import CorruptFileError
 from ._float import ErrorBoundedCodec
-from .base import Knob
+from ._isolate import decode_isolated
+from .base import Knob, check_declared
 from .registry import register_codec
+
+#: zfp's scalar type codes (its header's 2-bit type field plus 1) of the work dtypes.
+_ZFP_TYPES = {"int32": 1, "int64": 2, "float32": 3, "float64": 4}
+#: Bits per dimension in zfp's 52-bit field metadata, by number of dimensions.
+_ZFP_DIM_BITS = {1: 48, 2: 24, 3: 16, 4: 12}
 
 
 @register_codec
@@ -32,4 +39,27 @@ class Zfp(ErrorBoundedCodec):
         return bytes(zfpy.compress_numpy(work, tolerance=float(knob)))
 
     def _decode_stream(self, stream: bytes, shape: tuple[int, ...], work_dtype: str) -> np.ndarray:
-        return np.asarray(zfpy.decompress_numpy(stream)).reshape(shape)
+        """The zfp header's scalar type and dimensions are checked here; the stream is
+        decoded in the worker process, since zfp reads past the end of a truncated or
+        crafted stream (by up to a block's maximum bits per block)."""
+        ztype, dims = zfp_field(stream)
+        check_declared("zfp stream's scalar type", ztype, _ZFP_TYPES.get(work_dtype))
+        check_declared("zfp stream's shape", dims, tuple(shape))
+        return decode_isolated(_decompress, stream, shape, work_dtype, self.codec_id)
+
+
+def _decompress(stream: bytes) -> np.ndarray:
+    return np.asarray(zfpy.decompress_numpy(stream))
+
+
+def zfp_field(stream: bytes) -> tuple[int, tuple[int, ...]]:
+    """(scalar type code, shape in NumPy order) from a zfp stream's full header: magic
+    "zfp" and codec version (32 bits), then the 52-bit field metadata (bits 0-1: type - 1,
+    2-3: dimensions - 1, then each size - 1, x first), least significant bit first."""
+    if len(stream) < 12 or stream[:3] != b"zfp":
+        raise CorruptFileError("zfp stream has no zfp header")
+    meta = int.from_bytes(stream[4:11], "little") & ((1 << 52) - 1)
+    ztype, ndim = (meta & 3) + 1, ((meta >> 2) & 3) + 1
+    width = _ZFP_DIM_BITS[ndim]
+    sizes = [((meta >> (4 + width * k)) & ((1 << width) - 1)) + 1 for k in range(ndim)]
+    return ztype, tuple(reversed(sizes))

@@ -147,6 +147,12 @@ def decode_learned(
      recon_check, n_latent) = _SIDE.unpack_from(stream)  # fmt: skip
     if magic != _MAGIC or version not in (1, _VERSION):
         raise CorruptFileError(f"not a version-{_VERSION} learned stream")
+    if flags & ~(_FLAG_INTEGER | _FLAG_RESIDUAL):
+        raise CorruptFileError(f"{method} stream has unknown flags {flags:#04x}")
+    if not all(math.isfinite(v) for v in (gain, offset, scale, step)) or not scale > 0:
+        raise CorruptFileError(f"{method} stream has an invalid value range or step")
+    if flags & _FLAG_RESIDUAL and not step > 0:
+        raise CorruptFileError(f"{method} stream has an invalid residual step")
     if version == 1 and method not in _V1_METHODS:
         raise zoo.WeightsMismatchError(
             f"this {method} stream was written by an earlier ctpress (learned stream version 1)"
@@ -158,6 +164,8 @@ def decode_learned(
             f"file was made with {method} rate point {rate_point} weights {sha8.hex()}..., "
             f"this ctpress has {sha[:16]}...: install the ctpress version that wrote it"
         )
+    if not model.gain_range[0] <= gain <= model.gain_range[1]:
+        raise CorruptFileError(f"{method} stream has a quantisation gain {gain:g} out of range")
     if _SIDE.size + n_latent > len(stream):
         raise CorruptFileError(f"{method} stream is truncated")
     images = image_shape(tuple(shape))

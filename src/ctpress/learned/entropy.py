@@ -208,6 +208,8 @@ class TableCoder:
         end = 4 + 4 * n_words
         if end > len(data):
             raise CorruptFileError("entropy-coded block is truncated")
+        if rows.size and (rows.min() < 0 or rows.max() >= self.rows):
+            raise CorruptFileError("entropy table indexes are out of range")
         words = np.frombuffer(data, dtype="<u4", count=n_words, offset=4).astype(np.uint32)
         decoder = _constriction().stream.queue.RangeDecoder(words)
         order = self._row_order(rows)
@@ -217,7 +219,11 @@ class TableCoder:
         decoded = []
         for seg_rows in np.split(sorted_rows, bounds):
             if seg_rows.size:
-                decoded.append(decoder.decode(self._model(int(seg_rows[0])), seg_rows.size))
+                model = self._model(int(seg_rows[0]))
+                try:
+                    decoded.append(decoder.decode(model, seg_rows.size))
+                except AssertionError:  # constriction: the words are not a valid code
+                    raise CorruptFileError("entropy-coded block is damaged") from None
         if decoded:
             symbols[order] = np.concatenate(decoded)
         if self.escapes:

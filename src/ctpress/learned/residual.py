@@ -281,10 +281,15 @@ def decode_residual(data: bytes, shape: tuple[int, int, int]) -> np.ndarray:
     head, used = unpack_varints(index_part, 2)
     zz, n_hist = int(head[0]), int(head[1])
     dmin = -(zz >> 1) if zz & 1 else zz >> 1
+    # table index deltas lie in -(N_SCALES - 1) .. N_SCALES - 1, one per block
+    if not (1 <= n_hist <= 2 * N_SCALES - 1 and 1 - N_SCALES <= dmin <= N_SCALES - 1):
+        raise CorruptFileError("residual block table header is damaged")
     hist, used2 = unpack_varints(index_part[used:], n_hist)
+    ids, n_blocks = _block_ids(shape)
+    if sum(int(h) for h in hist) != n_blocks:
+        raise CorruptFileError("residual block table does not match the chunk's blocks")
     table = count_table(hist)
     index_coder = TableCoder(table, np.array([dmin]), np.array([table.size]), escapes=False)
-    ids, n_blocks = _block_ids(shape)
     delta = index_coder.decode(index_part[used + used2 :], np.zeros(n_blocks, np.int64))
     index = np.cumsum(delta)
     pos += n_index

@@ -1,0 +1,231 @@
+"""Decoding in a worker process, for C decoders that can crash the interpreter, loop or
+exhaust memory on crafted streams whose headers ctpress cannot fully validate.
+
+SPERR aborts the process (an uncaught C++ exception) on some damaged streams; SZ3 and ZFP
+trust size fields and offsets deep inside their streams (ZFP reads past the end of a
+truncated stream); libjxl allocates whatever extra channels a header declares.  Their
+decode functions run here in one worker process per parent, forked on first use (so it
+has every module the parent has) and kept for later chunks (a fork per chunk costs about
+30 ms; a request to the warm worker about 1 ms plus the copies).  In the worker each
+request may allocate at most :data:`MEMORY_FACTOR` times its declared output plus
+:data:`MEMORY_SLACK` (``RLIMIT_DATA``) and must finish within :func:`time_limit`; a
+worker that dies, overruns or runs out of memory is replaced, and the request fails with
+:class:`~ctpress.errors.CorruptFileError`.  Where ``fork`` does not exist (Windows), the
+function runs in this process.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import signal
+import threading
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+
+from ..errors import CorruptFileError, CtpressError
+
+try:
+    import resource
+except ImportError:  # Windows
+    resource = None  # type: ignore[assignment]
+
+#: A decode request may allocate this many times its declared output in the worker ...
+MEMORY_FACTOR = 8
+#: ... plus this (the decoder's own tables, thread stacks, the stream).
+MEMORY_SLACK = 512 << 20
+#: Seconds a request may take: this ...
+_TIME_BASE_S = 30.0
+#: ... plus this per MiB of declared output (decoders run at 50-500 MiB/s).
+_TIME_PER_MIB_S = 1.0
+
+DecodeFunction = Callable[[bytes], np.ndarray]
+
+
+def time_limit(nbytes: int) -> float:
+    """Seconds a decode of ``nbytes`` of declared output may take in the worker."""
+    return _TIME_BASE_S + _TIME_PER_MIB_S * nbytes / (1 << 20)
+
+
+def decode_isolated(
+    decode: DecodeFunction, stream: bytes, shape: tuple[int, ...], dtype: str, what: str
+) -> np.ndarray:
+    """``decode(stream)`` run in the worker process, checked to be an array of ``shape``
+    and ``dtype`` (the chunk header's declaration).
+
+    ``decode`` must be picklable (a module-level function or a ``functools.partial`` of
+    one).  CorruptFileError when it raises, crashes, overruns its time or memory, or
+    returns anything else than declared.
+    """
+    expected = np.dtype(dtype)
+    nbytes = math.prod(shape) * expected.itemsize
+    if not _can_fork():
+        return _checked(decode(stream), shape, expected, what)
+    with _LOCK:
+        worker = _Worker.get()
+        try:
+            outcome = worker.request(decode, stream, nbytes)
+        except _WorkerFailed as exc:
+            _Worker.discard()
+            raise CorruptFileError(f"{what} stream could not be decoded: {exc}") from None
+        except BaseException:  # e.g. KeyboardInterrupt mid-request: the pipe is out of step
+            _Worker.discard()
+            raise
+    status, payload = outcome
+    if status != "ok":
+        raise CorruptFileError(f"{what} stream could not be decoded: {payload}")
+    result_dtype, result_shape, data = payload
+    if np.dtype(result_dtype) != expected or math.prod(result_shape) != math.prod(shape):
+        raise CorruptFileError(
+            f"{what} stream decoded to {tuple(result_shape)} {np.dtype(result_dtype)}, but its "
+            f"chunk header declares {tuple(shape)} {expected}"
+        )
+    return np.frombuffer(data, dtype=expected).reshape(shape)
+
+
+def _checked(array: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, what: str) -> np.ndarray:
+    array = np.asarray(array)
+    if array.dtype != dtype or array.size != math.prod(shape):
+        raise CorruptFileError(
+            f"{what} stream decoded to {array.shape} {array.dtype}, but its chunk header "
+            f"declares {tuple(shape)} {dtype}"
+        )
+    return array.reshape(shape)
+
+
+def _can_fork() -> bool:
+    return resource is not None and "fork" in multiprocessing.get_all_start_methods()
+
+
+class _WorkerFailed(Exception):
+    """The worker died, overran its time, or its answer was not what was asked for."""
+
+
+_LOCK = threading.Lock()
+
+
+class _Worker:
+    """The worker process of this parent process and the parent's end of its pipe."""
+
+    _current: _Worker | None = None
+
+    def __init__(self) -> None:
+        context = multiprocessing.get_context("fork")
+        self.conn, child_conn = context.Pipe(duplex=True)
+        self.process = context.Process(
+            target=_serve, args=(child_conn, self.conn), name="ctpress-decoder", daemon=True
+        )
+        self.process.start()
+        child_conn.close()
+        self.pid = os.getpid()
+
+    @classmethod
+    def get(cls) -> _Worker:
+        """The live worker of this process (a fresh one after a failure or a fork)."""
+        worker = cls._current
+        if worker is None or worker.pid != os.getpid() or not worker.process.is_alive():
+            cls.discard()
+            worker = cls._current = cls()
+        return worker
+
+    @classmethod
+    def discard(cls) -> None:
+        """End the current worker (if any) and forget it."""
+        worker, cls._current = cls._current, None
+        if worker is not None and worker.pid == os.getpid():
+            worker.process.kill()
+            worker.process.join()
+            worker.conn.close()
+
+    def request(self, decode: DecodeFunction, stream: bytes, nbytes: int) -> tuple[str, Any]:
+        """Send one request; ``("ok", (dtype, shape, bytes))`` or ``("error", message)``."""
+        limit = time_limit(nbytes)
+        try:
+            self.conn.send((decode, nbytes, MEMORY_FACTOR * nbytes + MEMORY_SLACK + len(stream)))
+            self.conn.send_bytes(stream)
+            if not self.conn.poll(limit):
+                raise _WorkerFailed(f"the decoder did not finish within {limit:.0f} s")
+            status, info = self.conn.recv()
+            if status != "ok":
+                return status, info
+            if not self.conn.poll(limit):
+                raise _WorkerFailed("the decoder process stopped answering")
+            data = self.conn.recv_bytes(maxlength=max(nbytes, 1))
+        except (EOFError, OSError) as exc:
+            self.process.join(timeout=1.0)
+            raise _WorkerFailed(self._death(exc)) from None
+        return status, (*info, data)
+
+    def _death(self, exc: BaseException) -> str:
+        code = self.process.exitcode
+        if code is not None and code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            return f"the decoder crashed ({name})"
+        return "the decoder process ended unexpectedly"
+
+
+def _serve(conn: Connection, parent_end: Connection) -> None:
+    """Worker loop: decode requests until the parent's end of the pipe closes."""
+    parent_end.close()  # inherited by the fork: the worker must not keep it open itself
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    assert resource is not None
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    while True:
+        try:
+            decode, nbytes, memory = conn.recv()
+            stream = conn.recv_bytes()
+        except EOFError:
+            return
+        used = _data_bytes()
+        if used is not None:
+            resource.setrlimit(resource.RLIMIT_DATA, (_capped(used + memory, hard), hard))
+        try:
+            answer, array = _run(decode, stream, nbytes)
+        finally:
+            resource.setrlimit(resource.RLIMIT_DATA, (hard, hard))
+        conn.send(answer)
+        if array is not None:
+            conn.send_bytes(array.reshape(-1).view(np.uint8).data)
+        del array, stream
+
+
+def _run(
+    decode: DecodeFunction, stream: bytes, nbytes: int
+) -> tuple[tuple[str, Any], np.ndarray | None]:
+    """(answer, array to send) of one request in the worker."""
+    try:
+        array = np.ascontiguousarray(decode(stream))
+    except MemoryError:
+        return ("error", "the decoder needs more memory than allowed"), None
+    except CtpressError as exc:
+        return ("error", str(exc)), None
+    except Exception as exc:  # a damaged stream fails inside the C library
+        return ("error", f"{type(exc).__name__}: {exc}"), None
+    if array.nbytes != nbytes:
+        return ("error", f"decoded {array.nbytes} bytes, not {nbytes}"), None
+    return ("ok", (array.dtype.str, array.shape)), array
+
+
+def _capped(value: int, hard: int) -> int:
+    assert resource is not None
+    return value if hard == resource.RLIM_INFINITY else min(value, hard)
+
+
+def _data_bytes() -> int | None:
+    """This process's data segment size (``VmData``: what ``RLIMIT_DATA`` limits), None
+    where the system does not say (then no limit is set)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmData:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

@@ -28,14 +28,16 @@ lossless coding, and bpp/PSNR targets are met by searching the knob.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import math
+import numbers
 import struct
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeGuard
 
 import numpy as np
 
@@ -116,7 +118,7 @@ class Codec(ABC):
         value: float | None = None,
         data_range: float | None = None,
     ) -> None:
-        if mode not in RATE_MODES:
+        if not isinstance(mode, str) or mode not in RATE_MODES:
             raise InputError(f"unknown rate control {mode!r}; choose one of {RATE_MODES}")
         if mode not in self.rate_modes():
             raise InputError(
@@ -126,13 +128,13 @@ class Codec(ABC):
         if mode == "lossless":
             value = None
         else:
-            if value is None or not math.isfinite(float(value)):
-                raise InputError(f"rate control {mode!r} needs a finite value")
+            if not _is_number(value) or not math.isfinite(value):
+                raise InputError(f"rate control {mode!r} needs a finite value, got {value!r}")
             value = float(value)
             if mode in ("max_error", "bpp") and value <= 0:
                 raise InputError(f"{mode} must be > 0, got {value}")
-        if data_range is not None and not (float(data_range) > 0):
-            raise InputError(f"data_range must be > 0, got {data_range}")
+        if data_range is not None and not (_is_number(data_range) and data_range > 0):
+            raise InputError(f"data_range must be > 0, got {data_range!r}")
         self.mode = mode
         self.value = value
         self.data_range = None if data_range is None else float(data_range)
@@ -163,14 +165,28 @@ class Codec(ABC):
         config.update(self._options())
         return config
 
+    #: Integer settings that earlier ctpress versions accepted beyond today's range (the
+    #: library clamped them): :meth:`from_config` clamps them the same way, so files
+    #: written with them still open.
+    _clamped_settings: ClassVar[dict[str, tuple[int, int]]] = {}
+
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Codec:
-        """Build a codec from :meth:`get_config` output."""
+        """Build a codec from :meth:`get_config` output (InputError for anything else)."""
+        if not isinstance(config, dict):
+            raise InputError(f"codec {cls.codec_id!r} config must be an object, got {config!r}")
         kwargs = {k: v for k, v in config.items() if k != "id"}
-        try:
-            return cls(**kwargs)
-        except TypeError as exc:
-            raise InputError(f"bad config for codec {cls.codec_id!r}: {exc}") from None
+        settings = [k for k in inspect.signature(cls.__init__).parameters if k != "self"]
+        unknown = [k for k in kwargs if k not in settings]
+        if unknown:
+            raise InputError(
+                f"codec {cls.codec_id!r} has no setting {', '.join(map(repr, unknown))}; its "
+                f"settings are {', '.join(settings)}"
+            )
+        for name, (lo, hi) in cls._clamped_settings.items():
+            if type(kwargs.get(name)) is int:
+                kwargs[name] = min(max(kwargs[name], lo), hi)
+        return cls(**kwargs)
 
     def with_rate(self, mode: str, value: float | None, data_range: float | None) -> Codec:
         """Copy of this codec with another rate control (same options)."""
@@ -605,6 +621,39 @@ def _numeric_dtype(name: Any) -> np.dtype:
 
 def _finite(value: Any) -> bool:
     return type(value) in (int, float) and math.isfinite(value)
+
+
+def int_setting(codec_id: str, name: str, value: Any, lo: int, hi: int) -> int:
+    """A codec setting that must be an integer in ``lo..hi`` (integral floats pass, as
+    JSON may give them; bools do not): the int, or an InputError naming it."""
+    if not _is_number(value) or not float(value).is_integer() or not lo <= value <= hi:
+        raise InputError(
+            f"{codec_id} setting {name} must be an integer from {lo} to {hi}, got {value!r}"
+        )
+    return int(value)
+
+
+def number_setting(
+    codec_id: str, name: str, value: Any, lo: float, hi: float = math.inf, *, hi_open: bool = True
+) -> float:
+    """A codec setting that must be a number in ``(lo, hi)`` (``(lo, hi]`` when not
+    ``hi_open``): the float, or an InputError naming it."""
+    if not (_is_number(value) and lo < value and (value < hi if hi_open else value <= hi)):
+        span = f"> {lo:g}" if hi == math.inf else f"in ({lo:g}, {hi:g}{')' if hi_open else ']'}"
+        raise InputError(f"{codec_id} setting {name} must be a number {span}, got {value!r}")
+    return float(value)
+
+
+def _is_number(value: Any) -> TypeGuard[float]:
+    """Whether ``value`` is a real number (Python or NumPy, not a bool) that converts to
+    a float (inf and nan included)."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+        return False
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
 
 
 def declared_bytes(shape: tuple[int, ...], dtype: str | np.dtype) -> int:

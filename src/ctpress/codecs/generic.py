@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import blosc2
 import numpy as np
 import zstandard
 
 from ..errors import CorruptFileError
 from ..scan import SUPPORTED_DTYPES
-from .base import Codec, check_declared
+from .base import Codec, check_declared, int_setting
 from .registry import register_codec
 
 _BLOSC_MIN_HEADER = 16  # bytes of a Blosc chunk header (Blosc2's extended one: 32)
@@ -18,6 +20,8 @@ class _ByteCodec(Codec):
     """Lossless byte compressor of the raw array; lossy modes quantise first."""
 
     exact_dtypes = SUPPORTED_DTYPES
+    #: The compressor's compression levels (fastest, smallest).
+    levels: ClassVar[tuple[int, int]]
 
     def __init__(
         self,
@@ -27,7 +31,7 @@ class _ByteCodec(Codec):
         level: int = 9,
     ) -> None:
         super().__init__(mode, value, data_range)
-        self.level = int(level)
+        self.level = int_setting(self.codec_id, "level", level, *self.levels)
 
     def _options(self) -> dict[str, int]:
         return {"level": self.level}
@@ -49,6 +53,10 @@ class Zstd(_ByteCodec):
 
     codec_id = "zstd"
     description = "Zstandard on raw bytes (lossless); lossy via explicit quantisation"
+    #: Negative levels are zstd's fast modes; 0 is its default (3).
+    levels = (-131072, 22)
+    #: zstd clamped levels below its fastest.
+    _clamped_settings: ClassVar[dict[str, tuple[int, int]]] = {"level": levels}
 
     def _encode_exact(self, work: np.ndarray) -> bytes:
         data = np.ascontiguousarray(work, dtype=work.dtype.newbyteorder("<")).tobytes()
@@ -69,6 +77,9 @@ class Blosc2(_ByteCodec):
 
     codec_id = "blosc2"
     description = "Blosc2 bit-shuffle + zstd (lossless); lossy via explicit quantisation"
+    levels = (0, 9)
+    #: ctpress 0.1 compressed levels above 9 at 9.
+    _clamped_settings: ClassVar[dict[str, tuple[int, int]]] = {"level": levels}
 
     def __init__(
         self,
@@ -85,7 +96,7 @@ class Blosc2(_ByteCodec):
             blosc2.compress2(
                 data,
                 typesize=data.dtype.itemsize,
-                clevel=min(self.level, 9),
+                clevel=self.level,
                 filters=[blosc2.Filter.BITSHUFFLE],
                 codec=blosc2.Codec.ZSTD,
                 nthreads=1,

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import struct
+from typing import ClassVar
 
 import imagecodecs
 import numpy as np
 
 from ._image import ImageCodec
+from .base import int_setting
 from .registry import register_codec
+
+#: libjxl's encoder efforts (fastest, smallest).
+_EFFORTS = (1, 10)
 
 
 @register_codec
@@ -23,6 +28,8 @@ class JpegXl(ImageCodec):
     #: The size header is checked, but a frame may still declare thousands of extra
     #: channels or animation frames of that size: decode in the worker process.
     isolated = True
+    #: libjxl clamped efforts outside 1..10.
+    _clamped_settings: ClassVar[dict[str, tuple[int, int]]] = {"effort": _EFFORTS}
 
     def __init__(
         self,
@@ -32,7 +39,7 @@ class JpegXl(ImageCodec):
         effort: int = 7,
     ) -> None:
         super().__init__(mode, value, data_range)
-        self.effort = int(effort)
+        self.effort = int_setting(self.codec_id, "effort", effort, *_EFFORTS)
 
     def _options(self) -> dict[str, int]:
         return {"effort": self.effort}

@@ -23,18 +23,15 @@ def list_codecs() -> list[type[Codec]]:
 
 def get_codec_class(codec_id: str) -> type[Codec]:
     """The codec class registered as ``codec_id``; InputError listing the ids otherwise."""
-    try:
-        return _REGISTRY[codec_id]
-    except KeyError:
-        raise InputError(
-            f"unknown codec {codec_id!r}; available: {', '.join(sorted(_REGISTRY))}"
-        ) from None
+    if not isinstance(codec_id, str) or codec_id not in _REGISTRY:
+        raise InputError(f"unknown codec {codec_id!r}; available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[codec_id]
 
 
 def get_codec(config: dict[str, Any] | str, **settings: Any) -> Codec:
     """Build a codec from a config dict (``{"id": ..., ...}``) or an id plus settings."""
     if isinstance(config, str):
         return get_codec_class(config)(**settings)
-    if "id" not in config:
-        raise InputError("codec config needs an 'id'")
+    if not isinstance(config, dict) or "id" not in config:
+        raise InputError(f"a codec config is an object with an 'id', got {config!r:.80}")
     return get_codec_class(config["id"]).from_config(config)

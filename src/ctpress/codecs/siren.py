@@ -34,7 +34,7 @@ from ..errors import CorruptFileError, InputError, RateControlError
 from ..learned import inr, residual
 from ..learned.codec import _bisect, _finish, _odd, encode_error_bounded, finish_search
 from ..learned.models.siren import ENCODINGS, SirenArch, SirenStack
-from .base import Codec, _Encoded, _to_output
+from .base import Codec, _Encoded, _to_output, int_setting, number_setting
 from .registry import register_codec
 
 _MAGIC = b"CTSR"
@@ -54,6 +54,7 @@ MAX_DEPTH = 16
 MAX_SEGMENTS = 65535  # a u16 in the stream
 MAX_FREQUENCIES = 16
 MAX_OMEGA0 = 1e4
+MAX_STEPS = 10**7
 #: Weights of all segments of a chunk: at most one per value of the chunk, or this many.
 MIN_WEIGHT_CAP = 1 << 18
 #: Largest parameter count of one SIREN before the rate control adds segments instead
@@ -402,44 +403,29 @@ class Siren(Codec):
         seed: int = 0,
     ) -> None:
         super().__init__(mode, value, data_range)
-        for name, v, lo, hi in (("width", width, 1, MAX_WIDTH), ("depth", depth, 1, MAX_DEPTH),
-                                ("segments", segments, 1, MAX_SEGMENTS),
-                                ("steps", steps, 1, 10**7),
-                                ("frequencies", frequencies, 0, MAX_FREQUENCIES)):  # fmt: skip
-            if v is not None and (
-                not isinstance(v, int | float) or int(v) != v or not lo <= v <= hi
-            ):
-                raise InputError(f"{name} must be an integer in [{lo}, {hi}], got {v!r}")
-        for name, f in (
-            ("omega0", omega0),
-            ("quant_noise", quant_noise),
-            ("time_budget", time_budget),
-            ("learning_rate", learning_rate),
-        ):
-            if f is not None and not isinstance(f, int | float):
-                raise InputError(f"{name} must be a number, got {f!r}")
+        name = self.codec_id
+        self.width = None if width is None else int_setting(name, "width", width, 1, MAX_WIDTH)
+        self.depth = int_setting(name, "depth", depth, 1, MAX_DEPTH)
+        self.segments = (
+            None if segments is None else int_setting(name, "segments", segments, 1, MAX_SEGMENTS)
+        )
+        self.omega0 = number_setting(name, "omega0", omega0, 0, MAX_OMEGA0)
+        if float(np.float32(self.omega0)) != self.omega0:  # the stream holds a float32
+            raise InputError(f"siren setting omega0 must be a float32 value, got {omega0!r}")
         if encoding not in ENCODINGS:
-            raise InputError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
-        if not (0 < omega0 < MAX_OMEGA0) or float(np.float32(omega0)) != float(omega0):
-            raise InputError(f"omega0 must be a positive float32 value, got {omega0!r}")
-        if time_budget is not None and not time_budget > 0:
-            raise InputError(f"time_budget must be > 0 seconds, got {time_budget!r}")
-        if not 0 < quant_noise <= 100:
-            raise InputError(f"quant_noise must be in (0, 100], got {quant_noise!r}")
-        self.width = None if width is None else int(width)
-        self.depth = int(depth)
-        self.segments = None if segments is None else int(segments)
-        self.omega0 = float(omega0)
+            raise InputError(f"siren setting encoding must be one of {ENCODINGS}, got {encoding!r}")
         self.encoding = encoding
-        self.frequencies = int(frequencies)
-        self.steps = int(steps)
-        if not 0 < learning_rate < 1:
-            raise InputError(f"learning_rate must be in (0, 1), got {learning_rate!r}")
-        self.learning_rate = float(learning_rate)
-        self.time_budget = None if time_budget is None else float(time_budget)
-        self.quant_noise = float(quant_noise)
+        self.frequencies = int_setting(name, "frequencies", frequencies, 0, MAX_FREQUENCIES)
+        self.steps = int_setting(name, "steps", steps, 1, MAX_STEPS)
+        self.learning_rate = number_setting(name, "learning_rate", learning_rate, 0, 1)
+        self.time_budget = (
+            None if time_budget is None else number_setting(name, "time_budget", time_budget, 0)
+        )
+        self.quant_noise = number_setting(name, "quant_noise", quant_noise, 0, 100, hi_open=False)
+        if not isinstance(meta_init, bool | np.bool_):
+            raise InputError(f"siren setting meta_init must be true or false, got {meta_init!r}")
         self.meta_init = bool(meta_init)
-        self.seed = int(seed)
+        self.seed = int_setting(name, "seed", seed, -(2**63), 2**64 - 1)  # torch's seed range
 
     def _options(self) -> dict[str, Any]:
         return {

@@ -51,7 +51,7 @@ import numpy as np
 import torch
 
 from ..codecs._image import MIN_FRAME_ROWS
-from ..codecs.base import Codec, _Encoded
+from ..codecs.base import Codec, _Encoded, int_setting
 from ..errors import CorruptFileError, InputError, RateControlError
 from . import residual, zoo
 from .layers import pad_to_multiple
@@ -509,9 +509,10 @@ class LearnedCodec(Codec):
         rate_point: int | None = None,
     ) -> None:
         super().__init__(mode, value, data_range)
-        if rate_point is not None and (int(rate_point) != rate_point or rate_point < 0):
-            raise InputError(f"rate_point must be an integer >= 0, got {rate_point!r}")
-        self.rate_point = None if rate_point is None else int(rate_point)
+        if rate_point is not None:
+            last = max(len(zoo.rate_points(self.method)) - 1, 0)  # none installed: encode says
+            rate_point = int_setting(self.codec_id, "rate_point", rate_point, 0, last)
+        self.rate_point = rate_point
 
     def _options(self) -> dict[str, Any]:
         return {"rate_point": self.rate_point}

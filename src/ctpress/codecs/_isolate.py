@@ -84,7 +84,7 @@ def decode_isolated(
             f"{what} stream decoded to {tuple(result_shape)} {np.dtype(result_dtype)}, but its "
             f"chunk header declares {tuple(shape)} {expected}"
         )
-    return np.frombuffer(data, dtype=expected).reshape(shape)
+    return np.frombuffer(data, dtype=expected).reshape(shape).copy()  # writable, like a decode
 
 
 def _checked(array: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, what: str) -> np.ndarray:

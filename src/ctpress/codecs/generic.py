@@ -10,7 +10,7 @@ import zstandard
 
 from ..errors import CorruptFileError
 from ..scan import SUPPORTED_DTYPES
-from .base import Codec, check_declared, int_setting
+from .base import Codec, check_declared, declared_bytes, int_setting
 from .registry import register_codec
 
 _BLOSC_MIN_HEADER = 16  # bytes of a Blosc chunk header (Blosc2's extended one: 32)
@@ -37,13 +37,18 @@ class _ByteCodec(Codec):
         return {"level": self.level}
 
     def _decode_stream(self, stream: bytes, shape: tuple[int, ...], work_dtype: str) -> np.ndarray:
-        out = np.empty(shape, dtype=np.dtype(work_dtype).newbyteorder("<"))
+        dtype = np.dtype(work_dtype).newbyteorder("<")
+        self._check_size(stream, declared_bytes(shape, dtype))
+        out = np.empty(shape, dtype=dtype)
         self._decompress_into(stream, out)
         return out.astype(work_dtype, copy=False)
 
+    def _check_size(self, stream: bytes, nbytes: int) -> None:
+        """CorruptFileError unless the stream's own header declares ``nbytes`` bytes."""
+        raise NotImplementedError
+
     def _decompress_into(self, stream: bytes, out: np.ndarray) -> None:
-        """Decompress ``stream`` into ``out`` after checking that the stream's own header
-        declares exactly ``out.nbytes`` bytes (nothing larger is ever allocated)."""
+        """Decompress ``stream`` (its size checked) into ``out``, allocating nothing larger."""
         raise NotImplementedError
 
 
@@ -62,9 +67,11 @@ class Zstd(_ByteCodec):
         data = np.ascontiguousarray(work, dtype=work.dtype.newbyteorder("<")).tobytes()
         return zstandard.ZstdCompressor(level=self.level).compress(data)
 
-    def _decompress_into(self, stream: bytes, out: np.ndarray) -> None:
+    def _check_size(self, stream: bytes, nbytes: int) -> None:
         size = zstandard.frame_content_size(stream)  # -1: not recorded (ctpress records it)
-        check_declared("zstd frame content size", size, out.nbytes)
+        check_declared("zstd frame content size", size, nbytes)
+
+    def _decompress_into(self, stream: bytes, out: np.ndarray) -> None:
         raw = zstandard.ZstdDecompressor().decompress(
             stream, max_output_size=out.nbytes, allow_extra_data=False
         )
@@ -103,10 +110,12 @@ class Blosc2(_ByteCodec):
             )
         )
 
-    def _decompress_into(self, stream: bytes, out: np.ndarray) -> None:
+    def _check_size(self, stream: bytes, nbytes: int) -> None:
         if len(stream) < _BLOSC_MIN_HEADER:
             raise CorruptFileError("blosc2 stream is shorter than its header")
         size, stored, _ = blosc2.get_cbuffer_sizes(stream)
-        check_declared("blosc2 chunk size", size, out.nbytes)
+        check_declared("blosc2 chunk size", size, nbytes)
         check_declared("blosc2 compressed size", stored, len(stream))
+
+    def _decompress_into(self, stream: bytes, out: np.ndarray) -> None:
         blosc2.decompress2(stream, dst=out)

@@ -16,6 +16,7 @@ function runs in this process.
 
 from __future__ import annotations
 
+import faulthandler
 import math
 import multiprocessing
 import os
@@ -175,6 +176,11 @@ def _serve(conn: Connection, parent_end: Connection) -> None:
     """Worker loop: decode requests until the parent's end of the pipe closes."""
     parent_end.close()  # inherited by the fork: the worker must not keep it open itself
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    # a crash must end the worker plainly, not run the parent's handlers (faulthandler's
+    # traceback, a fuzzer's crash report) in it
+    faulthandler.disable()
+    for crash in (signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGFPE, signal.SIGILL):
+        signal.signal(crash, signal.SIG_DFL)
     assert resource is not None
     _, hard = resource.getrlimit(resource.RLIMIT_DATA)
     while True:

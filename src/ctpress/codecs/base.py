@@ -32,6 +32,7 @@ import inspect
 import json
 import math
 import numbers
+import re
 import struct
 import zlib
 from abc import ABC, abstractmethod
@@ -55,6 +56,7 @@ _CPC2_TRANSFORMS = ("none", "quant", "affine")
 _CPC2_FLOATS = ("o", "q", "k")  # optional float64 fields, flag bits 1, 2, 4
 _CPC2_EXTRA = 8  # flag bit: a JSON object of further keys follows
 _CPC2_FIXED = struct.Struct("<4sBBBBB")  # magic, dtype, work dtype, transform, flags, ndim
+_DTYPE_STR = re.compile(r"[<>|=]?[uif][1248]")  # what dtype.str gives for numeric dtypes
 _BPP_TOLERANCE = 0.10  # relative; --bpp must land within 10 %
 _SEARCH_STEPS = 18
 #: Largest decoded chunk (bytes of its output or work array) a chunk header may declare:
@@ -611,12 +613,10 @@ def _count(value: Any) -> int:
 
 
 def _numeric_dtype(name: Any) -> np.dtype:
-    if not isinstance(name, str):
-        raise ValueError(f"bad dtype {name!r}")
-    dtype = np.dtype(name)
-    if dtype.kind not in "uif" or dtype.itemsize > 8:
-        raise ValueError(f"unsupported dtype {name!r}")
-    return dtype
+    """The dtype of a header's ``dtype.str`` (byte order, kind u/i/f, 1-8 bytes)."""
+    if not isinstance(name, str) or not _DTYPE_STR.fullmatch(name):
+        raise ValueError(f"unsupported dtype {name!r:.40}")
+    return np.dtype(name)
 
 
 def _finite(value: Any) -> bool:

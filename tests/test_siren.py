@@ -218,7 +218,7 @@ def test_cli_codec_options(tmp_path, stack, capsys):
 
     np.save(tmp_path / "x.npy", stack)
     out = tmp_path / "x.ctpz"
-    base = ["-q", "compress", str(tmp_path / "x.npy"), str(out), "--codec", "siren"]
+    base = ["-q", "compress", str(tmp_path / "x.npy"), str(out), "-f", "--codec", "siren"]
     assert main([*base, "--psnr", "28", "-O", "steps=100", "-O", "width=16"]) == 0
     assert ctpress.open(out).header["codec"]["width"] == 16
     assert main([*base, "--psnr", "28", "-O", "stepz=100"]) == 2

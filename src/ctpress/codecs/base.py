@@ -182,8 +182,8 @@ class Codec(ABC):
         unknown = [k for k in kwargs if k not in settings]
         if unknown:
             raise InputError(
-                f"codec {cls.codec_id!r} has no setting {', '.join(map(repr, unknown))}; its "
-                f"settings are {', '.join(settings)}"
+                f"bad config for codec {cls.codec_id!r}: no setting "
+                f"{', '.join(map(repr, unknown))}; its settings are {', '.join(settings)}"
             )
         for name, (lo, hi) in cls._clamped_settings.items():
             if type(kwargs.get(name)) is int:
@@ -628,7 +628,7 @@ def int_setting(codec_id: str, name: str, value: Any, lo: int, hi: int) -> int:
     JSON may give them; bools do not): the int, or an InputError naming it."""
     if not _is_number(value) or not float(value).is_integer() or not lo <= value <= hi:
         raise InputError(
-            f"{codec_id} setting {name} must be an integer from {lo} to {hi}, got {value!r}"
+            f"{codec_id} setting {name}={value!r}: must be an integer from {lo} to {hi}"
         )
     return int(value)
 
@@ -640,7 +640,7 @@ def number_setting(
     ``hi_open``): the float, or an InputError naming it."""
     if not (_is_number(value) and lo < value and (value < hi if hi_open else value <= hi)):
         span = f"> {lo:g}" if hi == math.inf else f"in ({lo:g}, {hi:g}{')' if hi_open else ']'}"
-        raise InputError(f"{codec_id} setting {name} must be a number {span}, got {value!r}")
+        raise InputError(f"{codec_id} setting {name}={value!r}: must be a number {span}")
     return float(value)
 
 

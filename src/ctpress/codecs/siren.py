@@ -411,9 +411,9 @@ class Siren(Codec):
         )
         self.omega0 = number_setting(name, "omega0", omega0, 0, MAX_OMEGA0)
         if float(np.float32(self.omega0)) != self.omega0:  # the stream holds a float32
-            raise InputError(f"siren setting omega0 must be a float32 value, got {omega0!r}")
+            raise InputError(f"siren setting omega0={omega0!r}: must be a float32 value")
         if encoding not in ENCODINGS:
-            raise InputError(f"siren setting encoding must be one of {ENCODINGS}, got {encoding!r}")
+            raise InputError(f"siren setting encoding={encoding!r}: must be one of {ENCODINGS}")
         self.encoding = encoding
         self.frequencies = int_setting(name, "frequencies", frequencies, 0, MAX_FREQUENCIES)
         self.steps = int_setting(name, "steps", steps, 1, MAX_STEPS)
@@ -423,7 +423,7 @@ class Siren(Codec):
         )
         self.quant_noise = number_setting(name, "quant_noise", quant_noise, 0, 100, hi_open=False)
         if not isinstance(meta_init, bool | np.bool_):
-            raise InputError(f"siren setting meta_init must be true or false, got {meta_init!r}")
+            raise InputError(f"siren setting meta_init={meta_init!r}: must be true or false")
         self.meta_init = bool(meta_init)
         self.seed = int_setting(name, "seed", seed, -(2**63), 2**64 - 1)  # torch's seed range
 

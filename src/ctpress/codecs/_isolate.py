@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CorruptFileError, CtpressError
+from .base import declared_bytes
 
 try:
     import resource
@@ -63,7 +64,7 @@ def decode_isolated(
     returns anything else than declared.
     """
     expected = np.dtype(dtype)
-    nbytes = math.prod(shape) * expected.itemsize
+    nbytes = declared_bytes(shape, expected)
     if not _can_fork():
         return _checked(decode(stream), shape, expected, what)
     with _LOCK:

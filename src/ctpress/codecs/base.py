@@ -130,7 +130,7 @@ class Codec(ABC):
         if mode == "lossless":
             value = None
         else:
-            if not _is_number(value) or not math.isfinite(value):
+            if not _finite(value):
                 raise InputError(f"rate control {mode!r} needs a finite value, got {value!r}")
             value = float(value)
             if mode in ("max_error", "bpp") and value <= 0:
@@ -367,8 +367,8 @@ class Codec(ABC):
     ) -> np.ndarray:
         """Decode bytes from :meth:`encode` to an array of the original dtype and shape."""
         enc, shape, dtype = self._read_chunk(buf)
-        if out is not None and (out.shape != shape or not np.can_cast(dtype, out.dtype)):
-            raise InputError(f"out must be a {dtype} array of shape {shape}, got {out.shape}")
+        if out is not None and out.shape != shape:
+            raise InputError(f"out must have the chunk's shape {shape}, got {out.shape}")
         shape3 = shape if len(shape) == 3 else (1, *shape)
         with self._stream_errors():
             result = self._decode_parts(enc, np.empty(0, dtype), shape3)
@@ -619,8 +619,8 @@ def _numeric_dtype(name: Any) -> np.dtype:
     return np.dtype(name)
 
 
-def _finite(value: Any) -> bool:
-    return type(value) in (int, float) and math.isfinite(value)
+def _finite(value: Any) -> TypeGuard[float]:
+    return _is_number(value) and math.isfinite(value)
 
 
 def int_setting(codec_id: str, name: str, value: Any, lo: int, hi: int) -> int:

@@ -1,26 +1,27 @@
 """Decoding in a worker process, for C decoders that can crash the interpreter, loop or
 exhaust memory on crafted streams whose headers ctpress cannot fully validate.
 
-SPERR aborts the process (an uncaught C++ exception) on some damaged streams; SZ3 and ZFP
-trust size fields and offsets deep inside their streams (ZFP reads past the end of a
-truncated stream); libjxl allocates whatever extra channels a header declares.  Their
-decode functions run here in one worker process per parent, forked on first use (so it
-has every module the parent has) and kept for later chunks (a fork per chunk costs about
-30 ms; a request to the warm worker about 1 ms plus the copies).  In the worker each
-request may allocate at most :data:`MEMORY_FACTOR` times its declared output plus
-:data:`MEMORY_SLACK` (``RLIMIT_DATA``) and must finish within :func:`time_limit`; a
-worker that dies, overruns or runs out of memory is replaced, and the request fails with
-:class:`~ctpress.errors.CorruptFileError`.  Where ``fork`` does not exist (Windows), the
-function runs in this process.
+SPERR aborts the process (an uncaught C++ exception) on some damaged streams and OpenJPH
+(HTJ2K) segfaults on some damaged code blocks; SZ3 trusts size fields deep inside its
+stream; zfp reads past the end of a truncated stream; libjxl allocates whatever extra
+channels and frames a header declares.  Their decode functions run here in one worker
+process per parent process, forked on first use (so it has every module the parent has)
+and kept for later chunks: a fork per chunk would cost about 30 ms with PyTorch loaded,
+a request to the warm worker costs about 1-13 ms per 1 MiB chunk (the copies of stream
+and result).  In the worker a request may allocate :data:`MEMORY_FACTOR` times its
+declared output plus :data:`MEMORY_SLACK` (``RLIMIT_DATA``) and must finish within
+:func:`time_limit`; a worker that dies or overruns is replaced, and the request fails
+with :class:`~ctpress.errors.CorruptFileError`.  Where ``fork`` does not exist
+(Windows), the function runs in this process.
 """
 
 from __future__ import annotations
 
 import faulthandler
 import math
-import multiprocessing
 import os
 import signal
+import socket
 import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -100,7 +101,7 @@ def _checked(array: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, what: s
 
 
 def _can_fork() -> bool:
-    return resource is not None and "fork" in multiprocessing.get_all_start_methods()
+    return resource is not None and hasattr(os, "fork")
 
 
 class _WorkerFailed(Exception):
@@ -111,25 +112,33 @@ _LOCK = threading.Lock()
 
 
 class _Worker:
-    """The worker process of this parent process and the parent's end of its pipe."""
+    """The worker process of this parent process and the parent's end of its socket.
+
+    Forked with ``os.fork`` (not ``multiprocessing``, whose daemonic pool workers may not
+    have children), so it has every module and decode function the parent has.
+    """
 
     _current: _Worker | None = None
 
     def __init__(self) -> None:
-        context = multiprocessing.get_context("fork")
-        self.conn, child_conn = context.Pipe(duplex=True)
-        self.process = context.Process(
-            target=_serve, args=(child_conn, self.conn), name="ctpress-decoder", daemon=True
-        )
-        self.process.start()
-        child_conn.close()
-        self.pid = os.getpid()
+        parent_end, worker_end = socket.socketpair()
+        self.owner = os.getpid()
+        self.pid = os.fork()
+        if self.pid == 0:  # the worker: never returns into the caller
+            try:
+                parent_end.close()
+                _serve(Connection(worker_end.detach()))
+            finally:
+                os._exit(0)
+        worker_end.close()
+        self.conn = Connection(parent_end.detach())
+        self.status: int | None = None
 
     @classmethod
     def get(cls) -> _Worker:
         """The live worker of this process (a fresh one after a failure or a fork)."""
         worker = cls._current
-        if worker is None or worker.pid != os.getpid() or not worker.process.is_alive():
+        if worker is None or worker.owner != os.getpid() or not worker.alive():
             cls.discard()
             worker = cls._current = cls()
         return worker
@@ -138,10 +147,22 @@ class _Worker:
     def discard(cls) -> None:
         """End the current worker (if any) and forget it."""
         worker, cls._current = cls._current, None
-        if worker is not None and worker.pid == os.getpid():
-            worker.process.kill()
-            worker.process.join()
+        if worker is not None and worker.owner == os.getpid():
             worker.conn.close()
+            if worker.alive():
+                os.kill(worker.pid, signal.SIGKILL)
+            worker.wait(block=True)
+
+    def alive(self) -> bool:
+        return self.wait(block=False) is None
+
+    def wait(self, block: bool) -> int | None:
+        """The worker's exit status (``waitpid``), None while it runs."""
+        if self.status is None:
+            pid, status = os.waitpid(self.pid, 0 if block else os.WNOHANG)
+            if pid:
+                self.status = status
+        return self.status
 
     def request(self, decode: DecodeFunction, stream: bytes, nbytes: int) -> tuple[str, Any]:
         """Send one request; ``("ok", (dtype, shape, bytes))`` or ``("error", message)``."""
@@ -157,14 +178,15 @@ class _Worker:
             if not self.conn.poll(limit):
                 raise _WorkerFailed("the decoder process stopped answering")
             data = self.conn.recv_bytes(maxlength=max(nbytes, 1))
-        except (EOFError, OSError) as exc:
-            self.process.join(timeout=1.0)
-            raise _WorkerFailed(self._death(exc)) from None
+        except (EOFError, OSError):
+            raise _WorkerFailed(self._death()) from None
         return status, (*info, data)
 
-    def _death(self, exc: BaseException) -> str:
-        code = self.process.exitcode
-        if code is not None and code < 0:
+    def _death(self) -> str:
+        self.conn.close()
+        status = self.wait(block=True)
+        code = 0 if status is None else os.waitstatus_to_exitcode(status)
+        if code < 0:
             try:
                 name = signal.Signals(-code).name
             except ValueError:
@@ -173,9 +195,8 @@ class _Worker:
         return "the decoder process ended unexpectedly"
 
 
-def _serve(conn: Connection, parent_end: Connection) -> None:
-    """Worker loop: decode requests until the parent's end of the pipe closes."""
-    parent_end.close()  # inherited by the fork: the worker must not keep it open itself
+def _serve(conn: Connection) -> None:
+    """Worker loop: decode requests until the parent's end of the socket closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     # a crash must end the worker plainly, not run the parent's handlers (faulthandler's
     # traceback, a fuzzer's crash report) in it

@@ -47,8 +47,10 @@ PEAK_FLOOR = 64 << 20
 #: Declared sizes of mutated headers stay below this multiple of the original (time).
 _MAX_GROWTH = 4
 
+#: ``CTPRESS_FULL=1`` (``make hardening``): 20 times the examples.
+FULL = os.environ.get("CTPRESS_FULL") == "1"
 FUZZ = settings(
-    max_examples=100,
+    max_examples=2000 if FULL else 100,
     deadline=None,
     derandomize=True,
     database=None,
@@ -188,7 +190,7 @@ def test_mutated_chunks_fail_cleanly_and_bounded(codec_id: str, data: st.DataObj
 
 
 @pytest.mark.parametrize("codec_id", CODECS)
-@settings(FUZZ, max_examples=25)
+@settings(FUZZ, max_examples=500 if FULL else 25)
 @given(data=st.data())
 def test_random_bytes_fail_cleanly(codec_id: str, data: st.DataObject) -> None:
     """Random streams behind a valid chunk header (CRC recomputed), and random payloads."""

@@ -597,7 +597,9 @@ def _checked_chunk_header(data: bytes) -> tuple[dict[str, Any], int, tuple[int, 
             struct.error) as exc:  # fmt: skip
         raise CorruptFileError(f"damaged chunk header: {exc}") from None
     if len(shape) not in (2, 3) or min(shape) < 1:
-        raise CorruptFileError(f"damaged chunk header: shape {shape} is not 2-D or 3-D")
+        raise CorruptFileError(
+            f"damaged chunk header: shape {shape} is not 2-D or 3-D with sizes of at least 1"
+        )
     if math.prod(shape) * max(dtype.itemsize, work.itemsize) > MAX_CHUNK_BYTES:
         raise CorruptFileError(
             f"chunk header declares {shape} {dtype} values, more than {MAX_CHUNK_BYTES >> 30} "

@@ -5,7 +5,7 @@ STAMP   := $(VENV)/.installed-stamp
 PYTHON  ?= python3
 OUT     ?= results/demo
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench hardening fuzz clean
 
 $(STAMP): pyproject.toml requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,15 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py --out results/benchmarks
+
+# Corruption matrix and crash tests at full size (every bit of every chunk, many kills).
+hardening: $(STAMP)
+	CTPRESS_FULL=1 $(PY) -m pytest -n 2 -q tests/test_corruption.py tests/test_crash.py tests/test_fuzz.py
+
+# Coverage-guided fuzzing of the .ctpz reader, 10 minutes per mode (see fuzz/README.md).
+FUZZ_SECONDS ?= 600
+fuzz: $(STAMP)
+	$(PY) fuzz/run.py --seconds $(FUZZ_SECONDS)
 
 clean:
 	rm -rf $(VENV) results .pytest_cache .mypy_cache .ruff_cache

@@ -23,7 +23,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 _STATS = re.compile(r"^#(\d+)\s+\w+\s+cov: (\d+) ft: (\d+).*?exec/s: (\d+)", re.M)
-_FINAL = re.compile(r"^stat::(number_executed_units|average_exec_per_sec):\s+(\d+)", re.M)
+_FINAL = re.compile(r"^stat::(number_of_executed_units|average_exec_per_sec):\s+(\d+)", re.M)
 
 
 def run_mode(name: str, options: list[str], seconds: int, log_dir: Path) -> dict[str, object]:
@@ -40,7 +40,7 @@ def run_mode(name: str, options: list[str], seconds: int, log_dir: Path) -> dict
     last = _STATS.findall(text)
     runs, cov, ft, speed = (int(v) for v in last[-1]) if last else (0, 0, 0, 0)
     final = {key: int(value) for key, value in _FINAL.findall(text)}
-    runs = final.get("number_executed_units", runs)
+    runs = final.get("number_of_executed_units", runs)
     speed = final.get("average_exec_per_sec", speed)
     findings = sorted(set((HERE / "findings").glob("*")) - before)
     return {"mode": name, "exit": code, "seconds": round(time.monotonic() - start),

@@ -13,7 +13,9 @@ from ..scan import SUPPORTED_DTYPES
 from .base import Codec, check_declared, declared_bytes, int_setting
 from .registry import register_codec
 
-_BLOSC_MIN_HEADER = 16  # bytes of a Blosc chunk header (Blosc2's extended one: 32)
+#: Bytes of the Blosc2 extended chunk header that ctpress's chunks start with (read in
+#: full by blosc2's size query, which is given no length).
+_BLOSC_MIN_HEADER = 32
 
 
 class _ByteCodec(Codec):

@@ -309,6 +309,13 @@ def decode_siren(stream: bytes, shape: tuple[int, ...], start: int = 0, stop: in
     shapes = [(segments, *s) for s in _tensor_shapes(arch)]
     quantised = inr.QuantisedWeights.decode(stream[pos : pos + n_weights], shapes)
     weights = quantised.dequantise(init)
+    # the residual first: its block table is checked against the shape before the
+    # networks are evaluated at that shape
+    q = None
+    if flags & _FLAG_RESIDUAL:
+        q = residual.decode_residual(stream[pos + n_weights :], (n, rows, cols))[start:stop]
+    elif pos + n_weights != len(stream):
+        raise CorruptFileError("siren stream has trailing bytes")
     bounds = inr.segment_bounds(n, segments)
     grids = []
     for s in range(segments):
@@ -325,12 +332,8 @@ def decode_siren(stream: bytes, shape: tuple[int, ...], start: int = 0, stop: in
     empty = np.empty((0, rows, cols), dtype=np.int32)
     values = _to_data(np.concatenate(grids) if grids else empty, offset, scale,
                       bool(flags & _FLAG_INTEGER))  # fmt: skip
-    pos += n_weights
-    if flags & _FLAG_RESIDUAL:
-        q = residual.decode_residual(stream[pos:], (n, rows, cols))
-        values = residual.dequantise(values, q[start:stop], step)
-    elif pos != len(stream):
-        raise CorruptFileError("siren stream has trailing bytes")
+    if q is not None:
+        values = residual.dequantise(values, q, step)
     return values
 
 

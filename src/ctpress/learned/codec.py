@@ -169,6 +169,13 @@ def decode_learned(
     if _SIDE.size + n_latent > len(stream):
         raise CorruptFileError(f"{method} stream is truncated")
     images = image_shape(tuple(shape))
+    # the residual first: its block table is checked against the shape before the model
+    # decodes latents of that shape
+    q = None
+    if flags & _FLAG_RESIDUAL:
+        q = residual.decode_residual(stream[_SIDE.size + n_latent :], images)
+    elif _SIDE.size + n_latent != len(stream):
+        raise CorruptFileError(f"{method} stream has trailing bytes")
     payload = stream[_SIDE.size : _SIDE.size + n_latent]
     coded = model.decode(payload, _padded(images, model.downsampling), gain, latent_check)
     recon, check = reconstruct(model, coded, images, offset, scale, bool(flags & _FLAG_INTEGER))
@@ -177,12 +184,7 @@ def decode_learned(
             f"{method} reconstruction mismatch: this decoder's learned reconstruction differs "
             "from the encoder's (different weights or non-reproducible arithmetic)"
         )
-    values = recon
-    if flags & _FLAG_RESIDUAL:
-        q = residual.decode_residual(stream[_SIDE.size + n_latent :], images)
-        values = residual.dequantise(recon, q, step)
-    elif _SIDE.size + n_latent != len(stream):
-        raise CorruptFileError(f"{method} stream has trailing bytes")
+    values = recon if q is None else residual.dequantise(recon, q, step)
     return values.reshape(shape).astype(work_dtype)
 
 

@@ -74,7 +74,11 @@ def _zigzag(v: np.ndarray) -> np.ndarray:
 
 def _unzigzag(u: np.ndarray) -> np.ndarray:
     s = u.astype(np.int64)
-    return np.where(s & 1, -((s + 1) >> 1), s >> 1)
+    odd = (s & 1).astype(bool)
+    s >>= 1  # even 2k -> k; odd 2k + 1 -> -(k + 1)
+    np.negative(s, out=s, where=odd)
+    s[odd] -= 1
+    return s
 
 
 def tokenize(u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -126,12 +130,12 @@ def unpack_bits(data: bytes, nbits: np.ndarray) -> np.ndarray:
     total = int(nbits.sum())
     if (total + 7) // 8 != len(data):
         raise CorruptFileError("residual raw bits have the wrong length")
-    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))[:total].astype(np.uint64)
+    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))
     raw = np.zeros(nbits.shape, dtype=np.uint64)
     pos = 0
-    for j in range(int(nbits.max(initial=0))):
+    for j in range(int(nbits.max(initial=0))):  # widened plane by plane (8 bytes a bit)
         sel = np.flatnonzero(nbits > j)
-        raw[sel] |= bits[pos : pos + sel.size] << np.uint64(j)
+        raw[sel] |= bits[pos : pos + sel.size].astype(np.uint64) << np.uint64(j)
         pos += sel.size
     return raw
 
@@ -191,12 +195,19 @@ def _tables() -> tuple[TableCoder, np.ndarray]:
 
 
 # ---------------------------------------------------------------- stream
-def _block_ids(shape: tuple[int, int, int]) -> tuple[np.ndarray, int]:
+def _block_count(shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    """(blocks, blocks per image row, blocks per image) of a residual of ``shape``."""
     n, h, w = shape
     bh, bw = -(-h // BLOCK), -(-w // BLOCK)
+    return n * bh * bw, bw, bh * bw
+
+
+def _block_ids(shape: tuple[int, int, int]) -> tuple[np.ndarray, int]:
+    n, h, w = shape
+    n_blocks, bw, per_image = _block_count(shape)
     rows = (np.arange(h) // BLOCK)[:, None] * bw + (np.arange(w) // BLOCK)[None, :]
-    ids = np.arange(n)[:, None, None] * (bh * bw) + rows[None]
-    return ids, n * bh * bw
+    ids = np.arange(n)[:, None, None] * per_image + rows[None]
+    return ids, n_blocks
 
 
 def scale_index(mean_magnitude: np.ndarray) -> np.ndarray:
@@ -285,12 +296,13 @@ def decode_residual(data: bytes, shape: tuple[int, int, int]) -> np.ndarray:
     if not (1 <= n_hist <= 2 * N_SCALES - 1 and 1 - N_SCALES <= dmin <= N_SCALES - 1):
         raise CorruptFileError("residual block table header is damaged")
     hist, used2 = unpack_varints(index_part[used:], n_hist)
-    ids, n_blocks = _block_ids(shape)
-    if sum(int(h) for h in hist) != n_blocks:
+    n_blocks = _block_count(shape)[0]
+    if sum(int(h) for h in hist) != n_blocks:  # checked before anything of shape's size
         raise CorruptFileError("residual block table does not match the chunk's blocks")
     table = count_table(hist)
     index_coder = TableCoder(table, np.array([dmin]), np.array([table.size]), escapes=False)
     delta = index_coder.decode(index_part[used + used2 :], np.zeros(n_blocks, np.int64))
     index = np.cumsum(delta)
     pos += n_index
-    return _decode_tokens(data[pos : pos + n_token], data[pos + n_token :], index[ids])
+    rows = index[_block_ids(shape)[0]]
+    return _decode_tokens(data[pos : pos + n_token], data[pos + n_token :], rows)

@@ -445,6 +445,8 @@ def _to_output(work: np.ndarray, info: dict[str, Any], dtype: np.dtype) -> np.nd
     if "lo" in info:
         np.clip(values, info["lo"], info["hi"], out=values)
     if dtype.kind in "ui":
+        if not np.isfinite(values).all():  # never from a stream an encoder wrote
+            raise CorruptFileError("decoded values are not finite (the stream is damaged)")
         info_lim = np.iinfo(dtype)
         np.rint(values, out=values)
         np.clip(values, info_lim.min, info_lim.max, out=values)

@@ -134,3 +134,22 @@ def to_uint16_work(x: np.ndarray) -> tuple[np.ndarray, dict[str, object]]:
     step = (hi - lo) / 65535 if hi > lo else 1.0
     work = np.floor((x.astype(np.float64) - lo) / step + 0.5).astype(np.uint16)
     return work, {"t": "affine", "w": "<u2", "o": lo, "q": step}
+
+
+def find_box(data: bytes, kinds: tuple[bytes, ...]) -> tuple[bytes, bytes]:
+    """``(kind, payload)`` of the first top-level ISO-BMFF box (the JP2 and JPEG XL
+    containers) whose 4-byte type is one of ``kinds``; ValueError if there is none."""
+    pos = 0
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        header = 8
+        if length == 1:
+            (length,), header = struct.unpack_from(">Q", data, pos + 8), 16
+        elif length == 0:
+            length = len(data) - pos
+        if length < header:
+            break
+        if kind in kinds:
+            return kind, data[pos + header : pos + length]
+        pos += length
+    raise ValueError(f"container has no {' or '.join(k.decode() for k in kinds)} box")

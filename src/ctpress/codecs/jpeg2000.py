@@ -7,7 +7,7 @@ import struct
 import imagecodecs
 import numpy as np
 
-from ._image import ImageCodec
+from ._image import ImageCodec, find_box
 from .base import Knob
 from .registry import register_codec
 
@@ -97,17 +97,4 @@ def j2k_size(data: bytes) -> tuple[int, int]:
 
 def _jp2_codestream(data: bytes) -> bytes:
     """The contiguous codestream box (``jp2c``) of a JP2 file."""
-    pos = 0
-    while pos + 8 <= len(data):
-        length, kind = struct.unpack_from(">I4s", data, pos)
-        header = 8
-        if length == 1:
-            (length,), header = struct.unpack_from(">Q", data, pos + 8), 16
-        elif length == 0:
-            length = len(data) - pos
-        if length < header:
-            break
-        if kind == b"jp2c":
-            return data[pos + header : pos + length]
-        pos += length
-    raise ValueError("JP2 file has no codestream box")
+    return find_box(data, (b"jp2c",))[1]

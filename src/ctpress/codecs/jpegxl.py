@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import struct
 from typing import ClassVar
 
 import imagecodecs
 import numpy as np
 
-from ._image import ImageCodec
+from ._image import ImageCodec, find_box
 from .base import int_setting
 from .registry import register_codec
 
@@ -91,19 +90,5 @@ def jpegxl_size(data: bytes) -> tuple[int, int]:
 
 def _jxl_codestream(data: bytes) -> bytes:
     """The start of the codestream in a JPEG XL container (``jxlc`` or first ``jxlp`` box)."""
-    pos = 0
-    while pos + 8 <= len(data):
-        length, kind = struct.unpack_from(">I4s", data, pos)
-        header = 8
-        if length == 1:
-            (length,), header = struct.unpack_from(">Q", data, pos + 8), 16
-        elif length == 0:
-            length = len(data) - pos
-        if length < header:
-            break
-        if kind == b"jxlc":
-            return data[pos + header : pos + length]
-        if kind == b"jxlp":
-            return data[pos + header + 4 : pos + length]  # after the part's index
-        pos += length
-    raise ValueError("JPEG XL container has no codestream box")
+    kind, payload = find_box(data, (b"jxlc", b"jxlp"))
+    return payload if kind == b"jxlc" else payload[4:]  # a jxlp part starts with its index

@@ -104,9 +104,10 @@ def make_codec(
 
 @contextmanager
 def _blame_settings(codec_id: str, options: dict[str, Any]) -> Iterator[None]:
-    """Turn a TypeError, ValueError or OverflowError raised while a codec is built or encodes
-    with user settings into an InputError naming them (a value the codec's library refused);
-    without settings it is a bug and propagates unchanged."""
+    """Turn a TypeError, ValueError or OverflowError raised while a codec is built with user
+    settings into an InputError naming them (the codecs check their settings themselves;
+    this is the net for what a check misses); without settings it is a bug and propagates
+    unchanged.  Errors while encoding are not blamed on the settings: they are bugs."""
     try:
         yield
     except (TypeError, ValueError, OverflowError) as exc:
@@ -215,14 +216,13 @@ def compress(
         codec_obj = _budget_for_overhead(scan, codec_obj, chunk_views, rate)
     kwargs: dict[str, Any] = dict(chunk_views=chunk_views, rate=rate, jobs=jobs, progress=progress)
     try:
-        with _blame_settings(codec_obj.codec_id, codec_options):
-            if output is None:
-                return encode_ctpz(scan, codec_obj, **kwargs)
-            with (
-                atomic_path(output, overwrite=overwrite, inputs=inputs) as tmp,
-                tmp.open("wb") as fh,
-            ):
-                return write_ctpz(fh, scan, codec_obj, **kwargs)
+        if output is None:
+            return encode_ctpz(scan, codec_obj, **kwargs)
+        with (
+            atomic_path(output, overwrite=overwrite, inputs=inputs) as tmp,
+            tmp.open("wb") as fh,
+        ):
+            return write_ctpz(fh, scan, codec_obj, **kwargs)
     except RateControlError as exc:
         if codec_obj.mode != "bpp":
             raise

@@ -36,7 +36,7 @@ with atheris.instrument_imports(include=["ctpress"]):
     import ctpress
     from ctpress._compact import get_varint, put_varint
     from ctpress.codecs import Codec
-    from ctpress.codecs.base import _CHUNK_MAGIC_2, _CPC2_DTYPES, _CPC2_EXTRA, _CPC2_FIXED
+    from ctpress.codecs.framing import _CHUNK_MAGIC_2, _CPC2_DTYPES, _CPC2_EXTRA, _CPC2_FIXED
     from ctpress.errors import CtpressError
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data"

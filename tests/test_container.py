@@ -14,7 +14,7 @@ import pytest
 import ctpress
 from ctpress import _compact
 from ctpress.codecs import get_codec
-from ctpress.codecs.base import _parse_chunk_header
+from ctpress.codecs.framing import parse_chunk_header
 from ctpress.container import (
     FORMAT_VERSION,
     HEADER_DICTIONARY,
@@ -256,7 +256,7 @@ def test_version_2_header_is_small() -> None:
         for entry in f.chunks:
             chunk = data[entry.offset : entry.offset + entry.length]
             assert chunk[:4] == b"CPC2"
-            assert _parse_chunk_header(chunk)[1] < 40
+            assert parse_chunk_header(chunk)[1] < 40
         assert len(data) - sum(e.length for e in f.chunks) < 400 + 3 * 16
 
 
@@ -391,7 +391,7 @@ def test_cpc2_chunk_headers_round_trip(uint16_stack, float32_stack, int16_stack)
     ]:
         chunk = codec.encode(x)
         assert chunk[:4] == b"CPC2"
-        header, offset = _parse_chunk_header(chunk)
+        header, offset = parse_chunk_header(chunk)
         assert offset < 64 and header["shape"] == list(x.shape)
         assert header["dtype"] == x.dtype.str and header["n"] == len(chunk) - offset
         decoded = codec.decode(chunk)

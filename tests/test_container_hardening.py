@@ -21,7 +21,7 @@ import zstandard
 
 import ctpress
 from ctpress import container
-from ctpress.codecs.base import _chunk_header
+from ctpress.codecs.framing import chunk_header
 from ctpress.container import (
     _FOOT,
     _HEAD,
@@ -318,11 +318,11 @@ def test_aux_payload_is_checked_before_decoding(good) -> None:
     )
     # an aux payload whose zstd frame declares far more than its shape takes
     chunks, _ = _entries(good)
-    record, _ = container._parse_chunk_header(
+    record, _ = container.parse_chunk_header(
         container.encode_aux(np.zeros((1, ROWS, COLS), np.uint16))
     )
     stream = zstandard.ZstdCompressor().compress(bytes(64 << 20))
-    bomb = _chunk_header(dict(record, n=len(stream), crc=zlib.crc32(stream))) + stream
+    bomb = chunk_header(dict(record, n=len(stream), crc=zlib.crc32(stream))) + stream
     data_end = chunks[-1].offset + chunks[-1].length
     index = index_bytes(chunks, {"dark": (len(bomb), zlib.crc32(bomb))})
     crafted = _with_index(good[:data_end] + bomb, index)
@@ -445,7 +445,7 @@ def _huge_file(good: bytes) -> bytes:
 
     stream = zstandard.ZstdCompressor().compress(bytes(16))
     record = {"t": "none", "w": "<u2", "dtype": "<u2", "shape": shape, "lo": 0, "hi": 0}
-    payload = _chunk_header(dict(record, n=len(stream), crc=zlib.crc32(stream))) + stream
+    payload = chunk_header(dict(record, n=len(stream), crc=zlib.crc32(stream))) + stream
     crafted = _edit_header(good, edit)
     data_start = len(crafted) - len(_parts(crafted)[3])
     entry = container.ChunkEntry(0, shape[0], 0, len(payload), zlib.crc32(payload), bytes(16))
@@ -565,7 +565,7 @@ def test_container_overhead_counts_the_digests(monkeypatch) -> None:
     data = ctpress.compress(scan, codec="zstd", chunk_views=CHUNK_VIEWS)
     with ctpress.open(data) as f:
         streams = [
-            container._parse_chunk_header(data[e.offset : e.offset + e.length])[0]["n"]
+            container.parse_chunk_header(data[e.offset : e.offset + e.length])[0]["n"]
             for e in f.chunks
         ]
         codec, rate = f.codec, f.header["rate_control"]

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 import ctpress
 from ctpress.codecs import Codec, _isolate, get_codec, list_codecs, siren
-from ctpress.codecs.base import _chunk_header, _parse_chunk_header
+from ctpress.codecs.framing import chunk_header, parse_chunk_header
 from ctpress.errors import CorruptFileError, CtpressError, InputError
 
 DATA = Path(__file__).parent / "data"
@@ -74,14 +74,14 @@ def golden_chunks(codec_id: str) -> tuple[tuple[Codec, bytes], ...]:
 
 def rebuild(header: dict[str, Any], stream: bytes) -> bytes:
     """A chunk of ``stream`` with ``header``, its stream length and CRC-32 recomputed."""
-    return _chunk_header(dict(header, n=len(stream), crc=zlib.crc32(stream))) + stream
+    return chunk_header(dict(header, n=len(stream), crc=zlib.crc32(stream))) + stream
 
 
 def declared_bytes(payload: bytes) -> int:
     """Bytes a chunk declares (values x the larger item size of its two dtypes); 0 when
     its header does not parse."""
     try:
-        header, _ = _parse_chunk_header(payload)
+        header, _ = parse_chunk_header(payload)
         size = max(np.dtype(header["dtype"]).itemsize, np.dtype(header["w"]).itemsize)
         return math.prod(int(s) for s in header["shape"]) * size
     except Exception:
@@ -113,7 +113,7 @@ def assert_bounded(codec: Codec, payload: bytes) -> None:
     result, peak = decode_traced(codec, payload)
     assert peak <= peak_bound(codec.codec_id, payload), f"peak {peak} bytes"
     if result is not None:
-        header, _ = _parse_chunk_header(payload)
+        header, _ = parse_chunk_header(payload)
         assert result.shape == tuple(header["shape"])
         assert result.dtype == np.dtype(header["dtype"])
 
@@ -180,7 +180,7 @@ def _mutated_header(data: st.DataObject, header: dict[str, Any]) -> dict[str, An
 @given(data=st.data())
 def test_mutated_chunks_fail_cleanly_and_bounded(codec_id: str, data: st.DataObject) -> None:
     codec, payload = data.draw(st.sampled_from(golden_chunks(codec_id)))
-    header, offset = _parse_chunk_header(payload)
+    header, offset = parse_chunk_header(payload)
     stream = payload[offset:]
     if data.draw(st.integers(0, 4)) == 0:
         header = _mutated_header(data, header)
@@ -195,7 +195,7 @@ def test_mutated_chunks_fail_cleanly_and_bounded(codec_id: str, data: st.DataObj
 def test_random_bytes_fail_cleanly(codec_id: str, data: st.DataObject) -> None:
     """Random streams behind a valid chunk header (CRC recomputed), and random payloads."""
     codec, payload = data.draw(st.sampled_from(golden_chunks(codec_id)))
-    header, _ = _parse_chunk_header(payload)
+    header, _ = parse_chunk_header(payload)
     noise = data.draw(st.binary(max_size=2048))
     assert_bounded(codec, rebuild(header, noise))
     prefix = data.draw(st.sampled_from([b"", b"CPC1", b"CPC2"]))
@@ -221,7 +221,7 @@ SIZE_ONLY = {"zstd", "blosc2", "sz3"}
 @pytest.mark.parametrize("codec_id", SELF_DESCRIBING)
 def test_inflated_declared_shape_is_refused_before_allocating(codec_id: str) -> None:
     codec, payload = golden_chunks(codec_id)[0]
-    header, offset = _parse_chunk_header(payload)
+    header, offset = parse_chunk_header(payload)
     n, rows, cols = header["shape"]
     shapes = [[n * 4096, rows, cols], [n, rows * 64, cols * 64]]
     if codec_id not in SIZE_ONLY:
@@ -248,7 +248,7 @@ def test_residual_is_checked_before_the_network_is_evaluated(codec_id: str) -> N
     with ctpress.open(path) as f:
         entry, codec = f.chunks[0], f.codec
     payload = path.read_bytes()[entry.offset : entry.offset + entry.length]
-    header, offset = _parse_chunk_header(payload)
+    header, offset = parse_chunk_header(payload)
     n, rows, cols = header["shape"]
     crafted = rebuild(dict(header, shape=[n * 4096, rows, cols]), payload[offset:])
     tracemalloc.start()
@@ -296,7 +296,7 @@ SIREN_FIELDS = ("magic", "version", "flags", "segments", "width", "depth", "enco
 def test_siren_fields_are_checked_before_building(changes: dict, message: str) -> None:
     """One changed field made a 2 KB siren file allocate 24 GB."""
     codec, payload = golden_chunks("siren")[0]
-    header, start = _parse_chunk_header(payload)
+    header, start = parse_chunk_header(payload)
     side = list(siren._SIDE.unpack_from(payload, start))
     for name, value in changes.items():
         side[SIREN_FIELDS.index(name)] = value

@@ -19,7 +19,7 @@ import torch
 
 from conftest import smooth_stack
 from ctpress.codecs import get_codec
-from ctpress.codecs.base import _parse_chunk_header
+from ctpress.codecs.framing import parse_chunk_header
 from ctpress.errors import CorruptFileError, CtpressError
 from ctpress.learned import zoo
 from ctpress.learned.codec import decode_learned
@@ -50,7 +50,7 @@ def chunks(stack) -> dict[tuple[str, str], bytes]:
 
 def _inner(chunk: bytes) -> bytes:
     """The codec stream of a chunk (after its header, binary or JSON)."""
-    return chunk[_parse_chunk_header(chunk)[1] :]
+    return chunk[parse_chunk_header(chunk)[1] :]
 
 
 def _decode(method: str, chunk: bytes, threads: int) -> np.ndarray:

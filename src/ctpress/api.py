@@ -254,7 +254,7 @@ def _budget_for_overhead(scan: Scan, codec: Codec, chunk_views: int, rate: dict[
                 f"({8.0 * overhead / n_values:.3g} bits/value, {overhead} bytes, for this "
                 "scan); ask for more"
             )
-        budgeted = codec.with_rate("bpp", chunk_bpp, codec.data_range)
+        budgeted = codec.with_rate(codec.rate.with_value(chunk_bpp))
         actual = container_overhead(scan, budgeted, chunk_views, rate, chunk_bytes)
         if actual <= overhead:
             break

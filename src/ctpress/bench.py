@@ -151,7 +151,7 @@ def parse_rates(text: str) -> list[Rate] | None:
         if mode not in RATE_MODES or (mode == "lossless") != (value == ""):
             raise InputError(
                 f"bad rate {item!r}: use lossless or MODE=VALUE with MODE one of "
-                f"{', '.join(RATE_MODES[1:])} (e.g. max_error=4,bpp=2)"
+                f"{', '.join(list(RATE_MODES)[1:])} (e.g. max_error=4,bpp=2)"
             )
         try:
             rates.append((mode, None if mode == "lossless" else float(value)))

@@ -42,11 +42,11 @@ from tqdm.auto import tqdm
 from ._compact import ARRAY_KEY, get_varint, pack_float_lists, put_varint, unpack_float_lists
 from ._version import __version__
 from .codecs import Codec, get_codec
-from .codecs.base import (
+from .codecs.framing import (
     _CHUNK_MAGIC,
     _CHUNK_MAGIC_2,
-    _parse_chunk_header,
     chunk_header_bound,
+    parse_chunk_header,
     read_chunk_header,
 )
 from .codecs.generic import Zstd
@@ -716,7 +716,7 @@ class CtpzFile:
             head = self._fh.read(_CHUNK_HEADER_READ)
             truncated = f"file is truncated in {self._chunk_label(k)}; the index is missing"
             try:
-                info, offset = _parse_chunk_header(head)
+                info, offset = parse_chunk_header(head)
                 stream_length = int(info["n"])
                 if stream_length < 0:
                     raise ValueError("negative stream length")
@@ -1000,7 +1000,7 @@ def _check_aux_payload(data: bytes, shape: tuple[int, ...], dtype: np.dtype) -> 
         raise CorruptFileError(
             f"its header declares {_array_text(*declared)}, expected {_array_text(stored, dtype)}"
         )
-    info, offset = _parse_chunk_header(data)
+    info, offset = parse_chunk_header(data)
     work = info.get("w")
     if not (isinstance(work, str) and work in _AUX_DTYPES):
         raise CorruptFileError(f"damaged chunk header: work dtype {reprlib.repr(work)}")

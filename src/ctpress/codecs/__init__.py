@@ -1,6 +1,7 @@
 """Codecs: one interface (:class:`Codec`), one registry, one module per method."""
 
 # importing a codec module registers it
+from ..rate import RATE_MODES, RateControl
 from . import (  # noqa: F401
     generic,
     hyperprior,
@@ -13,13 +14,16 @@ from . import (  # noqa: F401
     vqvae,
     zfp,
 )
-from .base import RATE_MODES, Codec, Knob
+from .base import Codec, Knob
+from .context import ChunkContext
 from .registry import get_codec, get_codec_class, list_codecs, register_codec
 
 __all__ = [
     "RATE_MODES",
+    "ChunkContext",
     "Codec",
     "Knob",
+    "RateControl",
     "get_codec",
     "get_codec_class",
     "list_codecs",

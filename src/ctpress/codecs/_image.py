@@ -22,7 +22,8 @@ import numpy as np
 
 from ..errors import CorruptFileError
 from ._isolate import decode_isolated
-from .base import Codec, check_declared
+from .base import Codec
+from .settings import check_declared
 
 MIN_FRAME_ROWS = 8
 

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CorruptFileError, CtpressError
-from .base import declared_bytes
+from .settings import declared_bytes
 
 try:
     import resource

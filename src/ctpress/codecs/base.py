@@ -29,39 +29,24 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 import math
-import numbers
-import re
-import struct
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeGuard
+from typing import Any, ClassVar
 
 import numpy as np
 
-from .._compact import get_varint, put_varint
 from ..errors import CorruptFileError, InputError, RateControlError
+from ..noise import NoiseModel
+from ..rate import RateControl
+from .context import ChunkContext
+from .framing import _CHUNK_MAGIC, _CHUNK_MAGIC_2, checked_chunk_header, chunk_header
+from .noise_bound import decode_noise_bounded, encode_noise_bounded
 
-#: Rate-control modes, in the order the CLI lists them.
-RATE_MODES: tuple[str, ...] = ("lossless", "max_error", "bpp", "psnr")
-
-_CHUNK_MAGIC = b"CPC1"  # JSON chunk header (written by ctpress <= 0.1 and as a fallback)
-_CHUNK_MAGIC_2 = b"CPC2"  # binary chunk header
-#: Codes of the CPC2 header (part of the format: append only).
-_CPC2_DTYPES = ("|u1", "<u2", "<i2", "<u4", "<i4", "<f4", "<f8", "|i1", "<i8", "<u8", "<f2")
-_CPC2_TRANSFORMS = ("none", "quant", "affine")
-_CPC2_FLOATS = ("o", "q", "k")  # optional float64 fields, flag bits 1, 2, 4
-_CPC2_EXTRA = 8  # flag bit: a JSON object of further keys follows
-_CPC2_FIXED = struct.Struct("<4sBBBBB")  # magic, dtype, work dtype, transform, flags, ndim
-_DTYPE_STR = re.compile(r"[<>|=]?[uif][1248]")  # what dtype.str gives for numeric dtypes
 _BPP_TOLERANCE = 0.10  # relative; --bpp must land within 10 %
 _SEARCH_STEPS = 18
-#: Largest decoded chunk (bytes of its output or work array) a chunk header may declare:
-#: anything larger is a damaged header, refused before a decoder allocates it.
-MAX_CHUNK_BYTES = 1 << 36
 
 
 @dataclass(frozen=True)
@@ -113,33 +98,40 @@ class Codec(ABC):
     has_native_lossy: ClassVar[bool] = False
     #: Input bytes per container chunk this codec works best with (None: the default).
     preferred_chunk_bytes: ClassVar[int | None] = None
+    #: Views per container chunk this codec works best with (a GOP, a segment), or None
+    #: to chunk by :attr:`preferred_chunk_bytes`.
+    preferred_chunk_views: ClassVar[int | None] = None
+    #: "classical" or "learned" (the report styles and ranks the families apart).
+    family: ClassVar[str] = "classical"
 
     def __init__(
         self,
         mode: str = "lossless",
         value: float | None = None,
         data_range: float | None = None,
+        noise: NoiseModel | dict[str, Any] | None = None,
     ) -> None:
-        if not isinstance(mode, str) or mode not in RATE_MODES:
-            raise InputError(f"unknown rate control {mode!r}; choose one of {RATE_MODES}")
+        if isinstance(noise, dict):
+            noise = NoiseModel.from_dict(noise)
+        rate = RateControl(mode, value, data_range, noise)
         if mode not in self.rate_modes():
             raise InputError(
                 f"codec {self.codec_id!r} does not support {mode!r} rate control; it supports "
                 f"{', '.join(self.rate_modes())}"
             )
-        if mode == "lossless":
-            value = None
-        else:
-            if not _finite(value):
-                raise InputError(f"rate control {mode!r} needs a finite value, got {value!r}")
-            value = float(value)
-            if mode in ("max_error", "bpp") and value <= 0:
-                raise InputError(f"{mode} must be > 0, got {value}")
-        if data_range is not None and not (_is_number(data_range) and data_range > 0):
-            raise InputError(f"data_range must be > 0, got {data_range!r}")
-        self.mode = mode
-        self.value = value
-        self.data_range = None if data_range is None else float(data_range)
+        self.rate = rate
+
+    @property
+    def mode(self) -> str:
+        return self.rate.mode
+
+    @property
+    def value(self) -> float | None:
+        return self.rate.value
+
+    @property
+    def data_range(self) -> float | None:
+        return self.rate.data_range
 
     # ------------------------------------------------------------------ config
     @classmethod
@@ -149,7 +141,7 @@ class Codec(ABC):
         if cls.exact_dtypes:
             modes.append("lossless")
         modes.append("max_error")  # native bound, or quantisation + lossless
-        modes += ["bpp", "psnr"]
+        modes += ["bpp", "psnr", "noise"]
         return tuple(modes)
 
     def _options(self) -> dict[str, Any]:
@@ -158,12 +150,7 @@ class Codec(ABC):
 
     def get_config(self) -> dict[str, Any]:
         """JSON-serialisable settings; ``from_config(get_config())`` rebuilds the codec."""
-        config: dict[str, Any] = {
-            "id": self.codec_id,
-            "mode": self.mode,
-            "value": self.value,
-            "data_range": self.data_range,
-        }
+        config: dict[str, Any] = {"id": self.codec_id, **self.rate.to_dict()}
         config.update(self._options())
         return config
 
@@ -190,10 +177,10 @@ class Codec(ABC):
                 kwargs[name] = min(max(kwargs[name], lo), hi)
         return cls(**kwargs)
 
-    def with_rate(self, mode: str, value: float | None, data_range: float | None) -> Codec:
+    def with_rate(self, rate: RateControl) -> Codec:
         """Copy of this codec with another rate control (same options)."""
-        config = self.get_config()
-        config.update(mode=mode, value=value, data_range=data_range)
+        config = {k: v for k, v in self.get_config().items() if k != "noise"}
+        config.update(rate.to_dict())
         return type(self).from_config(config)
 
     def __repr__(self) -> str:
@@ -223,8 +210,13 @@ class Codec(ABC):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ encode
-    def encode(self, array: np.ndarray) -> bytes:
-        """Encode an array of shape (n_views, rows, cols) (or (rows, cols)) to bytes."""
+    def encode(self, array: np.ndarray, context: ChunkContext | None = None) -> bytes:
+        """Encode an array of shape (n_views, rows, cols) (or (rows, cols)) to bytes.
+
+        ``context`` tells the codec where the chunk sits in its scan (views, angles,
+        geometry, scan-wide statistics); whatever the decoder needs of it goes into
+        the stream.
+        """
         x = np.ascontiguousarray(array)
         if x.ndim == 2:
             x = x[None]
@@ -234,13 +226,7 @@ class Codec(ABC):
             raise InputError("codec input contains NaN or inf")
         if x.dtype.kind not in "uif":
             raise InputError(f"unsupported dtype {x.dtype}")
-        if self.mode == "lossless":
-            enc = self._encode_lossless(x)
-        elif self.mode == "max_error":
-            assert self.value is not None
-            enc = self._encode_max_error(x, self.value)
-        else:
-            enc = self._encode_search(x)
+        enc = self._encode_chunk(x, context)
         header = dict(enc.info)
         header.update(
             dtype=x.dtype.str,
@@ -250,11 +236,42 @@ class Codec(ABC):
             n=len(enc.stream),
             crc=zlib.crc32(enc.stream),
         )
-        return _chunk_header(header) + enc.stream
+        return chunk_header(header) + enc.stream
+
+    def _encode_chunk(self, x: np.ndarray, context: ChunkContext | None) -> _Encoded:
+        """Stream + header info of a validated (n, rows, cols) chunk under the codec's
+        rate control.  Codecs that use the chunk's context override this."""
+        if self.mode == "lossless":
+            return self._encode_lossless(x)
+        if self.mode == "max_error":
+            assert self.value is not None
+            return self._encode_max_error(x, self.value)
+        if self.mode == "noise":
+            return self._encode_noise(x)
+        return self._encode_search(x)
 
     def _encode_lossless(self, x: np.ndarray) -> _Encoded:
         work, info = self._exact_work(x, step=None)
         return _Encoded(self._encode_exact(work), info)
+
+    def _encode_noise(self, x: np.ndarray) -> _Encoded:
+        """Noise-bounded stream (see :mod:`ctpress.codecs.noise_bound`)."""
+        assert self.rate.noise is not None and self.value is not None
+        limits = {"lo": _py(x.min()), "hi": _py(x.max())}
+        stream = encode_noise_bounded(
+            x,
+            self.rate.noise,
+            self.value,
+            lambda y, bound: self.with_rate(RateControl("max_error", bound)).encode(y),
+            self._inner_decode,
+            lambda v: _to_output(v, limits, x.dtype),
+        )
+        return _Encoded(stream, {"t": "none", "w": x.dtype.str, "nb": 1})
+
+    def _inner_decode(self, chunk: bytes) -> np.ndarray:
+        """Decode a framed chunk this codec wrote under any rate control (decoding does
+        not depend on the rate)."""
+        return self.with_rate(RateControl("max_error", 1.0)).decode(chunk)
 
     def _exact_work(self, x: np.ndarray, step: float | None) -> tuple[np.ndarray, dict[str, Any]]:
         """Map ``x`` to an array in ``exact_dtypes``: as is, offset into unsigned, or (with
@@ -414,7 +431,7 @@ class Codec(ABC):
         data = bytes(buf)
         if data[:4] not in (_CHUNK_MAGIC, _CHUNK_MAGIC_2):
             raise CorruptFileError("not a ctpress chunk (bad magic)")
-        header, offset, shape, dtype = _checked_chunk_header(data)
+        header, offset, shape, dtype = checked_chunk_header(data)
         enc = _Encoded(data[offset:], header)
         if len(enc.stream) != header.get("n") or zlib.crc32(enc.stream) != header.get("crc"):
             raise CorruptFileError(f"{self.codec_id} chunk is truncated or damaged (checksum)")
@@ -426,6 +443,17 @@ class Codec(ABC):
         """Decode stream + transform info to ``like``'s dtype (shape from ``like`` if given)."""
         info = enc.info
         shape = like.shape if shape is None else shape
+        if info.get("nb"):
+            if self.rate.noise is None:
+                raise CorruptFileError("a noise-bounded chunk needs the codec's noise model")
+            return decode_noise_bounded(
+                enc.stream,
+                tuple(shape),
+                like.dtype,
+                self.rate.noise,
+                self._inner_decode,
+                lambda v: _to_output(v, info, like.dtype),
+            )
         work = self._decode_stream(enc.stream, tuple(shape), np.dtype(info["w"]).name)
         if work.shape != tuple(shape):
             raise CorruptFileError(f"decoded shape {work.shape} differs from stored {shape}")
@@ -451,255 +479,6 @@ def _to_output(work: np.ndarray, info: dict[str, Any], dtype: np.dtype) -> np.nd
         np.rint(values, out=values)
         np.clip(values, info_lim.min, info_lim.max, out=values)
     return values.astype(dtype)
-
-
-def _chunk_header(header: dict[str, Any]) -> bytes:
-    """Chunk framing of ``header``: the binary CPC2 form, or CPC1 (JSON) for what CPC2
-    cannot hold bit-exactly (checked by parsing it back)."""
-    packed = _pack_cpc2(header)
-    if packed is not None:
-        try:
-            parsed, end = _parse_chunk_header(packed)
-        except (ValueError, KeyError, TypeError, IndexError, struct.error):
-            parsed, end = {}, -1
-        if end == len(packed) and _canonical(parsed) == _canonical(header):
-            return packed
-    text = json.dumps(header, separators=(",", ":")).encode()
-    return _CHUNK_MAGIC + struct.pack("<I", len(text)) + text
-
-
-def _canonical(header: dict[str, Any]) -> str:
-    return json.dumps(header, sort_keys=True)
-
-
-def _pack_cpc2(header: dict[str, Any]) -> bytes | None:
-    """CPC2 header bytes, or None if a field does not fit the binary form::
-
-    "CPC2" | u8 dtype | u8 work dtype | u8 transform | u8 flags | u8 ndim
-    | varint shape[ndim] | lo, hi (input dtype) | varint n | u32 crc
-    | f64 o, q, k (flags 1, 2, 4 when present) | [varint J | J bytes JSON] (flag 8)
-    """
-    try:
-        dtype = _CPC2_DTYPES.index(header["dtype"])
-        work = _CPC2_DTYPES.index(header["w"])
-        transform = _CPC2_TRANSFORMS.index(header["t"])
-        shape = [int(s) for s in header["shape"]]
-        limits = np.array([header["lo"], header["hi"]], dtype=np.dtype(header["dtype"]))
-        n, crc = int(header["n"]), int(header["crc"])
-    except (KeyError, ValueError, TypeError, OverflowError):
-        return None
-    if len(shape) > 255 or min(shape, default=0) < 0 or not 0 <= crc < 1 << 32:
-        return None
-    flags = 0
-    floats = b""
-    for bit, key in enumerate(_CPC2_FLOATS):
-        if type(header.get(key)) is float:
-            flags |= 1 << bit
-            floats += struct.pack("<d", header[key])
-    known = {"dtype", "w", "t", "shape", "lo", "hi", "n", "crc"}
-    known.update(key for bit, key in enumerate(_CPC2_FLOATS) if flags & (1 << bit))
-    extra = {k: v for k, v in header.items() if k not in known}
-    tail = b""
-    if extra:
-        flags |= _CPC2_EXTRA
-        text = json.dumps(extra, separators=(",", ":")).encode()
-        tail = put_varint(len(text)) + text
-    out = bytearray(_CPC2_FIXED.pack(_CHUNK_MAGIC_2, dtype, work, transform, flags, len(shape)))
-    for size in shape:
-        out += put_varint(size)
-    out += limits.astype(limits.dtype.newbyteorder("<")).tobytes()
-    out += put_varint(n) + struct.pack("<I", crc) + floats + tail
-    return bytes(out)
-
-
-def _parse_chunk_header(data: bytes) -> tuple[dict[str, Any], int]:
-    """Chunk header dict (the keys CPC1 stores) and the offset of the stream."""
-    if data[:4] == _CHUNK_MAGIC and len(data) >= 8:
-        (n,) = struct.unpack_from("<I", data, 4)
-        parsed = json.loads(data[8 : 8 + n])
-        if not isinstance(parsed, dict):
-            raise ValueError("chunk header is not a JSON object")
-        return parsed, 8 + n
-    if data[:4] != _CHUNK_MAGIC_2 or len(data) < _CPC2_FIXED.size:
-        raise ValueError("not a ctpress chunk (bad magic)")
-    _, dtype_code, work_code, transform, flags, ndim = _CPC2_FIXED.unpack_from(data)
-    dtype = np.dtype(_CPC2_DTYPES[dtype_code])
-    pos = _CPC2_FIXED.size
-    shape = []
-    for _ in range(ndim):
-        size, pos = get_varint(data, pos)
-        shape.append(size)
-    limits = np.frombuffer(data, dtype=dtype.newbyteorder("<"), count=2, offset=pos)
-    pos += 2 * dtype.itemsize
-    n, pos = get_varint(data, pos)
-    (crc,) = struct.unpack_from("<I", data, pos)
-    pos += 4
-    header: dict[str, Any] = {
-        "t": _CPC2_TRANSFORMS[transform],
-        "w": _CPC2_DTYPES[work_code],
-    }
-    for bit, key in enumerate(_CPC2_FLOATS):
-        if flags & (1 << bit):
-            (header[key],) = struct.unpack_from("<d", data, pos)
-            pos += 8
-    if flags & _CPC2_EXTRA:
-        size, pos = get_varint(data, pos)
-        if pos + size > len(data):
-            raise ValueError("truncated chunk header")
-        extra = json.loads(data[pos : pos + size])
-        if not isinstance(extra, dict):
-            raise ValueError("chunk header extra is not a JSON object")
-        header.update(extra)
-        pos += size
-    header.update(
-        dtype=_CPC2_DTYPES[dtype_code],
-        shape=shape,
-        lo=limits[0].item(),
-        hi=limits[1].item(),
-        n=n,
-        crc=crc,
-    )
-    return header, pos
-
-
-def read_chunk_header(buf: bytes | bytearray | memoryview) -> tuple[tuple[int, ...], np.dtype]:
-    """Shape and dtype a chunk declares, read from its header alone (nothing is decoded or
-    allocated), so a reader can check them against what it expects first.
-
-    Raises
-    ------
-    CorruptFileError
-        If the bytes do not start with a readable chunk header.
-    """
-    _, _, shape, dtype = _checked_chunk_header(bytes(buf[:65536]))
-    return shape, dtype
-
-
-def _checked_chunk_header(data: bytes) -> tuple[dict[str, Any], int, tuple[int, ...], np.dtype]:
-    """``(header, stream offset, shape, dtype)`` of the chunk header at the start of
-    ``data``, every field a decoder uses checked (CorruptFileError otherwise): a 2-D or
-    3-D shape of at most :data:`MAX_CHUNK_BYTES`, numeric dtypes, a known transform with
-    finite parameters."""
-    try:
-        header, offset = _parse_chunk_header(data)
-        shape = tuple(_count(s) for s in header["shape"])
-        dtype, work = _numeric_dtype(header["dtype"]), _numeric_dtype(header["w"])
-        transform = header.get("t", "none")
-        if transform not in _CPC2_TRANSFORMS:
-            raise ValueError(f"unknown transform {transform!r}")
-        if transform != "none" and not (
-            _finite(header["o"]) and _finite(header["q"]) and header["q"] > 0
-        ):
-            raise ValueError("bad transform parameters")
-        if "lo" in header and not (
-            _finite(header["lo"]) and _finite(header["hi"]) and header["lo"] <= header["hi"]
-        ):
-            raise ValueError("bad value range")
-    except (ValueError, KeyError, TypeError, IndexError, OverflowError, RecursionError,
-            struct.error) as exc:  # fmt: skip
-        raise CorruptFileError(f"damaged chunk header: {exc}") from None
-    if len(shape) not in (2, 3) or min(shape) < 1:
-        raise CorruptFileError(
-            f"damaged chunk header: shape {shape} is not 2-D or 3-D with sizes of at least 1"
-        )
-    if math.prod(shape) * max(dtype.itemsize, work.itemsize) > MAX_CHUNK_BYTES:
-        raise CorruptFileError(
-            f"chunk header declares {shape} {dtype} values, more than {MAX_CHUNK_BYTES >> 30} "
-            "GiB (the file is damaged)"
-        )
-    return header, offset, shape, dtype
-
-
-def _count(value: Any) -> int:
-    if type(value) is not int:  # JSON (CPC1) may hold anything
-        raise ValueError(f"bad dimension {value!r}")
-    return value
-
-
-def _numeric_dtype(name: Any) -> np.dtype:
-    """The dtype of a header's ``dtype.str`` (byte order, kind u/i/f, 1-8 bytes)."""
-    if not isinstance(name, str) or not _DTYPE_STR.fullmatch(name):
-        raise ValueError(f"unsupported dtype {name!r:.40}")
-    return np.dtype(name)
-
-
-def _finite(value: Any) -> TypeGuard[float]:
-    return _is_number(value) and math.isfinite(value)
-
-
-def int_setting(codec_id: str, name: str, value: Any, lo: int, hi: int) -> int:
-    """A codec setting that must be an integer in ``lo..hi`` (integral floats pass, as
-    JSON may give them; bools do not): the int, or an InputError naming it."""
-    if not _is_number(value) or not float(value).is_integer() or not lo <= value <= hi:
-        raise InputError(
-            f"{codec_id} setting {name}={value!r}: must be an integer from {lo} to {hi}"
-        )
-    return int(value)
-
-
-def number_setting(
-    codec_id: str, name: str, value: Any, lo: float, hi: float = math.inf, *, hi_open: bool = True
-) -> float:
-    """A codec setting that must be a number in ``(lo, hi)`` (``(lo, hi]`` when not
-    ``hi_open``): the float, or an InputError naming it."""
-    if not (_is_number(value) and lo < value and (value < hi if hi_open else value <= hi)):
-        span = f"> {lo:g}" if hi == math.inf else f"in ({lo:g}, {hi:g}{')' if hi_open else ']'}"
-        raise InputError(f"{codec_id} setting {name}={value!r}: must be a number {span}")
-    return float(value)
-
-
-def _is_number(value: Any) -> TypeGuard[float]:
-    """Whether ``value`` is a real number (Python or NumPy, not a bool) that converts to
-    a float (inf and nan included)."""
-    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
-        return False
-    try:
-        float(value)
-    except OverflowError:
-        return False
-    return True
-
-
-def declared_bytes(shape: tuple[int, ...], dtype: str | np.dtype) -> int:
-    """Bytes of an array of ``shape`` and ``dtype``: what a chunk header declares a decoder
-    will produce, the unit of every decoder's memory bound."""
-    return math.prod(shape) * np.dtype(dtype).itemsize
-
-
-def check_declared(what: str, found: Any, declared: Any) -> None:
-    """Refuse (CorruptFileError) a stream whose own header disagrees with its chunk
-    header: ``found`` is read from the stream before anything is decoded or allocated,
-    ``declared`` comes from the chunk header (tuples are shapes, shown as ``AxBxC``)."""
-    if found != declared:
-        raise CorruptFileError(
-            f"{what} is {_shown(found)}, but the chunk header declares {_shown(declared)}"
-        )
-
-
-def _shown(value: Any) -> str:
-    return "x".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
-
-
-def chunk_header_bound(shape: tuple[int, ...], dtype: np.dtype, stream_bytes: int) -> int:
-    """Upper bound of the framing bytes :meth:`Codec.encode` puts before a stream of about
-    ``stream_bytes`` for a chunk of ``shape`` and ``dtype`` (all optional floats present,
-    no codec-specific extra keys)."""
-    dtype = np.dtype(dtype)
-    zero: float | int = 0.0 if dtype.kind == "f" else 0
-    header = {
-        "t": "affine",
-        "w": "<u2",
-        "o": 0.5,
-        "q": 0.5,
-        "k": 0.5,
-        "dtype": dtype.str,
-        "shape": list(shape),
-        "lo": zero,
-        "hi": zero,
-        "n": max(0, int(stream_bytes)),
-        "crc": 0xFFFFFFFF,
-    }
-    return len(_chunk_header(header))
 
 
 def _search_knob(codec: Codec, x: np.ndarray, knob: Knob, attempt: Any) -> _Encoded:

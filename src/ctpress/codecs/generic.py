@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import blosc2
 import numpy as np
@@ -10,8 +10,9 @@ import zstandard
 
 from ..errors import CorruptFileError
 from ..scan import SUPPORTED_DTYPES
-from .base import Codec, check_declared, declared_bytes, int_setting
+from .base import Codec
 from .registry import register_codec
+from .settings import check_declared, declared_bytes, int_setting
 
 #: Bytes of the Blosc2 extended chunk header that ctpress's chunks start with (read in
 #: full by blosc2's size query, which is given no length).
@@ -30,9 +31,10 @@ class _ByteCodec(Codec):
         mode: str = "lossless",
         value: float | None = None,
         data_range: float | None = None,
+        noise: dict[str, Any] | None = None,
         level: int = 9,
     ) -> None:
-        super().__init__(mode, value, data_range)
+        super().__init__(mode, value, data_range, noise)
         self.level = int_setting(self.codec_id, "level", level, *self.levels)
 
     def _options(self) -> dict[str, int]:
@@ -95,9 +97,10 @@ class Blosc2(_ByteCodec):
         mode: str = "lossless",
         value: float | None = None,
         data_range: float | None = None,
+        noise: dict[str, Any] | None = None,
         level: int = 5,
     ) -> None:
-        super().__init__(mode, value, data_range, level)
+        super().__init__(mode, value, data_range, noise, level)
 
     def _encode_exact(self, work: np.ndarray) -> bytes:
         data = np.ascontiguousarray(work, dtype=work.dtype.newbyteorder("<"))

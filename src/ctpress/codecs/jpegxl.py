@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import imagecodecs
 import numpy as np
 
 from ._image import ImageCodec, find_box
-from .base import int_setting
 from .registry import register_codec
+from .settings import int_setting
 
 #: libjxl's encoder efforts (fastest, smallest).
 _EFFORTS = (1, 10)
@@ -35,9 +35,10 @@ class JpegXl(ImageCodec):
         mode: str = "lossless",
         value: float | None = None,
         data_range: float | None = None,
+        noise: dict[str, Any] | None = None,
         effort: int = 7,
     ) -> None:
-        super().__init__(mode, value, data_range)
+        super().__init__(mode, value, data_range, noise)
         self.effort = int_setting(self.codec_id, "effort", effort, *_EFFORTS)
 
     def _options(self) -> dict[str, int]:

@@ -34,8 +34,9 @@ from ..errors import CorruptFileError, InputError, RateControlError
 from ..learned import inr, residual
 from ..learned.codec import _bisect, _finish, _odd, encode_error_bounded, finish_search
 from ..learned.models.siren import ENCODINGS, SirenArch, SirenStack
-from .base import Codec, _Encoded, _to_output, int_setting, number_setting
+from .base import Codec, _Encoded, _to_output
 from .registry import register_codec
+from .settings import int_setting, number_setting
 
 _MAGIC = b"CTSR"
 _VERSION = 1
@@ -392,6 +393,7 @@ class Siren(Codec):
         mode: str = "lossless",
         value: float | None = None,
         data_range: float | None = None,
+        noise: dict[str, Any] | None = None,
         width: int | None = None,
         depth: int = 2,
         segments: int | None = None,
@@ -405,7 +407,7 @@ class Siren(Codec):
         meta_init: bool = False,
         seed: int = 0,
     ) -> None:
-        super().__init__(mode, value, data_range)
+        super().__init__(mode, value, data_range, noise)
         name = self.codec_id
         self.width = None if width is None else int_setting(name, "width", width, 1, MAX_WIDTH)
         self.depth = int_setting(name, "depth", depth, 1, MAX_DEPTH)

@@ -10,8 +10,8 @@ import numpy as np
 from ..errors import CorruptFileError
 from ._float import ErrorBoundedCodec
 from ._isolate import decode_isolated
-from .base import check_declared
 from .registry import register_codec
+from .settings import check_declared
 
 # SPERR header: u8 version, u8 flags (bit 7: a portion of a volume, 6: 3-D, 5: float32,
 # 4: several chunks), u32 sizes x, y (and z when 3-D)

@@ -8,8 +8,9 @@ import zfpy
 from ..errors import CorruptFileError
 from ._float import ErrorBoundedCodec
 from ._isolate import decode_isolated
-from .base import Knob, check_declared
+from .base import Knob
 from .registry import register_codec
+from .settings import check_declared
 
 #: zfp's scalar type codes (its header's 2-bit type field plus 1) of the work dtypes.
 _ZFP_TYPES = {"int32": 1, "int64": 2, "float32": 3, "float64": 4}

@@ -51,7 +51,8 @@ import numpy as np
 import torch
 
 from ..codecs._image import MIN_FRAME_ROWS
-from ..codecs.base import Codec, _Encoded, int_setting
+from ..codecs.base import Codec, _Encoded
+from ..codecs.settings import int_setting
 from ..errors import CorruptFileError, InputError, RateControlError
 from . import residual, zoo
 from .layers import pad_to_multiple
@@ -508,9 +509,10 @@ class LearnedCodec(Codec):
         mode: str = "lossless",
         value: float | None = None,
         data_range: float | None = None,
+        noise: dict[str, Any] | None = None,
         rate_point: int | None = None,
     ) -> None:
-        super().__init__(mode, value, data_range)
+        super().__init__(mode, value, data_range, noise)
         if rate_point is not None:
             last = max(len(zoo.rate_points(self.method)) - 1, 0)  # none installed: encode says
             rate_point = int_setting(self.codec_id, "rate_point", rate_point, 0, last)

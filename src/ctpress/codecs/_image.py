@@ -2,9 +2,10 @@
 
 A chunk (n_views, rows, cols) is coded as one image per projection when projections
 have at least ``MIN_FRAME_ROWS`` rows; flatter chunks (sinogram-like, e.g. rows=1) are
-coded as a single (n_views*rows, cols) mosaic, which keeps the view-to-view
-correlation that a 1-row image would lose.  The stream is ``u32 n_frames``, ``u32``
-length of each frame, then the frames.
+coded as a (n_views*rows, cols) mosaic, which keeps the view-to-view correlation that a
+1-row image would lose: one image, or two horizontal strips (whole views each) when the
+codec codes two parts at different settings (:attr:`ImageCodec.mixes_knob`).  The
+stream is ``u32 n_frames``, ``u32`` length of each frame, then the frames, top to bottom.
 
 Decoding checks the frame table and every frame's own header (its image size, one
 component of at most 16 bits) against the chunk header before any frame is decoded, and
@@ -14,6 +15,7 @@ decodes into one preallocated array: at most the declared output plus one frame.
 from __future__ import annotations
 
 import functools
+import math
 import struct
 from abc import abstractmethod
 from typing import ClassVar
@@ -51,10 +53,26 @@ class ImageCodec(Codec):
         not describe one component of at most 16 bits.
         """
 
+    #: Whether a fractional knob k + f codes the first round(f * n_views) views at k + 1
+    #: and the rest at k (an integer knob whose steps are far apart in rate, e.g.
+    #: JPEG-LS NEAR, then reaches every rate in between; each frame's own header holds
+    #: its setting).
+    mixes_knob: ClassVar[bool] = False
+
     def _encode_frames(self, work: np.ndarray, knob: float | None) -> bytes:
         n, rows, cols = work.shape
-        frames = list(work) if rows >= MIN_FRAME_ROWS else [work.reshape(n * rows, cols)]
-        encoded = [self._encode_image(np.ascontiguousarray(f), knob) for f in frames]
+        parts = [(work, knob)]
+        if self.mixes_knob and knob is not None and knob != math.floor(knob):
+            richer = round((knob - math.floor(knob)) * n)  # views at the larger knob
+            parts = [(work[:richer], math.floor(knob) + 1.0), (work[richer:], math.floor(knob))]
+            parts = [(views, k) for views, k in parts if len(views)]
+        frames = []
+        for views, k in parts:
+            if rows >= MIN_FRAME_ROWS:
+                frames += [(image, k) for image in views]
+            else:
+                frames.append((views.reshape(-1, cols), k))
+        encoded = [self._encode_image(np.ascontiguousarray(f), k) for f, k in frames]
         head = struct.pack(f"<I{len(encoded)}I", len(encoded), *(len(e) for e in encoded))
         return head + b"".join(encoded)
 
@@ -65,13 +83,13 @@ class ImageCodec(Codec):
         return self._encode_frames(work, knob)
 
     def _decode_stream(self, stream: bytes, shape: tuple[int, ...], work_dtype: str) -> np.ndarray:
-        frame_shape = _frame_shape(shape)
+        sizes = []
         for i, frame in enumerate(self._frames(stream, shape)):
             try:
-                size = self._image_size(frame)
+                sizes.append(self._image_size(frame))
             except (ValueError, IndexError, struct.error) as exc:
                 raise CorruptFileError(f"{self.codec_id} frame {i}: {exc}") from None
-            check_declared(f"{self.codec_id} frame {i}'s image size", size, frame_shape)
+        _check_frame_sizes(self.codec_id, sizes, shape)
         if self.isolated:
             decode = functools.partial(self._decode_frames, shape=shape, work_dtype=work_dtype)
             return decode_isolated(decode, stream, shape, work_dtype, self.codec_id)
@@ -83,7 +101,12 @@ class ImageCodec(Codec):
             raise CorruptFileError(f"{self.codec_id} stream is truncated")
         (count,) = struct.unpack_from("<I", stream)
         n, rows, _ = shape
-        check_declared(f"{self.codec_id} frame count", count, n if rows >= MIN_FRAME_ROWS else 1)
+        if rows >= MIN_FRAME_ROWS:
+            check_declared(f"{self.codec_id} frame count", count, n)
+        elif count not in (1, 2) or count > n:
+            raise CorruptFileError(
+                f"{self.codec_id} stream has {count} strips, not 1 or 2 of a {n}-view chunk"
+            )
         pos = 4 + 4 * count
         if pos > len(stream):
             raise CorruptFileError(f"{self.codec_id} stream is truncated")
@@ -97,24 +120,36 @@ class ImageCodec(Codec):
         return frames
 
     def _decode_frames(self, stream: bytes, shape: tuple[int, ...], work_dtype: str) -> np.ndarray:
-        """Decode every frame into one array of ``shape`` (headers checked already)."""
-        frame_shape = _frame_shape(shape)
-        frames = self._frames(stream, shape)
-        out = np.empty((len(frames), *frame_shape), dtype=work_dtype)
-        for i, frame in enumerate(frames):
+        """Decode every frame, top to bottom, into one array of ``shape`` (frame sizes
+        checked already; each decoded frame is checked against its own header)."""
+        n, rows, cols = shape
+        out = np.empty((n * rows, cols), dtype=work_dtype)
+        top = 0
+        for i, frame in enumerate(self._frames(stream, shape)):
             image = np.asarray(self._decode_image(frame))
-            check_declared(f"{self.codec_id} frame {i}'s decoded shape", image.shape, frame_shape)
-            out[i] = image
+            size = self._image_size(frame)
+            check_declared(f"{self.codec_id} frame {i}'s decoded shape", image.shape, size)
+            out[top : top + size[0]] = image
+            top += size[0]
         return out.reshape(shape)
 
     def _lossy_work(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, object]] | None:
         return to_uint16_work(x)
 
 
-def _frame_shape(shape: tuple[int, ...]) -> tuple[int, int]:
-    """(rows, cols) of each frame of a chunk of ``shape`` (n, rows, cols)."""
+def _check_frame_sizes(codec_id: str, sizes: list[tuple[int, int]], shape: tuple[int, ...]) -> None:
+    """CorruptFileError unless the frames' own (rows, cols) tile a chunk of ``shape``:
+    one frame per view, or strips of whole views that together make the mosaic."""
     n, rows, cols = shape
-    return (rows, cols) if rows >= MIN_FRAME_ROWS else (n * rows, cols)
+    for i, (height, width) in enumerate(sizes):
+        if rows >= MIN_FRAME_ROWS:
+            check_declared(f"{codec_id} frame {i}'s image size", (height, width), (rows, cols))
+        elif width != cols or height <= 0 or height % rows:
+            raise CorruptFileError(
+                f"{codec_id} strip {i} is {height}x{width}, not whole {rows}x{cols} views"
+            )
+    if rows < MIN_FRAME_ROWS:
+        check_declared(f"{codec_id} mosaic's rows", sum(h for h, _ in sizes), n * rows)
 
 
 def to_uint16_work(x: np.ndarray) -> tuple[np.ndarray, dict[str, object]]:

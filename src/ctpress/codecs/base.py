@@ -32,7 +32,7 @@ import inspect
 import math
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -44,9 +44,17 @@ from ..rate import RateControl
 from .context import ChunkContext
 from .framing import _CHUNK_MAGIC, _CHUNK_MAGIC_2, checked_chunk_header, chunk_header
 from .noise_bound import decode_noise_bounded, encode_noise_bounded
+from .search import estimate, solve
 
 _BPP_TOLERANCE = 0.10  # relative; --bpp must land within 10 %
+#: A search on the whole chunk stops at a probe this close to the target (bits: relative;
+#: PSNR: in units of 10 dB above it) ...
+_FULL_TOLERANCE = 0.04
+#: ... and one on the probe subsample at a probe this close.
+_SAMPLE_TOLERANCE = 0.015
 _SEARCH_STEPS = 18
+#: Fewest values of a probe subsample (smaller chunks are probed whole).
+_MIN_PROBE_VALUES = 1 << 15
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,19 @@ class Knob:
     log: bool = True
     integer: bool = False
     is_error_bound: bool = False
+
+
+@dataclass(frozen=True)
+class NativeRate:
+    """A codec's own rate mode for a bpp or PSNR target: ``encode(work, k)`` at knob ``k``
+    in ``knob``'s interval, where ``start`` should meet the target (e.g. SPERR's ``bpp``
+    mode at the target bits per value) and ``slope`` is the expected d(log value)/d(knob)
+    (knob in log space if ``knob.log``) that steers a correction."""
+
+    knob: Knob
+    start: float
+    encode: Callable[[np.ndarray, float], bytes]
+    slope: float
 
 
 @dataclass
@@ -273,9 +294,13 @@ class Codec(ABC):
         not depend on the rate)."""
         return self.with_rate(RateControl("max_error", 1.0)).decode(chunk)
 
-    def _exact_work(self, x: np.ndarray, step: float | None) -> tuple[np.ndarray, dict[str, Any]]:
+    def _exact_work(
+        self, x: np.ndarray, step: float | None, odd_steps: bool = True
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         """Map ``x`` to an array in ``exact_dtypes``: as is, offset into unsigned, or (with
-        ``step``) uniformly quantised ``round((x - lo) / step)``."""
+        ``step``) uniformly quantised ``round((x - lo) / step)``.  Integer data take odd
+        integer steps (an exact error bound of ``step // 2``) unless ``odd_steps`` is
+        False (any real step >= 1; the decoder rounds)."""
         if not self.exact_dtypes:
             raise RateControlError(f"codec {self.codec_id!r} has no lossless mode")
         if step is None:
@@ -289,7 +314,7 @@ class Codec(ABC):
                 )
             step = 1.0
         lo = float(x.min())
-        if x.dtype.kind in "ui":
+        if x.dtype.kind in "ui" and (odd_steps or step <= 1):
             step = float(max(1, 2 * math.floor(step / 2) + 1)) if step > 1 else 1.0
             q = (x.astype(np.int64) - int(lo) + int(step) // 2) // int(step)
         else:
@@ -333,6 +358,8 @@ class Codec(ABC):
 
         def attempt(t: float) -> _Encoded | None:
             k = t / scale - offset
+            if work.dtype.kind in "ui":  # errors on integer work are integers
+                k = float(math.floor(k))
             enc = _Encoded(self._encode_lossy(work, k), dict(info, k=k))
             enc.decoded = self._decode_parts(enc, x)
             return enc if _max_abs_err(x, enc.decoded) <= bound else None
@@ -355,28 +382,59 @@ class Codec(ABC):
         return best
 
     def _encode_search(self, x: np.ndarray) -> _Encoded:
-        """Search the lossy knob for a bpp or PSNR target."""
+        """Meet a bpp or PSNR target: with the codec's native rate mode where it has one
+        (:meth:`_native_rate`), else by searching the lossy knob (probes on a subsample of
+        views first where :meth:`_probe_views` gives one)."""
         assert self.value is not None
         native = self._lossy_work(x) if self.has_native_lossy else None
-        if native is not None:
-            work, info = native
-            knob = self._knob(work)
-
-            def attempt(k: float) -> _Encoded:
-                return _Encoded(self._encode_lossy(work, k), dict(info, k=k))
-
-        else:
+        if native is None:
             span = float(x.max()) - float(x.min())
             span = span if span > 0 else 1.0
-            integer = x.dtype.kind in "ui"
-            knob = Knob(lo=0.5 if integer else span * 1e-7, hi=span, integer=integer)
+            # integer data: steps >= 1 (step 1 is lossless); real steps keep the rate
+            # continuous (the decoder rounds), unlike the odd steps of max_error
+            knob = Knob(lo=0.5 if x.dtype.kind in "ui" else span * 1e-7, hi=span)
 
-            def attempt(k: float) -> _Encoded:
-                step = 2 * round(k) + 1 if integer else 2 * k
-                work_q, info_q = self._exact_work(x, step)
+            def quantised(views: np.ndarray | slice, k: float) -> _Encoded:
+                work_q, info_q = self._exact_work(x[views], 2.0 * k, odd_steps=False)
                 return _Encoded(self._encode_exact(work_q), info_q)
 
-        return _search_knob(self, x, knob, attempt)
+            return _search_knob(self, x, knob, quantised, sample=self._probe_views(x.shape))
+        work, info = native
+        rate = self._native_rate(work, self._target_mse(x))
+        encode = self._encode_lossy if rate is None else rate.encode
+
+        def attempt(views: np.ndarray | slice, k: float) -> _Encoded:
+            return _Encoded(encode(work[views], k), dict(info, k=k))
+
+        if rate is not None:
+            return _search_knob(self, x, rate.knob, attempt, rate.start, rate.slope)
+        sample = self._probe_views(x.shape)
+        return _search_knob(self, x, self._knob(work), attempt, sample=sample)
+
+    def _target_mse(self, x: np.ndarray) -> float | None:
+        """The MSE a PSNR target allows on ``x`` (None for a bpp target)."""
+        if self.mode != "psnr":
+            return None
+        assert self.value is not None
+        data_range = self.data_range or float(x.max()) - float(x.min()) or 1.0
+        return data_range**2 / 10 ** (self.value / 10)
+
+    def _native_rate(self, work: np.ndarray, target_mse: float | None) -> NativeRate | None:
+        """The codec's own rate mode for :attr:`mode` ("bpp", or "psnr" with the MSE it
+        allows): a knob whose value should meet the target in one encode, or None to
+        search :meth:`_knob` instead."""
+        return None
+
+    def _probe_views(self, shape: tuple[int, ...]) -> np.ndarray | None:
+        """Views of a chunk of ``shape`` whose rate and error predict the whole chunk's:
+        a contiguous slab in the middle (codecs that use view-to-view correlation), about
+        1/8 of the chunk and at least :data:`_MIN_PROBE_VALUES` values; None when the
+        chunk is too small to gain from probing a part."""
+        count = _probe_count(shape)
+        if count is None:
+            return None
+        first = (shape[0] - count) // 2
+        return np.arange(first, first + count)
 
     # ------------------------------------------------------------------ decode
     def decode(
@@ -481,69 +539,102 @@ def _to_output(work: np.ndarray, info: dict[str, Any], dtype: np.dtype) -> np.nd
     return values.astype(dtype)
 
 
-def _search_knob(codec: Codec, x: np.ndarray, knob: Knob, attempt: Any) -> _Encoded:
-    """Bisection of ``knob`` for ``codec.mode`` in ("bpp", "psnr")."""
+def _search_knob(
+    codec: Codec,
+    x: np.ndarray,
+    knob: Knob,
+    attempt: Callable[[np.ndarray | slice, float], _Encoded],
+    start: float | None = None,
+    slope: float | None = None,
+    *,
+    sample: np.ndarray | None = None,
+) -> _Encoded:
+    """Meet ``codec.mode`` ("bpp" or "psnr") by steering ``knob`` with :func:`solve`.
+
+    ``attempt(views, k)`` encodes the chunk's ``views`` at knob ``k``.  With a ``sample``
+    of views the search runs on them first and the whole chunk is then encoded at the
+    knob they predict, with at most a correction or two (the sample's slope steers it);
+    ``start`` is a first knob known to be close (a native rate mode's target) and
+    ``slope`` the expected d(log value)/d(knob) there.
+    """
     assert codec.value is not None
-    target = codec.value
-    n_values = x.size
-    data_range = codec.data_range or float(x.max()) - float(x.min()) or 1.0
-    mse_target = data_range**2 / 10 ** (target / 10) if codec.mode == "psnr" else 0.0
+    target_mse = codec._target_mse(x)
+    bpp = target_mse is None
+    target = codec.value if bpp else target_mse
+    assert target is not None
+    increasing = knob.rate_increases == bpp  # value: bits rise, MSE falls with the rate
 
-    def to_knob(t: float) -> float:
-        value = math.exp(t) if knob.log else t
-        return float(round(value)) if knob.integer else value
+    def measure(views: np.ndarray | slice) -> Callable[[float], tuple[float, _Encoded]]:
+        """Probe of ``views``: (bits per value or MSE, encoded)."""
+        part = x[views]
 
-    lo_t = math.log(knob.lo) if knob.log else knob.lo
-    hi_t = math.log(knob.hi) if knob.log else knob.hi
-    tried: dict[float, tuple[_Encoded, float, float]] = {}
+        def evaluate(k: float) -> tuple[float, _Encoded]:
+            enc = attempt(views, k)
+            if bpp:
+                return 8.0 * len(enc.stream) / part.size, enc
+            enc.decoded = codec._decode_parts(enc, part)
+            diff = enc.decoded.astype(np.float64) - part.astype(np.float64)
+            return float(np.mean(diff * diff)), enc
 
-    def evaluate(t: float) -> tuple[_Encoded, float, float]:
-        k = to_knob(t)
-        if k not in tried:
-            enc = attempt(k)
-            bits = 8.0 * len(enc.stream) / n_values
-            decoded = codec._decode_parts(enc, x)
-            mse = float(np.mean((decoded.astype(np.float64) - x.astype(np.float64)) ** 2))
-            enc.decoded = decoded
-            tried[k] = (enc, bits, mse)
-        return tried[k]
+        return evaluate
 
-    # invariant: rate increases from the 'cheap' end to the 'rich' end
-    cheap, rich = (lo_t, hi_t) if knob.rate_increases else (hi_t, lo_t)
-    for _ in range(_SEARCH_STEPS):
-        mid = 0.5 * (cheap + rich)
-        _, bits, mse = evaluate(mid)
-        if codec.mode == "bpp":
-            # under budget: afford more bits; over: spend fewer
-            cheap, rich = (mid, rich) if bits <= target else (cheap, mid)
-        else:
-            # good enough: try cheaper; not good enough: spend more
-            cheap, rich = (cheap, mid) if mse <= mse_target else (mid, rich)
-        if knob.integer and abs(to_knob(cheap) - to_knob(rich)) <= 1:
-            break
-    for t in (cheap, rich):
-        evaluate(t)
-    if codec.mode == "bpp":
-        best = min(tried.values(), key=lambda r: abs(r[1] - target))
-        if abs(best[1] - target) > _BPP_TOLERANCE * target:
-            reach = sorted(r[1] for r in tried.values())
+    def close(tolerance: float) -> Callable[[float], bool]:
+        if bpp:
+            return lambda bits: abs(bits - target) <= tolerance * target
+        # at least the target PSNR, at most ``tolerance`` x 10 dB above it
+        return lambda mse: target * 10 ** (-tolerance) <= mse <= target
+
+    options = dict(increasing=increasing, log_knob=knob.log, log_value=True, integer=knob.integer)
+    if sample is not None:
+        probes = solve(
+            measure(sample),
+            target,
+            knob.lo,
+            knob.hi,
+            done=close(_SAMPLE_TOLERANCE),
+            start=start,
+            **options,
+        )
+        start, slope = estimate(probes, target, log_knob=knob.log, log_value=True)
+    probes = solve(
+        measure(slice(None)),
+        target,
+        knob.lo,
+        knob.hi,
+        done=close(_FULL_TOLERANCE),
+        start=start,
+        slope=slope,
+        max_probes=_SEARCH_STEPS,
+        **options,
+    )
+    if bpp:
+        best = min(probes, key=lambda p: abs(p.value - target))
+        if abs(best.value - target) > _BPP_TOLERANCE * target:
+            reach = sorted(p.value for p in probes)
             raise RateControlError(
                 f"codec {codec.codec_id!r} cannot reach {target:g} bits/value on this data "
-                f"(nearest: {best[1]:.3g}; tried {reach[0]:.3g} to {reach[-1]:.3g}); "
+                f"(nearest: {best.value:.3g}; tried {reach[0]:.3g} to {reach[-1]:.3g}); "
                 "choose another target or codec"
             )
-    else:
-        ok = [r for r in tried.values() if r[2] <= mse_target]
-        if not ok:
-            best_psnr = 10 * math.log10(
-                data_range**2 / max(min(r[2] for r in tried.values()), 1e-300)
-            )
-            raise RateControlError(
-                f"codec {codec.codec_id!r} cannot reach {target:g} dB PSNR on this data "
-                f"(best: {best_psnr:.2f} dB at data range {data_range:g}); use --lossless"
-            )
-        best = min(ok, key=lambda r: r[1])
-    return best[0]
+        return best.result
+    ok = [p for p in probes if p.value <= target]
+    if not ok:
+        data_range = math.sqrt(target * 10 ** (codec.value / 10))
+        best_psnr = 10 * math.log10(data_range**2 / max(min(p.value for p in probes), 1e-300))
+        raise RateControlError(
+            f"codec {codec.codec_id!r} cannot reach {codec.value:g} dB PSNR on this data "
+            f"(best: {best_psnr:.2f} dB at data range {data_range:g}); use --lossless"
+        )
+    return min(ok, key=lambda p: len(p.result.stream)).result
+
+
+def _probe_count(shape: tuple[int, ...]) -> int | None:
+    """Views in the probe subsample of a chunk of ``shape`` (about 1/8 of it, at least
+    :data:`_MIN_PROBE_VALUES` values), or None when that would be most of the chunk."""
+    n_views = shape[0]
+    per_view = max(1, math.prod(shape[1:]))
+    count = max(-(-n_views // 8), -(-_MIN_PROBE_VALUES // per_view))
+    return count if 3 * count <= n_views else None
 
 
 def _max_exact(dtype_name: str) -> float:

@@ -15,9 +15,9 @@ from .registry import register_codec
 @register_codec
 class Jpeg2000(ImageCodec):
     """JPEG 2000 Part 1 per projection: reversible 5/3 wavelet for lossless, irreversible
-    9/7 for lossy.  The lossy knob is OpenJPEG's per-layer PSNR target in whole dB (relative to
-    the 16-bit peak), searched for bpp/PSNR targets; ``max_error`` quantises explicitly
-    and codes losslessly.
+    9/7 for lossy.  The lossy knob is OpenJPEG's per-layer PSNR target in dB (relative to
+    the 16-bit peak; fractional, so the rate is continuous in it), searched for bpp/PSNR
+    targets; ``max_error`` quantises explicitly and codes losslessly.
 
     Frames are bare JPEG 2000 codestreams (``.j2k``): the JP2 file boxes would add 85
     bytes per projection that the container already holds (shape, dtype).  Frames written
@@ -30,10 +30,10 @@ class Jpeg2000(ImageCodec):
     has_native_lossy = True
 
     def _knob(self, work: np.ndarray) -> Knob:
-        return Knob(lo=20.0, hi=140.0, rate_increases=True, log=False, integer=True)
+        return Knob(lo=20.0, hi=140.0, rate_increases=True, log=False)
 
     def _encode_image(self, image: np.ndarray, knob: float | None) -> bytes:
-        level, reversible = (0, True) if knob is None else (round(knob), False)
+        level, reversible = (0.0, True) if knob is None else (float(knob), False)
         return bytes(
             imagecodecs.jpeg2k_encode(image, level=level, reversible=reversible, codecformat="J2K")
         )

@@ -15,16 +15,19 @@ from .registry import register_codec
 @register_codec
 class JpegLs(ImageCodec):
     """JPEG-LS per projection.  ``max_error`` uses the native NEAR parameter (exact
-    bound on integer data); bpp/PSNR targets search NEAR."""
+    bound on integer data); bpp/PSNR targets search NEAR, with fractional values coding
+    some views at the next NEAR (NEAR 0 and 1 differ by about 25 % in rate, so whole
+    values alone would leave most targets between them unreachable)."""
 
     codec_id = "jpegls"
     description = "JPEG-LS (ISO 14495): lossless / near-lossless, 2-16 bit integers"
     exact_dtypes = ("uint8", "uint16")
     has_native_lossy = True
+    mixes_knob = True
 
     def _knob(self, work: np.ndarray) -> Knob:
         span = float(work.max()) - float(work.min())
-        return Knob(lo=1.0, hi=max(2.0, min(span / 2, 255.0)), integer=True, is_error_bound=True)
+        return Knob(lo=0.0, hi=max(2.0, min(span / 2, 255.0)), log=False, is_error_bound=True)
 
     def _encode_image(self, image: np.ndarray, knob: float | None) -> bytes:
         near = 0 if knob is None else min(255, int(np.floor(knob)))  # CharLS: NEAR <= 255

@@ -137,3 +137,40 @@ def solve(
         if (direction > 0 and tl >= b) or (direction < 0 and tl <= a):
             break  # the target is outside the interval
     return probes
+
+
+def estimate(
+    probes: list[Probe[T]],
+    target: float,
+    *,
+    log_knob: bool = True,
+    log_value: bool = True,
+) -> tuple[float, float | None]:
+    """Where ``probes`` (from :func:`solve`) put ``target``: ``(knob, slope)``.
+
+    Interpolates between the two probes nearest the target on either side (in the same
+    coordinates as :func:`solve`), or extrapolates from the nearest with the slope of the
+    two nearest; ``slope`` is d(value)/d(knob) in those coordinates (None if unknown).
+    Used to start a search on the whole data from probes on a subsample.
+    """
+    if not probes:
+        raise ValueError("no probes to estimate from")
+    fk = math.log if log_knob else (lambda k: k)
+    gk = math.exp if log_knob else (lambda t: t)
+    fv = (lambda v: math.log(max(v, 1e-300))) if log_value else (lambda v: v)
+    goal = fv(target)
+    below = [p for p in probes if fv(p.value) < goal]
+    above = [p for p in probes if fv(p.value) >= goal]
+    if below and above:
+        pair = [
+            min(below, key=lambda p: goal - fv(p.value)),
+            min(above, key=lambda p: fv(p.value) - goal),
+        ]
+    else:
+        pair = sorted(probes, key=lambda p: abs(fv(p.value) - goal))[:2]
+    p0 = pair[0]
+    if len(pair) < 2 or fk(pair[1].knob) == fk(p0.knob) or fv(pair[1].value) == fv(p0.value):
+        return p0.knob, None
+    p1 = pair[1]
+    slope = (fv(p1.value) - fv(p0.value)) / (fk(p1.knob) - fk(p0.knob))
+    return gk(fk(p0.knob) + (goal - fv(p0.value)) / slope), slope

@@ -17,13 +17,14 @@ with :class:`~ctpress.errors.CorruptFileError`.  Where ``fork`` does not exist
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import math
 import os
 import signal
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -47,11 +48,25 @@ _TIME_BASE_S = 30.0
 _TIME_PER_MIB_S = 1.0
 
 DecodeFunction = Callable[[bytes], np.ndarray]
+#: Per thread: whether :func:`own_streams` is active.
+_OWN_STREAMS = threading.local()
 
 
 def time_limit(nbytes: int) -> float:
     """Seconds a decode of ``nbytes`` of declared output may take in the worker."""
     return _TIME_BASE_S + _TIME_PER_MIB_S * nbytes / (1 << 20)
+
+
+@contextlib.contextmanager
+def own_streams() -> Iterator[None]:
+    """Decode in this process, in this thread, inside the block: for streams this process
+    has just encoded (an encoder measuring its own probes), which cannot be crafted."""
+    previous = getattr(_OWN_STREAMS, "active", False)
+    _OWN_STREAMS.active = True
+    try:
+        yield
+    finally:
+        _OWN_STREAMS.active = previous
 
 
 def decode_isolated(
@@ -66,7 +81,7 @@ def decode_isolated(
     """
     expected = np.dtype(dtype)
     nbytes = declared_bytes(shape, expected)
-    if not _can_fork():
+    if not _can_fork() or getattr(_OWN_STREAMS, "active", False):
         return _checked(decode(stream), shape, expected, what)
     with _LOCK:
         worker = _Worker.get()

@@ -41,6 +41,7 @@ import numpy as np
 from ..errors import CorruptFileError, InputError, RateControlError
 from ..noise import NoiseModel
 from ..rate import RateControl
+from ._isolate import own_streams
 from .context import ChunkContext
 from .framing import _CHUNK_MAGIC, _CHUNK_MAGIC_2, checked_chunk_header, chunk_header
 from .noise_bound import decode_noise_bounded, encode_noise_bounded
@@ -51,7 +52,7 @@ _BPP_TOLERANCE = 0.10  # relative; --bpp must land within 10 %
 #: PSNR: in units of 10 dB above it) ...
 _FULL_TOLERANCE = 0.04
 #: ... and one on the probe subsample at a probe this close.
-_SAMPLE_TOLERANCE = 0.015
+_SAMPLE_TOLERANCE = 0.02
 _SEARCH_STEPS = 18
 #: Fewest values of a probe subsample (smaller chunks are probed whole).
 _MIN_PROBE_VALUES = 1 << 15
@@ -76,11 +77,12 @@ class Knob:
 
 
 @dataclass(frozen=True)
-class NativeRate:
-    """A codec's own rate mode for a bpp or PSNR target: ``encode(work, k)`` at knob ``k``
-    in ``knob``'s interval, where ``start`` should meet the target (e.g. SPERR's ``bpp``
-    mode at the target bits per value) and ``slope`` is the expected d(log value)/d(knob)
-    (knob in log space if ``knob.log``) that steers a correction."""
+class RateModel:
+    """How a codec meets a bpp or PSNR target without a search from scratch: its own rate
+    mode (SPERR's ``bpp`` mode at the target bits per value) or a model of its knob (SZ3's
+    MSE from its error bound).  ``encode(work, k)`` codes at knob ``k`` in ``knob``'s
+    interval, ``start`` should meet the target, and ``slope`` is the expected
+    d(log value)/d(knob) (knob in log space if ``knob.log``) that steers a correction."""
 
     knob: Knob
     start: float
@@ -343,7 +345,11 @@ class Codec(ABC):
         for _ in range(6):  # float rounding can push an error a hair over the bound
             work, info = self._exact_work(x, step)
             enc = _Encoded(self._encode_exact(work), info)
-            if integer or _max_abs_err(x, self._decode_parts(enc, x)) <= bound:
+            if integer:
+                return enc
+            with own_streams():
+                decoded = self._decode_parts(enc, x)
+            if _max_abs_err(x, decoded) <= bound:
                 return enc
             step *= 0.999
         raise RateControlError(f"cannot guarantee max error {bound:g} on {x.dtype} data")
@@ -361,7 +367,8 @@ class Codec(ABC):
             if work.dtype.kind in "ui":  # errors on integer work are integers
                 k = float(math.floor(k))
             enc = _Encoded(self._encode_lossy(work, k), dict(info, k=k))
-            enc.decoded = self._decode_parts(enc, x)
+            with own_streams():
+                enc.decoded = self._decode_parts(enc, x)
             return enc if _max_abs_err(x, enc.decoded) <= bound else None
 
         best = None
@@ -383,7 +390,7 @@ class Codec(ABC):
 
     def _encode_search(self, x: np.ndarray) -> _Encoded:
         """Meet a bpp or PSNR target: with the codec's native rate mode where it has one
-        (:meth:`_native_rate`), else by searching the lossy knob (probes on a subsample of
+        (:meth:`_rate_model`), else by searching the lossy knob (probes on a subsample of
         views first where :meth:`_probe_views` gives one)."""
         assert self.value is not None
         native = self._lossy_work(x) if self.has_native_lossy else None
@@ -400,7 +407,9 @@ class Codec(ABC):
 
             return _search_knob(self, x, knob, quantised, sample=self._probe_views(x.shape))
         work, info = native
-        rate = self._native_rate(work, self._target_mse(x))
+        target_mse = self._target_mse(x)
+        aim = None if target_mse is None else target_mse * 10 ** (-_FULL_TOLERANCE / 2)
+        rate = self._rate_model(work, aim)
         encode = self._encode_lossy if rate is None else rate.encode
 
         def attempt(views: np.ndarray | slice, k: float) -> _Encoded:
@@ -419,10 +428,10 @@ class Codec(ABC):
         data_range = self.data_range or float(x.max()) - float(x.min()) or 1.0
         return data_range**2 / 10 ** (self.value / 10)
 
-    def _native_rate(self, work: np.ndarray, target_mse: float | None) -> NativeRate | None:
-        """The codec's own rate mode for :attr:`mode` ("bpp", or "psnr" with the MSE it
-        allows): a knob whose value should meet the target in one encode, or None to
-        search :meth:`_knob` instead."""
+    def _rate_model(self, work: np.ndarray, target_mse: float | None) -> RateModel | None:
+        """The codec's rate mode or model for :attr:`mode` ("bpp", or "psnr" with the MSE
+        to aim at): a knob whose start should meet the target in one encode, or None to
+        search :meth:`_knob` (probing a subsample of views first)."""
         return None
 
     def _probe_views(self, shape: tuple[int, ...]) -> np.ndarray | None:
@@ -572,36 +581,34 @@ def _search_knob(
             enc = attempt(views, k)
             if bpp:
                 return 8.0 * len(enc.stream) / part.size, enc
-            enc.decoded = codec._decode_parts(enc, part)
+            with own_streams():
+                enc.decoded = codec._decode_parts(enc, part)
             diff = enc.decoded.astype(np.float64) - part.astype(np.float64)
             return float(np.mean(diff * diff)), enc
 
         return evaluate
 
-    def close(tolerance: float) -> Callable[[float], bool]:
+    def window(tolerance: float) -> tuple[float, Callable[[float], bool]]:
+        """(value aimed at, test of a probe close enough): bits within ``tolerance``
+        (relative) of the target; an MSE that meets the PSNR target by at most
+        ``tolerance`` x 10 dB."""
         if bpp:
-            return lambda bits: abs(bits - target) <= tolerance * target
-        # at least the target PSNR, at most ``tolerance`` x 10 dB above it
-        return lambda mse: target * 10 ** (-tolerance) <= mse <= target
+            return target, lambda bits: abs(bits - target) <= tolerance * target
+        floor = target * 10**-tolerance
+        return target * 10 ** (-tolerance / 2), lambda mse: floor <= mse <= target
 
     options = dict(increasing=increasing, log_knob=knob.log, log_value=True, integer=knob.integer)
     if sample is not None:
-        probes = solve(
-            measure(sample),
-            target,
-            knob.lo,
-            knob.hi,
-            done=close(_SAMPLE_TOLERANCE),
-            start=start,
-            **options,
-        )
-        start, slope = estimate(probes, target, log_knob=knob.log, log_value=True)
+        aim, done = window(_SAMPLE_TOLERANCE)
+        probes = solve(measure(sample), aim, knob.lo, knob.hi, done=done, start=start, **options)
+        start, slope = estimate(probes, aim, log_knob=knob.log, log_value=True)
+    aim, done = window(_FULL_TOLERANCE)
     probes = solve(
         measure(slice(None)),
-        target,
+        aim,
         knob.lo,
         knob.hi,
-        done=close(_FULL_TOLERANCE),
+        done=done,
         start=start,
         slope=slope,
         max_probes=_SEARCH_STEPS,

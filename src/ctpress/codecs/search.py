@@ -19,6 +19,10 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
+#: Smallest extrapolation step, as a fraction of the interval (in search coordinates): a
+#: known slope steers a correction precisely, so this only guards against standing still.
+_MIN_STEP = 1e-3
+
 
 @dataclass
 class Probe(Generic[T]):
@@ -44,7 +48,8 @@ def solve(
     slope: float | None = None,
     max_probes: int = 14,
 ) -> list[Probe[T]]:
-    """Probe ``evaluate(knob) -> (value, payload)`` for ``value`` close to ``target``.
+    """Probe ``evaluate(knob) -> (value, payload)`` for ``value`` close to ``target``
+    (the point aimed at: the middle of the window ``done`` accepts).
 
     ``value`` is monotone in the knob on ``[lo, hi]`` (``increasing`` says which way);
     ``done(value)`` says when a probe is good enough to stop.  ``log_knob`` /
@@ -109,6 +114,8 @@ def solve(
             tb, ta = fk(below.knob), fk(above.knob)
             if integer and abs(below.knob - above.knob) <= 1:
                 break
+            if abs(tb - ta) <= _MIN_STEP * (b - a):  # a jump in the value: no closer probe
+                break
             fb, fa = signed(below) * scale_below, signed(above) * scale_above
             t_new = tb - fb * (ta - tb) / (fa - fb) if fa != fb else 0.5 * (ta + tb)
             lo_t, hi_t = min(ta, tb), max(ta, tb)
@@ -130,7 +137,7 @@ def solve(
         direction = 1.0 if (signed(last) < 0) == increasing else -1.0
         if s is not None and s != 0 and (s > 0) == increasing:
             step = -signed(last) / s
-            step = math.copysign(min(max(abs(step), 0.02 * (b - a)), 0.5 * (b - a)), direction)
+            step = math.copysign(min(max(abs(step), _MIN_STEP * (b - a)), 0.5 * (b - a)), direction)
         else:
             step = direction * 0.25 * (b - a)
         t = tl + step

@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import CorruptFileError
 from ._float import ErrorBoundedCodec, coded_shape
 from ._isolate import decode_isolated
-from .base import Knob, NativeRate
+from .base import Knob, RateModel
 from .registry import register_codec
 from .settings import check_declared
 
@@ -48,16 +48,16 @@ class Sperr(ErrorBoundedCodec):
     def _encode_lossy(self, work: np.ndarray, knob: float) -> bytes:
         return _encode(work, "pwe", knob)
 
-    def _native_rate(self, work: np.ndarray, target_mse: float | None) -> NativeRate | None:
+    def _rate_model(self, work: np.ndarray, target_mse: float | None) -> RateModel | None:
         if target_mse is None:
             assert self.value is not None
-            return NativeRate(Knob(*_BPP_LEVELS, rate_increases=True), self.value, _bpp, 1.0)
+            return RateModel(Knob(*_BPP_LEVELS, rate_increases=True), self.value, _bpp, 1.0)
         span = float(work.max()) - float(work.min())
         if span <= 0 or target_mse <= 0:
             return None
         level = 10 * math.log10(span**2 / target_mse)
         knob = Knob(*_PSNR_LEVELS, rate_increases=True, log=False)
-        return NativeRate(
+        return RateModel(
             knob, min(max(level, _PSNR_LEVELS[0]), _PSNR_LEVELS[1]), _psnr, _MSE_PER_DB
         )
 

@@ -3,13 +3,15 @@ fixed-rate mode (bits per value)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import zfpy
 
 from ..errors import CorruptFileError
 from ._float import ErrorBoundedCodec, coded_shape
 from ._isolate import decode_isolated
-from .base import Knob, NativeRate
+from .base import Knob, RateModel
 from .registry import register_codec
 from .settings import check_declared
 
@@ -21,6 +23,10 @@ _ZFP_DIM_BITS = {1: 48, 2: 24, 3: 16, 4: 12}
 #: smaller budgets to this while zfpy sizes its buffer for the budget asked, so it
 #: writes past the buffer's end: ctpress never asks for less.
 _MIN_BLOCK_BITS = {"float32": 1 + 8, "float64": 1 + 11}
+#: Fixed-accuracy tolerance over the RMS error it gives (about 15-30 on CT projections).
+_TOLERANCE_PER_RMS = 20.0
+#: d ln(MSE) / d(log2 tolerance): the MSE goes with the tolerance squared.
+_MSE_PER_EXPONENT = 2 * math.log(2)
 
 
 @register_codec
@@ -30,7 +36,7 @@ class Zfp(ErrorBoundedCodec):
     reversible mode (integers widened to int32 after an exact offset); ``max_error`` uses
     fixed-accuracy mode; bpp targets use fixed-rate mode (from 12 bits per block of
     float64 values, e.g. 0.75 bits/value in 2-D, 0.19 in 3-D); PSNR targets search the
-    tolerance."""
+    fixed-accuracy tolerance's power of two."""
 
     codec_id = "zfp"
     description = "ZFP (LLNL): reversible lossless, fixed-accuracy or fixed-rate, 3-D blocks"
@@ -41,13 +47,24 @@ class Zfp(ErrorBoundedCodec):
         base = super()._knob(work)
         return Knob(lo=base.lo, hi=base.hi * 64, is_error_bound=True)
 
-    def _native_rate(self, work: np.ndarray, target_mse: float | None) -> NativeRate | None:
-        if target_mse is not None:
-            return None
-        assert self.value is not None
-        block = 4 ** len(coded_shape(work.shape, 1))
-        knob = Knob(_MIN_BLOCK_BITS[work.dtype.name] / block, 8.0 * work.itemsize, True)
-        return NativeRate(knob, self.value, _fixed_rate, 1.0)
+    def _rate_model(self, work: np.ndarray, target_mse: float | None) -> RateModel | None:
+        """bpp: fixed-rate mode at the target.  PSNR: fixed-accuracy mode, whose tolerance
+        acts only through its power of two (so the search runs over that exponent, from
+        a tolerance of :data:`_TOLERANCE_PER_RMS` times the RMS error aimed at)."""
+        if target_mse is None:
+            assert self.value is not None
+            block = 4 ** len(coded_shape(work.shape, 1))
+            knob = Knob(_MIN_BLOCK_BITS[work.dtype.name] / block, 8.0 * work.itemsize, True)
+            return RateModel(knob, self.value, _fixed_rate, 1.0)
+        bounds = self._knob(work)
+        exponents = Knob(
+            math.floor(math.log2(bounds.lo)),
+            math.ceil(math.log2(bounds.hi)),
+            log=False,
+            integer=True,
+        )
+        start = math.log2(_TOLERANCE_PER_RMS * math.sqrt(max(target_mse, 1e-300)))
+        return RateModel(exponents, start, _fixed_accuracy, _MSE_PER_EXPONENT)
 
     def _encode_exact(self, work: np.ndarray) -> bytes:
         return bytes(zfpy.compress_numpy(_squeezed(work)))
@@ -74,6 +91,11 @@ def _squeezed(work: np.ndarray) -> np.ndarray:
 def _fixed_rate(work: np.ndarray, bits: float) -> bytes:
     """Fixed-rate stream of ``work`` at ``bits`` per value (at least the minimum)."""
     return bytes(zfpy.compress_numpy(_squeezed(work), rate=float(bits)))
+
+
+def _fixed_accuracy(work: np.ndarray, exponent: float) -> bytes:
+    """Fixed-accuracy stream of ``work`` at tolerance 2**``exponent``."""
+    return bytes(zfpy.compress_numpy(_squeezed(work), tolerance=math.ldexp(1.0, int(exponent))))
 
 
 def _decompress(stream: bytes) -> np.ndarray:

@@ -24,6 +24,7 @@ class ErrorBoundedCodec(Codec):
     #: loses the inter-view gain of 3-D coders (about 1 dB at equal rate on a multi-row
     #: scan, see docs/format.md) for parallel chunks and finer view-range reads.
     preferred_chunk_bytes: ClassVar[int | None] = 256 << 20
+    probe_min_views = 16
 
     def _lossy_work(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
         work = x if x.dtype == np.float32 else x.astype(np.float64)

@@ -4,7 +4,7 @@ A chunk (n_views, rows, cols) is coded as one image per projection when projecti
 have at least ``MIN_FRAME_ROWS`` rows; flatter chunks (sinogram-like, e.g. rows=1) are
 coded as a (n_views*rows, cols) mosaic, which keeps the view-to-view correlation that a
 1-row image would lose: one image, or two horizontal strips (whole views each) when the
-codec codes two parts at different settings (:attr:`ImageCodec.mixes_knob`).  The
+codec codes two parts at different settings (:attr:`Codec.mixes_knob`).  The
 stream is ``u32 n_frames``, ``u32`` length of each frame, then the frames, top to bottom.
 
 Decoding checks the frame table and every frame's own header (its image size, one
@@ -53,18 +53,12 @@ class ImageCodec(Codec):
         not describe one component of at most 16 bits.
         """
 
-    #: Whether a fractional knob k + f codes the first round(f * n_views) views at k + 1
-    #: and the rest at k (an integer knob whose steps are far apart in rate, e.g.
-    #: JPEG-LS NEAR, then reaches every rate in between; each frame's own header holds
-    #: its setting).
-    mixes_knob: ClassVar[bool] = False
-
     def _encode_frames(self, work: np.ndarray, knob: float | None) -> bytes:
         n, rows, cols = work.shape
         parts = [(work, knob)]
         if self.mixes_knob and knob is not None and knob != math.floor(knob):
-            richer = round((knob - math.floor(knob)) * n)  # views at the larger knob
-            parts = [(work[:richer], math.floor(knob) + 1.0), (work[richer:], math.floor(knob))]
+            coarser = round((knob - math.floor(knob)) * n)  # views at the larger knob
+            parts = [(work[:coarser], math.floor(knob) + 1.0), (work[coarser:], math.floor(knob))]
             parts = [(views, k) for views, k in parts if len(views)]
         frames = []
         for views, k in parts:

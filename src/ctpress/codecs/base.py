@@ -45,7 +45,7 @@ from ._isolate import own_streams
 from .context import ChunkContext
 from .framing import _CHUNK_MAGIC, _CHUNK_MAGIC_2, checked_chunk_header, chunk_header
 from .noise_bound import decode_noise_bounded, encode_noise_bounded
-from .search import estimate, solve
+from .search import Probe, estimate, solve
 
 _BPP_TOLERANCE = 0.10  # relative; --bpp must land within 10 %
 #: A search on the whole chunk stops at a probe this close to the target (bits: relative;
@@ -124,6 +124,14 @@ class Codec(ABC):
     #: Views per container chunk this codec works best with (a GOP, a segment), or None
     #: to chunk by :attr:`preferred_chunk_bytes`.
     preferred_chunk_views: ClassVar[int | None] = None
+    #: Whether a fractional knob k + f codes the first round(f * n_views) views at k + 1
+    #: and the rest at k: an integer knob whose steps are far apart in rate (JPEG-LS
+    #: NEAR) then reaches every rate in between.  Each part costs a restart of the
+    #: coder, so a whole knob that meets a target is preferred.
+    mixes_knob: ClassVar[bool] = False
+    #: Fewest views of a probe subsample (:meth:`_probe_views`): more for coders whose
+    #: prediction across views needs a deep slab to behave as on the whole chunk.
+    probe_min_views: ClassVar[int] = 1
     #: "classical" or "learned" (the report styles and ranks the families apart).
     family: ClassVar[str] = "classical"
 
@@ -439,7 +447,7 @@ class Codec(ABC):
         a contiguous slab in the middle (codecs that use view-to-view correlation), about
         1/8 of the chunk and at least :data:`_MIN_PROBE_VALUES` values; None when the
         chunk is too small to gain from probing a part."""
-        count = _probe_count(shape)
+        count = _probe_count(shape, self.probe_min_views)
         if count is None:
             return None
         first = (shape[0] - count) // 2
@@ -603,8 +611,9 @@ def _search_knob(
         probes = solve(measure(sample), aim, knob.lo, knob.hi, done=done, start=start, **options)
         start, slope = estimate(probes, aim, log_knob=knob.log, log_value=True)
     aim, done = window(_FULL_TOLERANCE)
+    evaluate = measure(slice(None))
     probes = solve(
-        measure(slice(None)),
+        evaluate,
         aim,
         knob.lo,
         knob.hi,
@@ -614,6 +623,14 @@ def _search_knob(
         max_probes=_SEARCH_STEPS,
         **options,
     )
+    if codec.mixes_knob:  # a whole knob near the result that also meets the target wins
+        nearest = min(probes, key=lambda p: abs(math.log(max(p.value, 1e-300) / aim)))
+        whole = float(round(nearest.knob))
+        if knob.lo <= whole <= knob.hi and whole not in {p.knob for p in probes}:
+            probes.append(Probe(whole, *evaluate(whole)))
+        met = [p for p in probes if p.knob == round(p.knob) and done(p.value)]
+        if met:
+            return min(met, key=lambda p: abs(math.log(max(p.value, 1e-300) / aim))).result
     if bpp:
         best = min(probes, key=lambda p: abs(p.value - target))
         if abs(best.value - target) > _BPP_TOLERANCE * target:
@@ -635,12 +652,13 @@ def _search_knob(
     return min(ok, key=lambda p: len(p.result.stream)).result
 
 
-def _probe_count(shape: tuple[int, ...]) -> int | None:
+def _probe_count(shape: tuple[int, ...], min_views: int) -> int | None:
     """Views in the probe subsample of a chunk of ``shape`` (about 1/8 of it, at least
-    :data:`_MIN_PROBE_VALUES` values), or None when that would be most of the chunk."""
+    :data:`_MIN_PROBE_VALUES` values and ``min_views`` views), or None when that would
+    be most of the chunk."""
     n_views = shape[0]
     per_view = max(1, math.prod(shape[1:]))
-    count = max(-(-n_views // 8), -(-_MIN_PROBE_VALUES // per_view))
+    count = max(-(-n_views // 8), -(-_MIN_PROBE_VALUES // per_view), min_views)
     return count if 3 * count <= n_views else None
 
 

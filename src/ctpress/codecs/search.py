@@ -155,10 +155,11 @@ def estimate(
 ) -> tuple[float, float | None]:
     """Where ``probes`` (from :func:`solve`) put ``target``: ``(knob, slope)``.
 
-    Interpolates between the two probes nearest the target on either side (in the same
-    coordinates as :func:`solve`), or extrapolates from the nearest with the slope of the
-    two nearest; ``slope`` is d(value)/d(knob) in those coordinates (None if unknown).
-    Used to start a search on the whole data from probes on a subsample.
+    ``slope`` is d(value)/d(knob) in the coordinates of :func:`solve`, fitted by least
+    squares to the probes within a factor e of the target in value (so that noise between
+    close probes, e.g. SZ3's rate, does not swing it); ``knob`` extrapolates from the
+    probe nearest the target along it.  Used to start a search on the whole data from
+    probes on a subsample.
     """
     if not probes:
         raise ValueError("no probes to estimate from")
@@ -166,18 +167,19 @@ def estimate(
     gk = math.exp if log_knob else (lambda t: t)
     fv = (lambda v: math.log(max(v, 1e-300))) if log_value else (lambda v: v)
     goal = fv(target)
-    below = [p for p in probes if fv(p.value) < goal]
-    above = [p for p in probes if fv(p.value) >= goal]
-    if below and above:
-        pair = [
-            min(below, key=lambda p: goal - fv(p.value)),
-            min(above, key=lambda p: fv(p.value) - goal),
-        ]
-    else:
-        pair = sorted(probes, key=lambda p: abs(fv(p.value) - goal))[:2]
-    p0 = pair[0]
-    if len(pair) < 2 or fk(pair[1].knob) == fk(p0.knob) or fv(pair[1].value) == fv(p0.value):
-        return p0.knob, None
-    p1 = pair[1]
-    slope = (fv(p1.value) - fv(p0.value)) / (fk(p1.knob) - fk(p0.knob))
-    return gk(fk(p0.knob) + (goal - fv(p0.value)) / slope), slope
+    ranked = sorted(probes, key=lambda p: abs(fv(p.value) - goal))
+    near = [p for p in ranked if abs(fv(p.value) - goal) <= 1.0]
+    fit = near if len({p.knob for p in near}) >= 2 else ranked[:2]
+    ts = [fk(p.knob) for p in fit]
+    vs = [fv(p.value) for p in fit]
+    t_mean, v_mean = sum(ts) / len(ts), sum(vs) / len(vs)
+    spread = sum((t - t_mean) ** 2 for t in ts)
+    slope = (
+        sum((t - t_mean) * (v - v_mean) for t, v in zip(ts, vs, strict=True)) / spread
+        if spread
+        else 0.0
+    )
+    nearest = ranked[0]
+    if slope == 0:
+        return nearest.knob, None
+    return gk(fk(nearest.knob) + (goal - fv(nearest.value)) / slope), slope

@@ -34,8 +34,14 @@ class Jpeg2000(ImageCodec):
 
     def _encode_image(self, image: np.ndarray, knob: float | None) -> bytes:
         level, reversible = (0.0, True) if knob is None else (float(knob), False)
+        # OpenJPEG takes fractional PSNR levels (imagecodecs' stub says int)
         return bytes(
-            imagecodecs.jpeg2k_encode(image, level=level, reversible=reversible, codecformat="J2K")
+            imagecodecs.jpeg2k_encode(
+                image,
+                level=level,  # type: ignore[arg-type]
+                reversible=reversible,
+                codecformat="J2K",
+            )
         )
 
     def _decode_image(self, data: bytes) -> np.ndarray:

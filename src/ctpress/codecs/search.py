@@ -22,6 +22,8 @@ T = TypeVar("T")
 #: Smallest extrapolation step, as a fraction of the interval (in search coordinates): a
 #: known slope steers a correction precisely, so this only guards against standing still.
 _MIN_STEP = 1e-3
+#: Offsets (fractions of the interval) probed on both sides of a jump in the value.
+_JUMP_OFFSETS = (0.002, 0.005, 0.01, 0.03)
 
 
 @dataclass
@@ -114,7 +116,8 @@ def solve(
             tb, ta = fk(below.knob), fk(above.knob)
             if integer and abs(below.knob - above.knob) <= 1:
                 break
-            if abs(tb - ta) <= _MIN_STEP * (b - a):  # a jump in the value: no closer probe
+            if abs(tb - ta) <= _MIN_STEP * (b - a):  # a jump in the value: look around it
+                _around_jump(probe, done, 0.5 * (ta + tb), a, b, max_probes - len(probes))
                 break
             fb, fa = signed(below) * scale_below, signed(above) * scale_above
             t_new = tb - fb * (ta - tb) / (fa - fb) if fa != fb else 0.5 * (ta + tb)
@@ -144,6 +147,28 @@ def solve(
         if (direction > 0 and tl >= b) or (direction < 0 and tl <= a):
             break  # the target is outside the interval
     return probes
+
+
+def _around_jump(
+    probe: Callable[[float], Probe[T] | None],
+    done: Callable[[float], bool],
+    t: float,
+    a: float,
+    b: float,
+    budget: int,
+) -> None:
+    """Probe on both sides of a jump at ``t`` (search coordinates in ``[a, b]``), ever
+    farther, until one probe is ``done``: a value that is not monotone in the knob (SZ3
+    switches predictors with its error bound, and its rate with them) may reach the target
+    on the far side of the jump."""
+    for offset in _JUMP_OFFSETS:
+        for side in (-1.0, 1.0):
+            if budget <= 0:
+                return
+            found = probe(min(max(t + side * offset * (b - a), a), b))
+            budget -= 1
+            if found is not None and done(found.value):
+                return
 
 
 def estimate(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import struct
+from typing import Literal
 
 import imagecodecs
 import numpy as np
@@ -71,7 +72,7 @@ class Sperr(ErrorBoundedCodec):
         return decode_isolated(_decompress, stream, shape, work_dtype, self.codec_id)
 
 
-def _encode(work: np.ndarray, mode: str, level: float) -> bytes:
+def _encode(work: np.ndarray, mode: Literal["bpp", "psnr", "pwe"], level: float) -> bytes:
     """SPERR stream of ``work`` without its length-1 axes."""
     image = work.reshape(coded_shape(work.shape, 2))
     return bytes(imagecodecs.sperr_encode(image, level=float(level), mode=mode))

@@ -158,9 +158,14 @@ def noise_model(
 
 def _i0_value(i0: float | Sequence[float] | np.ndarray) -> float | tuple[float, ...]:
     """A scalar ``i0`` as a float, per-column values as a tuple."""
-    if np.ndim(i0) == 0:
-        return float(i0)  # type: ignore[arg-type]
-    return tuple(float(v) for v in np.ravel(i0))
+    values = np.asarray(i0, dtype=np.float64)
+    if values.ndim == 0:
+        return float(values)
+    if values.ndim != 1:
+        raise InputError(
+            f"i0 must be a number or one value per detector column, got {values.shape}"
+        )
+    return tuple(values.tolist())
 
 
 def _as_noise_model(noise: NoiseModel | dict[str, Any]) -> NoiseModel:

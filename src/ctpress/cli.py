@@ -24,6 +24,8 @@ from ._version import __version__
 from .codecs import list_codecs
 from .errors import CtpressError, InputError
 from .io import FORMATS, OutputExistsError, check_output, results_directory
+from .noise import DOMAINS
+from .rate import RATE_MODES, RateControl, option_names
 from .scan import Scan
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
@@ -94,13 +96,53 @@ def _add_force(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def _add_rate_options(p: argparse.ArgumentParser) -> None:
+    """One flag per registered rate mode (``ctpress.rate.RATE_MODES``), and the noise
+    model of the noise-bounded mode."""
     group = p.add_mutually_exclusive_group()
-    group.add_argument(
-        "--lossless", action="store_true", help="bit-exact (default where supported)"
+    for option, name in option_names().items():
+        mode = RATE_MODES[name]
+        help_text = mode.help.replace("%", "%%")  # argparse formats help with %
+        if mode.needs_value:
+            metavar = mode.flag.lstrip("-").split("-")[-1][0].upper()
+            unit = f" ({mode.unit})" if mode.unit else ""
+            group.add_argument(
+                mode.flag, dest=option, type=float, metavar=metavar, help=help_text + unit
+            )
+        else:
+            group.add_argument(
+                mode.flag, dest=option, action="store_true", help=f"{help_text} (the default)"
+            )
+    noise = p.add_argument_group("noise model of --noise-fraction")
+    noise.add_argument("--gain", type=float, help="detector gain, variance/mean (default 1)")
+    noise.add_argument("--read-noise", type=float, help="read noise std in counts (default 0)")
+    noise.add_argument("--dark", type=float, help="dark offset of raw counts (default 0)")
+    noise.add_argument(
+        "--i0",
+        metavar="I0",
+        help="unattenuated count of line integrals: a number, or a .npy of one per detector "
+        "column (default: the scan's metadata)",
     )
-    group.add_argument("--max-error", type=float, metavar="E", help="max abs error, data units")
-    group.add_argument("--bpp", type=float, metavar="B", help="target bits per value (file size)")
-    group.add_argument("--psnr", type=float, metavar="P", help="target PSNR in dB")
+    noise.add_argument(
+        "--domain",
+        choices=DOMAINS,
+        help="what the values are (default: line_integral if the metadata says so)",
+    )
+
+
+def _i0_option(text: str | None) -> float | list[float] | None:
+    """``--i0``: a number, or the path of a .npy with one value per detector column."""
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    if not text.endswith(".npy") or not Path(text).is_file():
+        raise InputError(f"--i0 takes a number or a .npy file, got {text!r}")
+    import numpy as np
+
+    values: list[float] = np.load(text, allow_pickle=False).astype(float).tolist()
+    return values
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,10 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_rate_options(p)
     p.add_argument("--data-range", type=float, help="PSNR peak (default: max - min of the scan)")
     p.add_argument(
-        "--chunk-views", type=_at_least_one, help="views per chunk (default: ~1 MiB of input)"
+        "--chunk-views",
+        type=_at_least_one,
+        help="views per chunk (default: the codec's preference, else ~1 MiB of input)",
     )
     p.add_argument(
-        "--jobs", type=_at_least_one, default=1, help="encoder threads (output is identical)"
+        "--jobs",
+        type=_at_least_one,
+        help="encoder threads (default: every core; the output is identical)",
     )
     p.add_argument("--format", help=f"input format, overriding the extension ({formats})")
     p.add_argument("--dataset", help="name of the projections array in an npz, HDF5 or zarr input")
@@ -147,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help=f"output file ({formats})")
     p.add_argument("--views", metavar="START:STOP", help="decode only this view range")
     p.add_argument("--format", help="output format, overriding the extension")
+    p.add_argument("--jobs", type=_at_least_one, help="decoder threads (default: every core)")
     _add_force(p, "output (a directory only if ctpress wrote it)")
     _add_max_output(p)
 
@@ -256,11 +303,13 @@ def _cmd_compress(args: argparse.Namespace) -> None:
         args.input,
         args.output,
         codec=args.codec,
-        lossless=args.lossless,
-        max_error=args.max_error,
-        bpp=args.bpp,
-        psnr=args.psnr,
+        **{option: getattr(args, option) for option in option_names()},
         data_range=args.data_range,
+        gain=args.gain,
+        read_noise=args.read_noise,
+        dark=args.dark,
+        i0=_i0_option(args.i0),
+        domain=args.domain,
         chunk_views=args.chunk_views,
         jobs=args.jobs,
         progress=not args.quiet,
@@ -318,6 +367,7 @@ def _cmd_decompress(args: argparse.Namespace) -> None:
         output_format=args.format,
         overwrite=args.force,
         max_output_bytes=args.max_output_bytes,
+        jobs=args.jobs,
     )
     if not args.quiet:
         print(f"{args.output}: {scan.user_array().shape} {scan.dtype}")
@@ -336,7 +386,11 @@ def _cmd_info(args: argparse.Namespace) -> None:
         print(f"format:      ctpz v{h['format_version']}, written by {h['library']}")
         print(f"projections: {f.shape} {f.dtype.name} (views, rows, cols)")
         print(f"codec:       {json.dumps(h['codec'])}")
-        print(f"rate:        {json.dumps(h['rate_control'])}")
+        rate = RateControl.from_dict(h["rate_control"])
+        data_range = "" if rate.data_range is None else f" (data range {rate.data_range:g})"
+        print(f"rate:        {rate}{data_range}")
+        if rate.noise is not None:
+            print(f"noise model: {rate.noise.describe()}")
         print(
             f"size:        {8 * f.file_size / n_values:.3f} bits/value, ratio "
             f"{n_values * f.dtype.itemsize / f.file_size:.2f}:1 vs {f.dtype.name}"

@@ -74,8 +74,9 @@ def make_codec(
     """
     if isinstance(codec, Codec):
         return codec
+    model = None
     if noise_fraction is not None:
-        noise = noise_model(scan) if noise is None else _as_noise_model(noise)
+        model = noise_model(scan) if noise is None else _as_noise_model(noise)
     rate = resolve_rate(
         codec,
         lossless=lossless,
@@ -84,7 +85,7 @@ def make_codec(
         psnr=psnr,
         noise_fraction=noise_fraction,
         data_range=data_range,
-        noise=noise if noise_fraction is not None else None,
+        noise=model,
     )
     if rate.mode == "psnr" and data_range is None:
         scan_range = float(scan.projections.max()) - float(scan.projections.min())

@@ -149,6 +149,8 @@ class _Worker:
     with ``_POOL_LOCK`` held.
     """
 
+    conn: Connection
+
     def __init__(self) -> None:
         parent_end, worker_end = socket.socketpair()
         self.owner = os.getpid()

@@ -319,9 +319,7 @@ def test_aux_payload_is_checked_before_decoding(good) -> None:
     )
     # an aux payload whose zstd frame declares far more than its shape takes
     chunks, _ = _entries(good)
-    record, _ = parse_chunk_header(
-        container.encode_aux(np.zeros((1, ROWS, COLS), np.uint16))
-    )
+    record, _ = parse_chunk_header(container.encode_aux(np.zeros((1, ROWS, COLS), np.uint16)))
     stream = zstandard.ZstdCompressor().compress(bytes(64 << 20))
     bomb = chunk_header(dict(record, n=len(stream), crc=zlib.crc32(stream))) + stream
     data_end = chunks[-1].offset + chunks[-1].length
@@ -566,8 +564,7 @@ def test_container_overhead_counts_the_digests(monkeypatch) -> None:
     data = ctpress.compress(scan, codec="zstd", chunk_views=CHUNK_VIEWS)
     with ctpress.open(data) as f:
         streams = [
-            parse_chunk_header(data[e.offset : e.offset + e.length])[0]["n"]
-            for e in f.chunks
+            parse_chunk_header(data[e.offset : e.offset + e.length])[0]["n"] for e in f.chunks
         ]
         codec, rate = f.codec, RateControl.from_dict(f.header["rate_control"])
     bound = container_overhead(scan, codec, CHUNK_VIEWS, rate, max(streams))

@@ -39,8 +39,7 @@ def _line_integrals() -> np.ndarray:
 
 def _check(x: np.ndarray, data: bytes, model: NoiseModel) -> None:
     with ctpress.open(data) as f:
-        rate = RateControl.from_dict(f.header["rate_control"])
-        assert rate == RateControl("noise", FRACTION, noise=model)
+        assert f.rate_control == RateControl("noise", FRACTION, noise=model)
     y = ctpress.decompress(data).projections
     assert y.dtype == x.dtype and y.shape == x.shape
     error = np.abs(y.astype(np.float64) - x.astype(np.float64))

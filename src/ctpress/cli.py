@@ -25,7 +25,7 @@ from .codecs import list_codecs
 from .errors import CtpressError, InputError
 from .io import FORMATS, OutputExistsError, check_output, results_directory
 from .noise import DOMAINS
-from .rate import RATE_MODES, RateControl, option_names
+from .rate import RATE_MODES, option_names
 from .scan import Scan
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
@@ -386,7 +386,7 @@ def _cmd_info(args: argparse.Namespace) -> None:
         print(f"format:      ctpz v{h['format_version']}, written by {h['library']}")
         print(f"projections: {f.shape} {f.dtype.name} (views, rows, cols)")
         print(f"codec:       {json.dumps(h['codec'])}")
-        rate = RateControl.from_dict(h["rate_control"])
+        rate = f.rate_control
         data_range = "" if rate.data_range is None else f" (data range {rate.data_range:g})"
         print(f"rate:        {rate}{data_range}")
         if rate.noise is not None:

@@ -25,8 +25,8 @@ from ..codecs.framing import (
     parse_chunk_header,
     read_chunk_header,
 )
-from ..codecs.generic import Zstd
 from ..errors import CorruptFileError, FormatError, InputError
+from ..rate import RateControl
 from ..scan import Geometry, Scan
 from .format import (
     _AUX_DTYPES,
@@ -292,6 +292,11 @@ class CtpzFile:
         return None if g is None else Geometry.from_dict(g)
 
     @property
+    def rate_control(self) -> RateControl:
+        """The rate control the file was written with (the header's ``rate_control``)."""
+        return RateControl.from_dict(self.header["rate_control"])
+
+    @property
     def metadata(self) -> dict[str, Any]:
         """Free metadata stored with the projections."""
         return dict(self.header.get("metadata", {}))
@@ -384,7 +389,7 @@ class CtpzFile:
         shape = tuple(spec["shape"])
         try:
             _check_aux_payload(data, shape, np.dtype(spec["dtype"]))
-            return Zstd().decode(data).reshape(shape)
+            return get_codec("zstd").decode(data).reshape(shape)
         except CorruptFileError as exc:
             raise self._fail(f"{what}: {exc}") from None
 

@@ -10,13 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from .._version import __version__
-from ..codecs import Codec
+from ..codecs import Codec, get_codec
 from ..codecs.context import ChunkContext
 from ..codecs.framing import chunk_header_bound
-from ..codecs.generic import Zstd
 from ..errors import InputError, RateControlError
 from ..rate import RateControl
 from ..scan import Scan
@@ -86,7 +84,7 @@ def build_header(scan: Scan, codec: Codec, chunk_views: int, rate: RateControl) 
 
 def encode_aux(array: np.ndarray) -> bytes:
     """Lossless payload of an auxiliary array (dark/flat frames, ...)."""
-    return Zstd().encode(array if array.ndim >= 2 else array.reshape(1, -1))
+    return get_codec("zstd").encode(array if array.ndim >= 2 else array.reshape(1, -1))
 
 
 def chunk_contexts(scan: Scan, chunk_views: int) -> list[ChunkContext]:
@@ -131,6 +129,8 @@ def write_ctpz(
     what it decodes to (the input itself when lossless; else the encoder decodes its own
     payload).  Returns the bytes written.
     """
+    from tqdm.auto import tqdm  # here, not at the top: ``import ctpress`` stays light
+
     n_views = scan.shape[0]
     chunk_views = chunk_views_for(scan, codec, chunk_views)
     jobs = default_jobs(jobs)

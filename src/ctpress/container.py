@@ -37,7 +37,6 @@ from typing import IO, Any, BinaryIO
 
 import numpy as np
 import zstandard
-from tqdm.auto import tqdm
 
 from ._compact import ARRAY_KEY, get_varint, pack_float_lists, put_varint, unpack_float_lists
 from ._version import __version__
@@ -49,7 +48,6 @@ from .codecs.framing import (
     parse_chunk_header,
     read_chunk_header,
 )
-from .codecs.generic import Zstd
 from .errors import CorruptFileError, FormatError, InputError
 from .scan import SUPPORTED_DTYPES, Geometry, Scan
 
@@ -439,7 +437,7 @@ def build_header(
 
 def encode_aux(array: np.ndarray) -> bytes:
     """Lossless payload of an auxiliary array (dark/flat frames, ...)."""
-    return Zstd().encode(array if array.ndim >= 2 else array.reshape(1, -1))
+    return get_codec("zstd").encode(array if array.ndim >= 2 else array.reshape(1, -1))
 
 
 def write_ctpz(
@@ -459,6 +457,8 @@ def write_ctpz(
     it decodes to (the input itself when lossless; else the encoder decodes its own
     payload).  Returns the bytes written.
     """
+    from tqdm.auto import tqdm  # here, not at the top: ``import ctpress`` stays light
+
     n_views = scan.shape[0]
     chunk_views = chunk_views or default_chunk_views(
         scan.shape, scan.dtype.itemsize, codec.preferred_chunk_bytes
@@ -860,7 +860,7 @@ class CtpzFile:
         shape = tuple(spec["shape"])
         try:
             _check_aux_payload(data, shape, np.dtype(spec["dtype"]))
-            return Zstd().decode(data).reshape(shape)
+            return get_codec("zstd").decode(data).reshape(shape)
         except CorruptFileError as exc:
             raise self._fail(f"{what}: {exc}") from None
 

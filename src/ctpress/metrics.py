@@ -5,7 +5,8 @@ given: all values, and for the image metrics (SSIM, HaarPSI, VSI) all 2-D images
 averaged with equal weight (the original study averaged only the first projection). Error metrics
 accumulate in float64; the piq image metrics run in float32 (VSI is about 2x slower in float64).
 They run under torch.no_grad with deterministic algorithms: repeatable for a given number of torch
-threads (the last float32 digits can change with it).
+threads (the last float32 digits can change with it). torch and piq are imported when an image
+metric first runs: the error metrics, and ``import ctpress``, do without them.
 
 ``data_range`` is the span of possible values (same unit as the data). When it is not given it is
 ``reference.max() - reference.min()``, i.e. the range of the original data, not of the decoded data.
@@ -26,18 +27,14 @@ from ctpress.errors import InputError
 if TYPE_CHECKING:
     import torch
 
-# torch and piq are imported by the image metrics when they run: the error metrics, and
-# ``import ctpress``, do not need them.
-
-# name -> (piq function, minimum image height and width in px, channels passed to piq).
+# Image metrics: name of the piq function -> (minimum image height and width in px, channels
+# passed to piq, rows below which sinograms are scored instead of projections).
 # SSIM: piq's 11x11 Gaussian window is applied without padding, so images need >= 11 px.
 # HaarPSI: piq's 3 scales use a 2**(3+1) = 16 px Haar kernel and piq rejects images below 16 px.
 # VSI: piq has no explicit check; we require 3 px (its 3x3 Scharr gradient kernel). piq's VSI is
 # defined on RGB, so grey images are replicated into 3 channels (as piq would do, with a warning).
 # VSI's saliency map is computed on each image resampled to 3x256x256, whatever its size: it
 # dominates the run time (about 0.04 CPU-s per image pair in float32).
-# name: (min image size in px, channels, rows below which sinograms are preferred); the piq
-# function has the same name.
 _IMAGE_METRICS: dict[str, tuple[int, int, int]] = {
     "ssim": (11, 1, 11),
     "haarpsi": (16, 1, 16),

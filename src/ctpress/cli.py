@@ -21,7 +21,7 @@ from typing import Any
 
 from . import api
 from ._version import __version__
-from .codecs import list_codecs
+from .codecs import list_codec_ids, list_codecs
 from .errors import CtpressError, InputError
 from .io import FORMATS, OutputExistsError, check_output, results_directory
 from .noise import DOMAINS
@@ -157,7 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compress", help="compress projections to a .ctpz file")
     p.add_argument("input", help=f"projections ({formats})")
     p.add_argument("output", help="output .ctpz file")
-    p.add_argument("--codec", default="zstd", help="codec id (see 'ctpress codecs')")
+    p.add_argument(
+        "--codec",
+        default="zstd",
+        help=f"codec id: {', '.join(list_codec_ids())} (see 'ctpress codecs')",
+    )
     _add_rate_options(p)
     p.add_argument("--data-range", type=float, help="PSNR peak (default: max - min of the scan)")
     p.add_argument(
@@ -411,8 +415,11 @@ def _cmd_verify(args: argparse.Namespace) -> None:
 
 def _cmd_codecs(args: argparse.Namespace) -> None:
     print(f"{'codec':10s} {'rate controls':34s} description")
-    for cls in list_codecs():
+    classes = list_codecs()
+    for cls in classes:
         print(f"{cls.codec_id:10s} {', '.join(cls.rate_modes()):34s} {cls.description}")
+    floats = [cls.codec_id for cls in classes if "float32" in cls.exact_dtypes]
+    print(f"lossless on float data: {', '.join(floats)}")
 
 
 def _cmd_simulate(args: argparse.Namespace) -> None:
@@ -547,7 +554,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     from .io import read_scan
     from .report import write_report
 
-    codecs = [c.codec_id for c in list_codecs()] if args.codecs == "all" else args.codecs.split(",")
+    codecs = list_codec_ids() if args.codecs == "all" else args.codecs.split(",")
     rates = parse_rates(args.rates)
     scans = {}
     for path in args.inputs:

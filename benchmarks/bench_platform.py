@@ -115,7 +115,8 @@ def rate_target_cost(x: np.ndarray, codec_id: str, target: RateControl) -> dict[
         single, row["method"] = _final_setting_encode(codec, x, chunk)
         row["single_encode_s"] = _best_time(single, 3)
         t0 = time.perf_counter()
-        data = ctpress.compress(x, codec=codec_id, jobs=1, **{target.mode: target.value})
+        rate: dict[str, Any] = {target.mode: target.value}
+        data = ctpress.compress(x, codec=codec_id, jobs=1, **rate)
         row["compress_s"] = time.perf_counter() - t0
     except CtpressError as exc:
         row["error"] = " ".join(str(exc).split())
@@ -164,7 +165,7 @@ def _ctpress_command() -> list[str]:
 def startup_costs(repeat: int) -> dict[str, Any]:
     """Part (b)."""
     py = sys.executable
-    out = {
+    out: dict[str, Any] = {
         "reference": _process([py, "-c", "import numpy, imagecodecs"], repeat),
         "import_ctpress": _process([py, "-c", "import ctpress"], repeat),
         "ctpress_help": _process([*_ctpress_command(), "--help"], repeat),

@@ -218,7 +218,7 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     for r in result["rate_targets"]:
         if "error" in r:
-            lines.append(f"| {r['codec']} | {r['target']} | failed: {r['error'][:90]} |||||| ")
+            lines.append(f"| {r['codec']} | {r['target']} | failed: {r['error'][:90]} |" + " |" * 5)
             continue
         lines.append(
             f"| {r['codec']} | {r['target']} | {r['bits_per_value']:.3f} | "
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             "codecs": ids,
             "targets": [str(t) for t in TARGETS],
             "repeat": args.repeat,
-            "method_a": " ".join(__doc__.split("a. **")[1].split("b. **")[0].split()),
+            "method_a": " ".join(__doc__.split("cost.**")[1].split("b. **")[0].split()),
         },
         "rate_targets": rows,
         "startup": startup_costs(args.repeat),

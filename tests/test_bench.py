@@ -257,6 +257,15 @@ def test_cli_bench_geometry_of_a_bare_array(
         ("--geometry", "parallel", "--angles", "0:x"): "bad --angles",
         ("--geometry", "fan", "--angles", "0:360"): "needs --source-isocenter-mm",
         ("--angles", "0:180"): "give it too",
+        (
+            "--geometry",
+            "parallel",
+            "--angles",
+            "0:180",
+            "--detector-spacing-mm",
+            "1,x",
+        ): "bad --det",
+        ("--geometry", "parallel", "--angles", "0:180", "--detector-spacing-mm", "-1"): "positive",
     }
     for extra, message in bad.items():
         assert main([*args, "--force", *extra]) == 2

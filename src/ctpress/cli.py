@@ -239,10 +239,17 @@ def build_parser() -> argparse.ArgumentParser:
         "evenly spaced",
     )
     angles.add_argument(
-        "--angles-file", type=Path, help="view angles in degrees: text (one per view) or .npy"
+        "--angles-file",
+        type=Path,
+        metavar="FILE",
+        help="view angles in degrees: text (one per view) or .npy",
     )
-    g.add_argument("--source-isocenter-mm", type=float, help="fan/cone: source to rotation axis")
-    g.add_argument("--source-detector-mm", type=float, help="fan/cone: source to detector")
+    g.add_argument(
+        "--source-isocenter-mm", type=float, metavar="MM", help="fan/cone: source to rotation axis"
+    )
+    g.add_argument(
+        "--source-detector-mm", type=float, metavar="MM", help="fan/cone: source to detector"
+    )
     g.add_argument(
         "--detector-spacing-mm",
         metavar="PITCH|ROW,COL",

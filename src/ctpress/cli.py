@@ -278,6 +278,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="reuse matching results found in --out")
     p.add_argument("--no-perceptual", action="store_true", help="skip HaarPSI and VSI")
     p.add_argument("--format", help=f"input format, overriding the extension ({formats})")
+    g = p.add_argument_group(
+        "geometry of bare arrays", "for --recon on inputs that store no geometry (e.g. .npy)"
+    )
+    g.add_argument("--geometry", choices=["parallel", "fan", "cone"], help="beam geometry")
+    angles = g.add_mutually_exclusive_group()
+    angles.add_argument(
+        "--angles",
+        metavar="START:STOP[:STEP]",
+        help="view angles in degrees, STOP excluded (e.g. 0:180:2); without STEP, the views "
+        "evenly spaced",
+    )
+    angles.add_argument(
+        "--angles-file",
+        type=Path,
+        metavar="FILE",
+        help="view angles in degrees: text (one per view) or .npy",
+    )
+    g.add_argument(
+        "--source-isocenter-mm", type=float, metavar="MM", help="fan/cone: source to rotation axis"
+    )
+    g.add_argument(
+        "--source-detector-mm", type=float, metavar="MM", help="fan/cone: source to detector"
+    )
+    g.add_argument(
+        "--detector-spacing-mm",
+        metavar="PITCH|ROW,COL",
+        default="1",
+        help="detector pitch in mm at the detector (default 1)",
+    )
+    g.add_argument(
+        "--detector-shape", choices=["flat", "cylindrical"], default="flat", help="fan/cone"
+    )
 
     p = sub.add_parser(
         "train",
@@ -561,7 +593,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
         name = Path(path).stem
         if name in scans:
             raise CtpressError(f"two inputs are named {name!r}; rename one")
-        scans[name] = read_scan(path, format=args.format)
+        scans[name] = _with_bench_geometry(read_scan(path, format=args.format), path, args)
     out = results_directory(args.out, overwrite=args.force)  # before any measurement
     resume = load_results(out) if args.resume and (out / "results.json").exists() else None
     result = run_bench(
@@ -580,6 +612,86 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     if not args.quiet:
         print(format_table(result.records))
     print(f"report: {index}")
+
+
+def _with_bench_geometry(scan: Scan, path: str, args: argparse.Namespace) -> Scan:
+    """``scan`` with the geometry given by ``ctpress bench --geometry ...`` (inputs that
+    store none); InputError for inconsistent options."""
+    import numpy as np
+
+    from .scan import Geometry
+
+    given = [args.angles, args.angles_file, args.source_isocenter_mm, args.source_detector_mm]
+    if args.geometry is None:
+        if any(v is not None for v in given):
+            raise InputError("--angles and the distances describe a --geometry; give it too")
+        return scan
+    if scan.geometry is not None:
+        raise InputError(f"{path} stores its own geometry; --geometry is for bare arrays")
+    n_views = scan.shape[0]
+    given_degrees: Any
+    if args.angles is not None:
+        given_degrees = _angle_range(args.angles, n_views)
+    elif args.angles_file is not None:
+        file = args.angles_file
+        try:
+            given_degrees = np.load(file) if file.suffix == ".npy" else np.loadtxt(file, ndmin=1)
+        except ValueError as exc:
+            raise InputError(f"bad --angles-file {file}: {exc}") from None
+    else:
+        raise InputError("--geometry needs --angles START:STOP[:STEP] or --angles-file")
+    degrees = np.asarray(given_degrees, dtype=np.float64).ravel()
+    if len(degrees) != n_views or not np.isfinite(degrees).all():
+        raise InputError(
+            f"--angles/--angles-file give {len(degrees)} finite angles where {path} has "
+            f"{n_views} views"
+        )
+    try:
+        spacing = [float(v) for v in args.detector_spacing_mm.split(",")]
+    except ValueError:
+        raise InputError(f"bad --detector-spacing-mm {args.detector_spacing_mm!r}") from None
+    if len(spacing) not in (1, 2):
+        raise InputError("--detector-spacing-mm takes one pitch or ROW,COL")
+    fields: dict[str, object] = {}
+    if args.geometry != "parallel":
+        if args.source_isocenter_mm is None or args.source_detector_mm is None:
+            raise InputError(
+                f"--geometry {args.geometry} needs --source-isocenter-mm and --source-detector-mm"
+            )
+        fields = dict(
+            source_isocenter_mm=args.source_isocenter_mm,
+            source_detector_mm=args.source_detector_mm,
+            detector_shape=args.detector_shape,
+        )
+    geometry = Geometry(
+        kind=args.geometry,
+        angles_rad=tuple(np.deg2rad(degrees)),
+        detector_spacing_mm=(spacing[0], spacing[-1]),
+        **fields,  # type: ignore[arg-type]
+    )
+    return Scan(scan.projections, geometry, scan.metadata)
+
+
+def _angle_range(text: str, n_views: int) -> list[float]:
+    """``START:STOP[:STEP]`` degrees, STOP excluded; without STEP ``n_views`` even steps."""
+    import math
+
+    try:
+        parts = [float(v) for v in text.split(":")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (2, 3) or not all(map(math.isfinite, parts)):
+        raise InputError(f"bad --angles {text!r}: use START:STOP[:STEP] in degrees, e.g. 0:180:2")
+    start, stop = parts[:2]
+    step = parts[2] if len(parts) == 3 else (stop - start) / n_views
+    if step == 0 or (stop - start) / step <= 0:
+        raise InputError(f"bad --angles {text!r}: STEP must go from START towards STOP")
+    count = math.ceil((stop - start) / step - 1e-9)
+    if count != n_views:
+        raise InputError(
+            f"--angles {text} gives {count} angles where the input has {n_views} views"
+        )
+    return [start + step * k for k in range(count)]
 
 
 def _cmd_train(args: argparse.Namespace) -> None:

@@ -21,7 +21,7 @@ from .container import (
 )
 from .errors import CtpressError, InputError
 from .io import atomic_path, check_output, read_scan, write_scan
-from .noise import NoiseModel
+from .noise import NoiseModel, estimate_noise_model
 from .rate import RATE_MODES, RateControl
 from .scan import Scan, as_scan
 
@@ -128,8 +128,13 @@ def noise_model(
     ``domain`` ("counts" or "line_integral") defaults to "line_integral" where the scan's
     metadata says its units are line integrals, else "counts"; ``i0`` (a number or one
     per detector column) to the metadata's ``i0``; ``gain`` (default 1) and
-    ``read_noise`` (default 0) in counts; ``dark`` (default 0) the offset of raw counts.
-    Without ``gain`` the model is the ideal Poisson counter.
+    ``read_noise`` in counts; ``dark`` the offset of raw counts (default: the mean of the
+    scan's ``dark`` frames, else 0).  Without ``gain`` and ``read_noise`` both are
+    estimated from the data (:func:`ctpress.noise.estimate_noise_model`) along the
+    detector columns and along the views, keeping the smaller of each (a detector that
+    blurs columns reads low along them; the smaller sigma is the safe side of the bound);
+    where the data cannot be fitted, the ideal Poisson counter (gain 1, no read noise).
+    The header states which.
     """
     metadata = scan.metadata
     if domain is None:
@@ -146,14 +151,48 @@ def noise_model(
             )
         if i0 is None:
             i0 = metadata.get("i0")
-    user = gain is not None or read_noise is not None or dark is not None
+    i0_value = None if i0 is None else _i0_value(i0)
+    if dark is None and domain == "counts" and "dark" in scan.aux:
+        dark = float(np.mean(scan.aux["dark"]))
+    if gain is None and read_noise is None:
+        estimated = _estimated_noise(scan.projections, domain, dark or 0.0, i0_value)
+        if estimated is not None:
+            return estimated
+    user = gain is not None or read_noise is not None
     return NoiseModel(
         domain=domain,
         gain=1.0 if gain is None else gain,
         read_noise=0.0 if read_noise is None else read_noise,
         dark=0.0 if dark is None else dark,
-        i0=None if i0 is None else _i0_value(i0),
+        i0=i0_value,
         source="user" if user else "ideal Poisson",
+    )
+
+
+def _estimated_noise(
+    projections: np.ndarray, domain: str, dark: float, i0: float | tuple[float, ...] | None
+) -> NoiseModel | None:
+    """The smaller of the noise models estimated along the columns and along the views,
+    or None where neither can be fitted (or line integrals lack ``i0``)."""
+    if domain == "line_integral" and i0 is None:
+        return None
+    fits = []
+    for axis in (-1, 0):
+        if projections.shape[axis] < 8:
+            continue
+        try:
+            fits.append(estimate_noise_model(projections, domain, dark=dark, i0=i0, axis=axis))
+        except InputError:
+            continue
+    if not fits:
+        return None
+    return NoiseModel(
+        domain=domain,
+        gain=min(f.gain for f in fits),
+        read_noise=min(f.read_noise for f in fits),
+        dark=dark,
+        i0=i0,
+        source="estimated from the data (smaller of columns and views)",
     )
 
 

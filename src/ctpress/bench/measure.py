@@ -196,18 +196,16 @@ def _bytes_on_disk(data: bytes) -> int:
 
 
 def compress_at(scan: Scan, codec: str, rate: RateControl) -> bytes:
-    """:func:`ctpress.compress` of ``scan`` with ``codec`` at ``rate`` (a noise-bounded rate
-    with its noise model goes in as a configured codec)."""
+    """:func:`ctpress.compress` of ``scan`` with ``codec`` at ``rate``, one thread (the
+    benchmark runs codecs side by side in worker processes and times each alone)."""
     from ..api import compress
-    from ..codecs import get_codec_class
+    from ..rate import option_names
 
-    if rate.mode == "noise":
-        configured = get_codec_class(codec)(
-            mode="noise", value=rate.value, data_range=rate.data_range, noise=rate.noise
-        )
-        return compress(scan, codec=configured)
+    keyword = {mode: name for name, mode in option_names().items()}[rate.mode]
     target: Any = True if rate.value is None else rate.value
-    return compress(scan, codec=codec, data_range=rate.data_range, **{rate.mode: target})
+    return compress(
+        scan, codec=codec, data_range=rate.data_range, noise=rate.noise, jobs=1, **{keyword: target}
+    )
 
 
 def bench_codec(

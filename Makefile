@@ -5,7 +5,7 @@ STAMP   := $(VENV)/.installed-stamp
 PYTHON  ?= python3
 OUT     ?= results/demo
 
-.PHONY: venv demo test lint bench hardening fuzz clean
+.PHONY: venv demo test lint bench bench-platform hardening fuzz clean
 
 $(STAMP): pyproject.toml requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py --out results/benchmarks
+
+# Rate-target cost per codec, import/--help times, compress CLI vs numpy + imagecodecs.
+bench-platform: $(STAMP)
+	$(PY) benchmarks/bench_platform.py --out results/benchmarks
 
 # Corruption matrix and crash tests at full size (every bit of every chunk, many kills).
 hardening: $(STAMP)

@@ -84,10 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for codec in ids:
         modes = get_codec_class(codec).rate_modes()
-        for mode, target in default_rates(scan, modes):
+        for rate in default_rates(scan, modes):
+            mode = rate.mode
             if mode not in ("lossless", "max_error"):
                 continue
-            r = bench_one(scan, codec, mode, target, args.repeat, args.threads)
+            r = bench_one(scan, codec, mode, rate.value, args.repeat, args.threads)
             results.append(r)
             label = f"{codec:10s} {mode:9s}"
             if "error" in r:

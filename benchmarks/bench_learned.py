@@ -120,7 +120,7 @@ def _warm_up() -> None:
 
 
 def _bench(scan: Scan, name: str, codec: str, mode: str, target: float) -> BenchRecord:
-    record = bench_codec(scan, codec, mode, target, scan_name=name)
+    record = bench_codec(scan, codec, (mode, target), scan_name=name)
     print(
         f"{name[:48]:48s} {codec:10s} {mode}={target:<5g} -> "
         + (

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, scan in scans(args.quick).items():
         for ratio in ratios:
             for codec in CODECS:
-                record, _ = measure_codec(scan, codec, "bpp", 16.0 / ratio, scan_name=name)
+                record, _ = measure_codec(scan, codec, ("bpp", 16.0 / ratio), scan_name=name)
                 rows.append({"ratio": ratio, "psnr_65535": psnr_65535(record),
                              "record": asdict(record)})  # fmt: skip
                 status = record.error or (

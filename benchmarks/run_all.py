@@ -2,12 +2,13 @@
 
 Usage::
 
-    python benchmarks/run_all.py --out results/benchmarks [--only codecs,recon,learned,siren]
+    python benchmarks/run_all.py --out results/benchmarks [--only codecs,recon,platform]
 
 Each benchmark writes its own JSON into ``--out`` (``bench_codecs.json``,
-``bench_recon.json``, ``bench_learned.json``, ``bench_siren.json``); this script adds
-``run_all.json`` with the command, library version, machine, and per benchmark its exit
-status, wall time and output file.  ``learned`` needs ``../shared/data`` (or ``$CTPRESS_DATA``).
+``bench_recon.json``, ``bench_learned.json``, ``bench_siren.json``,
+``bench_platform.json``); this script adds ``run_all.json`` with the command, library
+version, machine, and per benchmark its exit status, wall time and output file.
+``learned`` and ``platform`` need ``../shared/data`` (or ``$CTPRESS_DATA``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ BENCHMARKS = {
     "recon": ("bench_recon.py", "bench_recon.json"),
     "learned": ("bench_learned.py", "bench_learned.json"),
     "siren": ("bench_siren.py", "bench_siren.json"),
+    "platform": ("bench_platform.py", "bench_platform.json"),
 }
 
 

@@ -28,6 +28,8 @@ from ctpress.bench import (
 from ctpress.cli import main
 from ctpress.errors import InputError
 from ctpress.io import write_scan
+from ctpress.noise import NoiseModel
+from ctpress.rate import RateControl
 from ctpress.scan import Scan
 from ctpress.sim import simulate_scan
 
@@ -47,14 +49,15 @@ def tiny_result(tiny_scan: Scan) -> BenchResult:
 
 def test_parse_rates() -> None:
     assert parse_rates("default") is None
-    assert parse_rates("lossless, max_error=4,bpp=2,psnr=60") == [
-        ("lossless", None),
-        ("max_error", 4.0),
-        ("bpp", 2.0),
-        ("psnr", 60.0),
+    assert parse_rates("lossless, max_error=4,bpp=2,psnr=60,noise=0.5") == [
+        RateControl("lossless"),
+        RateControl("max_error", 4.0),
+        RateControl("bpp", 2.0),
+        RateControl("psnr", 60.0),
+        RateControl("noise", 0.5),
     ]
-    for bad in ("lossless=1", "bpp", "quality=3", "bpp=x", ""):
-        with pytest.raises(InputError):
+    for bad in ("lossless=1", "bpp", "quality=3", "bpp=x", "", "bpp=-1", "noise=nan"):
+        with pytest.raises(InputError, match=r"bad rate|empty"):
             parse_rates(bad)
 
 
@@ -187,7 +190,7 @@ def test_cli_bench(tiny_scan: Scan, tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_record_labels_and_bench_codec(tiny_scan: Scan) -> None:
     r = BenchRecord("s", "zstd", "max_error", 4.0)
     assert r.rate_label == "max_error=4" and r.key == "s|zstd|max_error=4" and r.ok
-    r = bench_codec(tiny_scan, "zstd", "max_error", 4.0, scan_name="s", perceptual=False)
+    r = bench_codec(tiny_scan, "zstd", ("max_error", 4.0), scan_name="s", perceptual=False)
     assert r.key == "s|zstd|max_error=4" and r.max_abs_error <= 4 and r.haarpsi is None
 
 
@@ -198,3 +201,78 @@ def test_benchmark_scan_is_simulated_once_then_read_from_its_cache(tmp_path):
     again, source = benchmark_scan(tmp_path, (4, 8, 16))
     assert source.startswith("cached simulation")
     assert np.array_equal(again.projections, scan.projections)
+
+
+def test_noise_rate_uses_the_scans_estimated_noise_model() -> None:
+    """``noise=F`` runs with the noise model estimated from each scan (stored in the
+    settings); every value's error stays within F sigma of that model."""
+    rng = np.random.default_rng(1)
+    level = 200 + 3000 * np.hanning(96)[None, None, :] * np.ones((16, 4, 1))
+    counts = 2.0 * rng.poisson(level / 2.0) + rng.normal(0, 5, level.shape)
+    scan = Scan(np.clip(np.round(counts), 1, 60000).astype(np.uint16), None, {"units": "counts"})
+    result = run_bench({"raw": scan}, ["sz3"], parse_rates("noise=0.5"), progress=False)
+    (record,) = result.records
+    model = result.settings["scans"]["raw"]["noise_model"]
+    assert record.ok and record.rate_label == "noise=0.5", record.error
+    assert model["source"] == "estimated from the data" and model["gain"] == pytest.approx(
+        2, rel=0.15
+    )
+    sigma = NoiseModel.from_dict(model).sigma(scan.projections)
+    assert record.max_abs_error is not None and record.max_abs_error <= 0.5 * sigma.max()
+    # line integrals without i0 have no noise model: the record says why
+    bare = Scan(np.ones((8, 2, 64), np.float32), None, {"units": "line_integral"})
+    (failed,) = run_bench({"p": bare}, ["sz3"], [RateControl("noise", 0.5)], progress=False).records
+    assert not failed.ok and "without i0" in str(failed.error)
+
+
+def test_cli_bench_geometry_of_a_bare_array(
+    tiny_scan: Scan, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--geometry parallel --angles`` makes ``--recon`` work on a plain .npy, with the
+    same reconstruction as the scan's own geometry; inconsistent options: one-line error."""
+    npy = tmp_path / "scan.npy"
+    np.save(npy, tiny_scan.projections)  # 64 views over 180 degrees
+    out = tmp_path / "out"
+    args = ["-q", "bench", str(npy), "--codecs", "zstd", "--rates", "lossless", "--recon"]
+    rows_mm, cols_mm = tiny_scan.geometry.detector_spacing_mm
+    args += ["--no-perceptual", "--out", str(out), "--detector-spacing-mm", f"{rows_mm},{cols_mm}"]
+    assert main([*args, "--geometry", "parallel", "--angles", "0:180:2.8125"]) == 0
+    settings = load_results(out).settings["scans"]["scan"]
+    assert settings["geometry"] == "parallel" and settings["recon"]["algorithm"] == "fbp"
+    (record,) = load_results(out).records
+    assert record.recon_psnr_db == math.inf
+    expected = prepare_recon(Scan(tiny_scan.projections, tiny_scan.geometry), n_slices=4)
+    assert settings["recon"]["data_range_per_mm"] == pytest.approx(
+        expected.describe()["data_range_per_mm"], rel=1e-4
+    )
+    angles = tmp_path / "angles.txt"
+    np.savetxt(angles, np.arange(64) * 180 / 64)
+    assert main([*args, "--force", "--geometry", "parallel", "--angles-file", str(angles)]) == 0
+    capsys.readouterr()
+    np.savetxt(angles, np.arange(63) * 180 / 64)
+    bad = {
+        ("--geometry", "parallel", "--angles", "0:180:2"): "gives 90 angles where the input has 64",
+        ("--geometry", "parallel", "--angles-file", str(angles)): "give 63 finite angles",
+        ("--geometry", "parallel"): "needs --angles",
+        ("--geometry", "parallel", "--angles", "0:x"): "bad --angles",
+        ("--geometry", "fan", "--angles", "0:360"): "needs --source-isocenter-mm",
+        ("--angles", "0:180"): "give it too",
+        (
+            "--geometry",
+            "parallel",
+            "--angles",
+            "0:180",
+            "--detector-spacing-mm",
+            "1,x",
+        ): "bad --det",
+        ("--geometry", "parallel", "--angles", "0:180", "--detector-spacing-mm", "-1"): "positive",
+    }
+    for extra, message in bad.items():
+        assert main([*args, "--force", *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    npz = tmp_path / "scan.npz"
+    write_scan(tiny_scan, npz)
+    geometry = ("--geometry", "parallel", "--angles", "0:180")
+    assert main(["bench", str(npz), "--out", str(out), "--force", *geometry]) == 2
+    assert "stores its own geometry" in capsys.readouterr().err

@@ -24,6 +24,7 @@ from ctpress.container import (
     header_bytes,
 )
 from ctpress.errors import CorruptFileError, FormatError, InputError
+from ctpress.rate import RateControl
 from ctpress.sim.simulate import fit_geometry
 
 DATA = Path(__file__).parent / "data"
@@ -241,7 +242,7 @@ def _default_like_scan() -> ctpress.Scan:
 def test_version_2_header_is_small() -> None:
     scan = _default_like_scan()
     codec = get_codec({"id": "sperr", "mode": "bpp", "value": 0.0094, "data_range": None})
-    rate = {"mode": "bpp", "value": 16 / 1300, "data_range": None}
+    rate = RateControl("bpp", 16 / 1300)
     header = build_header(scan, codec, default_chunk_views(scan.shape, 2), rate)
     assert len(json.dumps(header, separators=(",", ":"))) > 7000  # version 1 stored this
     assert len(header_bytes(header)) < 400

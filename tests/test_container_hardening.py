@@ -21,10 +21,8 @@ import zstandard
 
 import ctpress
 from ctpress import container
-from ctpress.codecs.framing import chunk_header
+from ctpress.codecs.framing import chunk_header, parse_chunk_header
 from ctpress.container import (
-    _FOOT,
-    _HEAD,
     DEFAULT_MAX_OUTPUT_BYTES,
     DIGEST_SIZE,
     FLAG_CHUNK_DIGESTS,
@@ -36,7 +34,10 @@ from ctpress.container import (
     index_bytes,
     parse_index,
 )
+from ctpress.container import format as container_format
+from ctpress.container.format import _FOOT, _HEAD
 from ctpress.errors import CorruptFileError, FormatError, InputError
+from ctpress.rate import RateControl
 from ctpress.scan import _GEOMETRY_FIELD_TYPES
 
 DATA = Path(__file__).parent / "data"
@@ -66,7 +67,7 @@ def _parts(data: bytes) -> tuple[int, int, bytes, bytes]:
 def _header_json(data: bytes) -> dict[str, Any]:
     """The stored header JSON (geometry arrays still packed)."""
     _, _, stored, _ = _parts(data)
-    text = zstandard.ZstdDecompressor(dict_data=container._header_dict()).decompress(stored)
+    text = zstandard.ZstdDecompressor(dict_data=container_format._header_dict()).decompress(stored)
     header: dict[str, Any] = json.loads(text)
     return header
 
@@ -82,7 +83,7 @@ def _store_header(data: bytes, stored: bytes, flags: int | None = None) -> bytes
 def _compress_text(text: bytes) -> bytes:
     """Header text compressed as :func:`header_bytes` does it."""
     compressor = zstandard.ZstdCompressor(
-        level=19, dict_data=container._header_dict(), write_dict_id=False
+        level=19, dict_data=container_format._header_dict(), write_dict_id=False
     )
     return compressor.compress(text)
 
@@ -318,9 +319,7 @@ def test_aux_payload_is_checked_before_decoding(good) -> None:
     )
     # an aux payload whose zstd frame declares far more than its shape takes
     chunks, _ = _entries(good)
-    record, _ = container.parse_chunk_header(
-        container.encode_aux(np.zeros((1, ROWS, COLS), np.uint16))
-    )
+    record, _ = parse_chunk_header(container.encode_aux(np.zeros((1, ROWS, COLS), np.uint16)))
     stream = zstandard.ZstdCompressor().compress(bytes(64 << 20))
     bomb = chunk_header(dict(record, n=len(stream), crc=zlib.crc32(stream))) + stream
     data_end = chunks[-1].offset + chunks[-1].length
@@ -565,13 +564,12 @@ def test_container_overhead_counts_the_digests(monkeypatch) -> None:
     data = ctpress.compress(scan, codec="zstd", chunk_views=CHUNK_VIEWS)
     with ctpress.open(data) as f:
         streams = [
-            container.parse_chunk_header(data[e.offset : e.offset + e.length])[0]["n"]
-            for e in f.chunks
+            parse_chunk_header(data[e.offset : e.offset + e.length])[0]["n"] for e in f.chunks
         ]
-        codec, rate = f.codec, f.header["rate_control"]
+        codec, rate = f.codec, RateControl.from_dict(f.header["rate_control"])
     bound = container_overhead(scan, codec, CHUNK_VIEWS, rate, max(streams))
     assert len(data) - sum(streams) <= bound
-    monkeypatch.setattr(container, "DIGEST_SIZE", 0)
+    monkeypatch.setattr(container_format, "DIGEST_SIZE", 0)
     without = container_overhead(scan, codec, CHUNK_VIEWS, rate, max(streams))
     assert bound - without == len(streams) * DIGEST_SIZE
 

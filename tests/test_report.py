@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from ctpress.bench import BenchResult, parse_rates, run_bench
-from ctpress.report import bd_rates, matched_runs, study_table, write_report
+from ctpress.report import bd_rates, is_learned, matched_runs, study_table, write_report
 from ctpress.sim import simulate_scan
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -42,6 +42,22 @@ def test_bd_rates_and_matched_runs(result: BenchResult) -> None:
         assert rows["sz3"]["vs_anchor"] is not None and np.isfinite(rows["sz3"]["vs_anchor"])
     runs = matched_runs(result, "fan")
     assert [r.codec for r in runs] == ["jpeg2000", "sz3"] and all(r.ok for r in runs)
+
+
+def test_learned_codecs_are_styled_and_ranked_apart(result: BenchResult) -> None:
+    assert [is_learned(c) for c in ("hyperprior", "vqvae", "siren")] == [True, True, True]
+    assert not any(is_learned(c) for c in ("jpeg2000", "jpegls", "sperr", "sz3", "zfp", "zstd"))
+    # a learned codec with half of sz3's bits would be the best by BD-rate: it must not be
+    # named the best classical codec
+    halved = [
+        dataclasses.replace(r, codec="siren", bits_per_value=r.bits_per_value / 2)
+        for r in result.records
+        if r.codec == "sz3" and r.bits_per_value is not None
+    ]
+    bd = bd_rates([*result.records, *halved], "fan", "psnr_db")
+    rows = {row["codec"]: row for row in bd["rows"]}
+    assert rows["siren"]["vs_anchor"] < min(rows["sz3"]["vs_anchor"], 0.0)
+    assert bd["best"] in {"jpeg2000", "sz3"} and rows["siren"]["vs_best"] < 0
 
 
 def test_report_content(result: BenchResult, report: Path) -> None:

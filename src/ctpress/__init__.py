@@ -18,7 +18,7 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from . import codecs, metrics
 from ._version import __version__
 from .api import compress, decompress, open
-from .codecs import Codec, get_codec, list_codecs, register_codec
+from .codecs import Codec, get_codec, list_codec_ids, list_codecs, register_codec
 from .container import CtpzFile
 from .errors import CorruptFileError, CtpressError, FormatError, InputError, RateControlError
 from .io import read_scan, write_scan
@@ -39,6 +39,7 @@ __all__ = [
     "compress",
     "decompress",
     "get_codec",
+    "list_codec_ids",
     "list_codecs",
     "metrics",
     "open",

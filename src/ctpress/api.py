@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import inspect
-import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, overload
@@ -16,13 +15,14 @@ from .codecs import Codec, get_codec_class
 from .container import (
     DEFAULT_MAX_OUTPUT_BYTES,
     CtpzFile,
-    container_overhead,
-    default_chunk_views,
+    default_jobs,
     encode_ctpz,
     write_ctpz,
 )
-from .errors import CtpressError, InputError, RateControlError
+from .errors import CtpressError, InputError
 from .io import atomic_path, check_output, read_scan, write_scan
+from .noise import NoiseModel, estimate_noise_model
+from .rate import RATE_MODES, RateControl
 from .scan import Scan, as_scan
 
 PathLike = str | os.PathLike[str]
@@ -31,41 +31,26 @@ PathLike = str | os.PathLike[str]
 def resolve_rate(
     codec_id: str,
     *,
-    lossless: bool = False,
-    max_error: float | None = None,
-    bpp: float | None = None,
-    psnr: float | None = None,
-) -> tuple[str, float | None]:
-    """Pick the one rate control asked for: ``(mode, value)``.
+    data_range: float | None = None,
+    noise: NoiseModel | None = None,
+    **options: Any,
+) -> RateControl:
+    """The one rate control asked for among ``options`` (keywords named like the modes:
+    ``lossless``, ``max_error``, ``bpp``, ``psnr``, ``noise_fraction``;
+    :meth:`RateControl.from_options`), with ``data_range`` and, for the noise-bounded
+    mode, ``noise``.
 
     With none given, ``lossless`` where the codec supports it; otherwise an error that
     tells the user which controls the codec takes.
     """
-    asked = [
-        (mode, value)
-        for mode, value in (
-            ("lossless", lossless or None),
-            ("max_error", max_error),
-            ("bpp", bpp),
-            ("psnr", psnr),
-        )
-        if value is not None
-    ]
-    if len(asked) > 1:
-        names = ", ".join(m for m, _ in asked)
-        raise InputError(f"choose one rate control, got {names}")
     modes = get_codec_class(codec_id).rate_modes()
-    if not asked:
-        if "lossless" in modes:
-            return "lossless", None
+    asked = any(value is not None and value is not False for value in options.values())
+    if not asked and "lossless" not in modes:
         raise InputError(
             f"codec {codec_id!r} has no lossless mode; give one of: "
-            + ", ".join(f"--{m.replace('_', '-')}" for m in modes)
+            + ", ".join(RATE_MODES[m].flag for m in modes if m in RATE_MODES)
         )
-    mode, value = asked[0]
-    if mode == "psnr" and not float(value) > 0:
-        raise InputError(f"psnr must be > 0 dB, got {value}")
-    return mode, (None if mode == "lossless" else float(value))
+    return RateControl.from_options(data_range=data_range, noise=noise, **options)
 
 
 def make_codec(
@@ -76,30 +61,159 @@ def make_codec(
     max_error: float | None = None,
     bpp: float | None = None,
     psnr: float | None = None,
+    noise_fraction: float | None = None,
     data_range: float | None = None,
+    noise: NoiseModel | dict[str, Any] | None = None,
     **codec_options: Any,
-) -> tuple[Codec, dict[str, Any]]:
-    """Build the codec for ``scan`` and the rate-control record stored in the header.
+) -> Codec:
+    """Build the codec for ``scan``; its ``rate`` is the file's rate control.
 
     PSNR targets use ``data_range`` (default: max - min of the whole scan) so that every
-    chunk aims at the same MSE.
+    chunk aims at the same MSE.  The noise-bounded mode uses ``noise`` (default:
+    :func:`noise_model` of the scan).
     """
     if isinstance(codec, Codec):
-        return codec, {"mode": codec.mode, "value": codec.value, "data_range": codec.data_range}
-    mode, value = resolve_rate(codec, lossless=lossless, max_error=max_error, bpp=bpp, psnr=psnr)
-    if mode == "psnr" and data_range is None:
-        data_range = float(scan.projections.max()) - float(scan.projections.min()) or 1.0
+        return codec
+    model = None
+    if noise_fraction is not None:
+        model = noise_model(scan) if noise is None else _as_noise_model(noise)
+    rate = resolve_rate(
+        codec,
+        lossless=lossless,
+        max_error=max_error,
+        bpp=bpp,
+        psnr=psnr,
+        noise_fraction=noise_fraction,
+        data_range=data_range,
+        noise=model,
+    )
+    if rate.mode == "psnr" and data_range is None:
+        scan_range = float(scan.projections.max()) - float(scan.projections.min())
+        rate = rate.with_data_range(scan_range or 1.0)
     cls = get_codec_class(codec)
-    allowed = set(inspect.signature(cls.__init__).parameters) - {"self", "mode", "value"}
+    allowed = set(inspect.signature(cls.__init__).parameters) - {
+        "self",
+        "mode",
+        "value",
+        "data_range",
+        "noise",
+    }
     unknown = sorted(set(codec_options) - allowed)
     if unknown:
         raise InputError(
             f"codec {cls.codec_id!r} has no setting {', '.join(map(repr, unknown))}; its "
-            f"settings are {', '.join(sorted(allowed - {'data_range'})) or 'none'}"
+            f"settings are {', '.join(sorted(allowed)) or 'none'}"
         )
     with _blame_settings(cls.codec_id, codec_options):
-        instance = cls(mode=mode, value=value, data_range=data_range, **codec_options)
-    return instance, {"mode": mode, "value": value, "data_range": data_range}
+        return cls(
+            mode=rate.mode,
+            value=rate.value,
+            data_range=rate.data_range,
+            noise=rate.noise,
+            **codec_options,
+        )
+
+
+def noise_model(
+    scan: Scan,
+    *,
+    gain: float | None = None,
+    read_noise: float | None = None,
+    dark: float | None = None,
+    i0: float | Sequence[float] | np.ndarray | None = None,
+    domain: str | None = None,
+) -> NoiseModel:
+    """The quantum-noise model of ``scan`` for the noise-bounded mode.
+
+    ``domain`` ("counts" or "line_integral") defaults to "line_integral" where the scan's
+    metadata says its units are line integrals, else "counts"; ``i0`` (a number or one
+    per detector column) to the metadata's ``i0``; ``gain`` (default 1) and
+    ``read_noise`` in counts; ``dark`` the offset of raw counts (default: the mean of the
+    scan's ``dark`` frames, else 0).  Without ``gain`` and ``read_noise`` both are
+    estimated from the data (:func:`ctpress.noise.estimate_noise_model`) along the
+    detector columns and along the views, keeping the smaller of each (a detector that
+    blurs columns reads low along them; the smaller sigma is the safe side of the bound);
+    where the data cannot be fitted, the ideal Poisson counter (gain 1, no read noise).
+    The header states which.
+    """
+    metadata = scan.metadata
+    if domain is None:
+        domain = "line_integral" if metadata.get("units") == "line_integral" else "counts"
+    if domain == "line_integral":
+        slope, intercept = (
+            metadata.get("rescale_slope", 1.0),
+            metadata.get("rescale_intercept", 0.0),
+        )
+        if (slope, intercept) != (1.0, 0.0):
+            raise InputError(
+                f"the noise-bounded mode needs line integrals in their own units; this scan "
+                f"stores them rescaled (rescale_slope {slope}, rescale_intercept {intercept})"
+            )
+        if i0 is None:
+            i0 = metadata.get("i0")
+    i0_value = None if i0 is None else _i0_value(i0)
+    if dark is None and domain == "counts" and "dark" in scan.aux:
+        dark = float(np.mean(scan.aux["dark"]))
+    if gain is None and read_noise is None:
+        estimated = _estimated_noise(scan.projections, domain, dark or 0.0, i0_value)
+        if estimated is not None:
+            return estimated
+    user = gain is not None or read_noise is not None
+    return NoiseModel(
+        domain=domain,
+        gain=1.0 if gain is None else gain,
+        read_noise=0.0 if read_noise is None else read_noise,
+        dark=0.0 if dark is None else dark,
+        i0=i0_value,
+        source="user" if user else "ideal Poisson",
+    )
+
+
+def _estimated_noise(
+    projections: np.ndarray, domain: str, dark: float, i0: float | tuple[float, ...] | None
+) -> NoiseModel | None:
+    """The smaller of the noise models estimated along the columns and along the views,
+    or None where neither can be fitted (or line integrals lack ``i0``)."""
+    if domain == "line_integral" and i0 is None:
+        return None
+    fits = []
+    for axis in (-1, 0):
+        if projections.shape[axis] < 8:
+            continue
+        try:
+            fits.append(estimate_noise_model(projections, domain, dark=dark, i0=i0, axis=axis))
+        except InputError:
+            continue
+    if not fits:
+        return None
+    return NoiseModel(
+        domain=domain,
+        gain=min(f.gain for f in fits),
+        read_noise=min(f.read_noise for f in fits),
+        dark=dark,
+        i0=i0,
+        source="estimated from the data (smaller of columns and views)",
+    )
+
+
+def _i0_value(i0: float | Sequence[float] | np.ndarray) -> float | tuple[float, ...]:
+    """A scalar ``i0`` as a float, per-column values as a tuple."""
+    values = np.asarray(i0, dtype=np.float64)
+    if values.ndim == 0:
+        return float(values)
+    if values.ndim != 1:
+        raise InputError(
+            f"i0 must be a number or one value per detector column, got {values.shape}"
+        )
+    return tuple(values.tolist())
+
+
+def _as_noise_model(noise: NoiseModel | dict[str, Any]) -> NoiseModel:
+    if isinstance(noise, NoiseModel):
+        return noise
+    if isinstance(noise, dict):
+        return NoiseModel.from_dict(noise)
+    raise InputError(f"noise must be a NoiseModel or a dict, got {noise!r:.80}")
 
 
 @contextmanager
@@ -138,9 +252,16 @@ def compress(
     max_error: float | None = None,
     bpp: float | None = None,
     psnr: float | None = None,
+    noise_fraction: float | None = None,
     data_range: float | None = None,
+    noise: NoiseModel | dict[str, Any] | None = None,
+    gain: float | None = None,
+    read_noise: float | None = None,
+    dark: float | None = None,
+    i0: float | Sequence[float] | np.ndarray | None = None,
+    domain: str | None = None,
     chunk_views: int | None = None,
-    jobs: int = 1,
+    jobs: int | None = None,
     progress: bool = False,
     input_format: str | None = None,
     dataset: str | None = None,
@@ -158,15 +279,26 @@ def compress(
         not be the input; an existing file is replaced only with ``overwrite``.
     codec : str or Codec
         Codec id (see ``ctpress codecs``) or a configured codec instance.
-    lossless, max_error, bpp, psnr
-        One rate control: bit-exact; max abs error in data units; bits per value of the
-        whole file (header included, within 10 %); PSNR in dB versus ``data_range``.
+    lossless, max_error, bpp, psnr, noise_fraction
+        One rate control (:data:`ctpress.rate.RATE_MODES`): bit-exact; max abs error in
+        data units; bits per value of the whole file (header included, within 10 %);
+        PSNR in dB versus ``data_range``; every value's error at most ``noise_fraction``
+        times its quantum-noise standard deviation (zeros and saturated values exact).
     data_range : float, optional
         Peak for the PSNR target (default: max - min of the scan).
+    noise : NoiseModel or dict, optional
+        Noise model of ``noise_fraction`` (stated in the header).  Default: built from
+        ``gain``, ``read_noise``, ``dark``, ``i0`` and ``domain`` by :func:`noise_model`.
+    gain, read_noise, dark, i0, domain
+        Shortcuts for the noise model: detector gain and read noise (counts), dark
+        offset, unattenuated count of line integrals (a number or one per detector
+        column), "counts" or "line_integral" (default: from the scan's metadata units).
     chunk_views : int, optional
-        Views per independently decodable chunk (default: about 1 MiB of input).
-    jobs : int
-        Threads encoding chunks in parallel (the output bytes do not depend on it).
+        Views per independently decodable chunk (default: the codec's preferred views
+        per chunk, else about its preferred input bytes, 1 MiB by default).
+    jobs : int, optional
+        Threads encoding chunks in parallel (default: every core; the output bytes do
+        not depend on it).
     progress : bool
         Show a progress bar.
     input_format : str, optional
@@ -186,10 +318,15 @@ def compress(
     inputs: list[PathLike] = [data] if isinstance(data, str | os.PathLike) else []
     if dataset is not None and not inputs:
         raise InputError("dataset names an array inside an input file; data is not a path")
-    if jobs < 1:
-        raise InputError(f"jobs must be >= 1, got {jobs}")
+    jobs = default_jobs(jobs)
     if chunk_views is not None and chunk_views < 1:
         raise InputError(f"chunk_views must be >= 1, got {chunk_views}")
+    shortcuts = dict(gain=gain, read_noise=read_noise, dark=dark, i0=i0, domain=domain)
+    given = [name for name, value in shortcuts.items() if value is not None]
+    if given and noise_fraction is None:
+        raise InputError(f"{', '.join(given)} describe the noise of noise_fraction; give it")
+    if given and noise is not None:
+        raise InputError(f"give either noise or {', '.join(given)}, not both")
     if output is not None:
         if Path(output).suffix != ".ctpz":
             raise InputError(f"{output}: compressed output must end in .ctpz")
@@ -199,67 +336,28 @@ def compress(
         if isinstance(data, str | os.PathLike)
         else as_scan(data)
     )
-    codec_obj, rate = make_codec(
+    if given:
+        noise = noise_model(scan, **shortcuts)  # type: ignore[arg-type]
+    codec_obj = make_codec(
         scan,
         codec,
         lossless=lossless,
         max_error=max_error,
         bpp=bpp,
         psnr=psnr,
+        noise_fraction=noise_fraction,
         data_range=data_range,
+        noise=noise,
         **codec_options,
     )
-    chunk_views = chunk_views or default_chunk_views(
-        scan.shape, scan.dtype.itemsize, codec_obj.preferred_chunk_bytes
-    )
-    if codec_obj.mode == "bpp":
-        codec_obj = _budget_for_overhead(scan, codec_obj, chunk_views, rate)
-    kwargs: dict[str, Any] = dict(chunk_views=chunk_views, rate=rate, jobs=jobs, progress=progress)
-    try:
-        if output is None:
-            return encode_ctpz(scan, codec_obj, **kwargs)
-        with (
-            atomic_path(output, overwrite=overwrite, inputs=inputs) as tmp,
-            tmp.open("wb") as fh,
-        ):
-            return write_ctpz(fh, scan, codec_obj, **kwargs)
-    except RateControlError as exc:
-        if codec_obj.mode != "bpp":
-            raise
-        asked = float(rate["value"])
-        assert codec_obj.value is not None
-        raise RateControlError(
-            f"{exc} (asked: {asked:g} bits/value for the whole file, of which "
-            f"{codec_obj.value:.3g} for the coded data after the container's own "
-            f"{asked - codec_obj.value:.2g})"
-        ) from None
-
-
-def _budget_for_overhead(scan: Scan, codec: Codec, chunk_views: int, rate: dict[str, Any]) -> Codec:
-    """Lower the per-chunk bpp target by the container's own bytes (compressed header,
-    index, chunk framing, footer, aux payloads), so the *file* lands on the requested
-    bits per value.  The overhead is measured on the real header and index."""
-    assert codec.value is not None
-    n_values = int(np.prod(scan.shape))
-    n_chunks = -(-scan.shape[0] // chunk_views)
-    # stream bytes per chunk, for the size of the length fields (an upper bound)
-    chunk_bytes = math.ceil(codec.value * n_values / 8 / n_chunks)
-    overhead = container_overhead(scan, codec, chunk_views, rate, chunk_bytes)
-    budgeted = codec
-    for _ in range(3):  # the header stores the lowered target: settle its length
-        chunk_bpp = codec.value - 8.0 * overhead / n_values
-        if chunk_bpp <= 0:
-            raise InputError(
-                f"{codec.value:g} bits/value is below the container's own overhead "
-                f"({8.0 * overhead / n_values:.3g} bits/value, {overhead} bytes, for this "
-                "scan); ask for more"
-            )
-        budgeted = codec.with_rate(codec.rate.with_value(chunk_bpp))
-        actual = container_overhead(scan, budgeted, chunk_views, rate, chunk_bytes)
-        if actual <= overhead:
-            break
-        overhead = actual
-    return budgeted
+    kwargs: dict[str, Any] = dict(chunk_views=chunk_views, jobs=jobs, progress=progress)
+    if output is None:
+        return encode_ctpz(scan, codec_obj, **kwargs)
+    with (
+        atomic_path(output, overwrite=overwrite, inputs=inputs) as tmp,
+        tmp.open("wb") as fh,
+    ):
+        return write_ctpz(fh, scan, codec_obj, **kwargs)
 
 
 def decompress(
@@ -270,6 +368,7 @@ def decompress(
     output_format: str | None = None,
     overwrite: bool = False,
     max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
+    jobs: int | None = None,
 ) -> Scan:
     """Decode a ``.ctpz`` file (path or bytes) to a :class:`Scan`.
 
@@ -277,11 +376,12 @@ def decompress(
     also written (format from the extension or ``output_format``), atomically; the output
     must not be the input, and an existing one is replaced only with ``overwrite`` (a
     directory only if ctpress wrote it).  ``max_output_bytes`` caps the memory the decoded
-    data may take (InputError beyond it; see :class:`~ctpress.container.CtpzFile`).
+    data may take (InputError beyond it; see :class:`~ctpress.container.CtpzFile`);
+    ``jobs`` threads decode chunks in parallel (default: every core).
     """
     if output is not None:
         check_output(output, overwrite=overwrite, inputs=[source])
-    with CtpzFile(source, max_output_bytes=max_output_bytes) as f:
+    with CtpzFile(source, max_output_bytes=max_output_bytes, jobs=jobs) as f:
         start, stop = views if views is not None else (0, f.shape[0])
         scan = f.read_scan(start, stop)
     if output is not None:
@@ -289,13 +389,19 @@ def decompress(
     return scan
 
 
-def open(path: PathLike | bytes, *, max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES) -> CtpzFile:
+def open(
+    path: PathLike | bytes,
+    *,
+    max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
+    jobs: int | None = None,
+) -> CtpzFile:
     """Open a ``.ctpz`` file: header, geometry and lazy view-range access
-    (``max_output_bytes``: the most memory one read may take).
+    (``max_output_bytes``: the most memory one read may take; ``jobs``: threads decoding
+    chunks in parallel, default every core).
 
     Example
     -------
     >>> with ctpress.open("scan.ctpz") as f:  # doctest: +SKIP
     ...     views = f[100:110]              # decodes only the chunks covering 100:110
     """
-    return CtpzFile(path, max_output_bytes=max_output_bytes)
+    return CtpzFile(path, max_output_bytes=max_output_bytes, jobs=jobs)

@@ -21,9 +21,11 @@ from typing import Any
 
 from . import api
 from ._version import __version__
-from .codecs import list_codecs
+from .codecs import list_codec_ids, list_codecs
 from .errors import CtpressError, InputError
 from .io import FORMATS, OutputExistsError, check_output, results_directory
+from .noise import DOMAINS
+from .rate import RATE_MODES, option_names
 from .scan import Scan
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
@@ -94,13 +96,53 @@ def _add_force(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def _add_rate_options(p: argparse.ArgumentParser) -> None:
+    """One flag per registered rate mode (``ctpress.rate.RATE_MODES``), and the noise
+    model of the noise-bounded mode."""
     group = p.add_mutually_exclusive_group()
-    group.add_argument(
-        "--lossless", action="store_true", help="bit-exact (default where supported)"
+    for option, name in option_names().items():
+        mode = RATE_MODES[name]
+        help_text = mode.help.replace("%", "%%")  # argparse formats help with %
+        if mode.needs_value:
+            metavar = mode.flag.lstrip("-").split("-")[-1][0].upper()
+            unit = f" ({mode.unit})" if mode.unit else ""
+            group.add_argument(
+                mode.flag, dest=option, type=float, metavar=metavar, help=help_text + unit
+            )
+        else:
+            group.add_argument(
+                mode.flag, dest=option, action="store_true", help=f"{help_text} (the default)"
+            )
+    noise = p.add_argument_group("noise model of --noise-fraction")
+    noise.add_argument("--gain", type=float, help="detector gain, variance/mean (default 1)")
+    noise.add_argument("--read-noise", type=float, help="read noise std in counts (default 0)")
+    noise.add_argument("--dark", type=float, help="dark offset of raw counts (default 0)")
+    noise.add_argument(
+        "--i0",
+        metavar="I0",
+        help="unattenuated count of line integrals: a number, or a .npy of one per detector "
+        "column (default: the scan's metadata)",
     )
-    group.add_argument("--max-error", type=float, metavar="E", help="max abs error, data units")
-    group.add_argument("--bpp", type=float, metavar="B", help="target bits per value (file size)")
-    group.add_argument("--psnr", type=float, metavar="P", help="target PSNR in dB")
+    noise.add_argument(
+        "--domain",
+        choices=DOMAINS,
+        help="what the values are (default: line_integral if the metadata says so)",
+    )
+
+
+def _i0_option(text: str | None) -> float | list[float] | None:
+    """``--i0``: a number, or the path of a .npy with one value per detector column."""
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    if not text.endswith(".npy") or not Path(text).is_file():
+        raise InputError(f"--i0 takes a number or a .npy file, got {text!r}")
+    import numpy as np
+
+    values: list[float] = np.load(text, allow_pickle=False).astype(float).tolist()
+    return values
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,14 +157,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compress", help="compress projections to a .ctpz file")
     p.add_argument("input", help=f"projections ({formats})")
     p.add_argument("output", help="output .ctpz file")
-    p.add_argument("--codec", default="zstd", help="codec id (see 'ctpress codecs')")
+    p.add_argument(
+        "--codec",
+        default="zstd",
+        help=f"codec id: {', '.join(list_codec_ids())} (see 'ctpress codecs')",
+    )
     _add_rate_options(p)
     p.add_argument("--data-range", type=float, help="PSNR peak (default: max - min of the scan)")
     p.add_argument(
-        "--chunk-views", type=_at_least_one, help="views per chunk (default: ~1 MiB of input)"
+        "--chunk-views",
+        type=_at_least_one,
+        help="views per chunk (default: the codec's preference, else ~1 MiB of input)",
     )
     p.add_argument(
-        "--jobs", type=_at_least_one, default=1, help="encoder threads (output is identical)"
+        "--jobs",
+        type=_at_least_one,
+        help="encoder threads (default: every core; the output is identical)",
     )
     p.add_argument("--format", help=f"input format, overriding the extension ({formats})")
     p.add_argument("--dataset", help="name of the projections array in an npz, HDF5 or zarr input")
@@ -147,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help=f"output file ({formats})")
     p.add_argument("--views", metavar="START:STOP", help="decode only this view range")
     p.add_argument("--format", help="output format, overriding the extension")
+    p.add_argument("--jobs", type=_at_least_one, help="decoder threads (default: every core)")
     _add_force(p, "output (a directory only if ctpress wrote it)")
     _add_max_output(p)
 
@@ -227,6 +278,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="reuse matching results found in --out")
     p.add_argument("--no-perceptual", action="store_true", help="skip HaarPSI and VSI")
     p.add_argument("--format", help=f"input format, overriding the extension ({formats})")
+    g = p.add_argument_group(
+        "geometry of bare arrays", "for --recon on inputs that store no geometry (e.g. .npy)"
+    )
+    g.add_argument("--geometry", choices=["parallel", "fan", "cone"], help="beam geometry")
+    angles = g.add_mutually_exclusive_group()
+    angles.add_argument(
+        "--angles",
+        metavar="START:STOP[:STEP]",
+        help="view angles in degrees, STOP excluded (e.g. 0:180:2); without STEP, the views "
+        "evenly spaced",
+    )
+    angles.add_argument(
+        "--angles-file",
+        type=Path,
+        metavar="FILE",
+        help="view angles in degrees: text (one per view) or .npy",
+    )
+    g.add_argument(
+        "--source-isocenter-mm", type=float, metavar="MM", help="fan/cone: source to rotation axis"
+    )
+    g.add_argument(
+        "--source-detector-mm", type=float, metavar="MM", help="fan/cone: source to detector"
+    )
+    g.add_argument(
+        "--detector-spacing-mm",
+        metavar="PITCH|ROW,COL",
+        default="1",
+        help="detector pitch in mm at the detector (default 1)",
+    )
+    g.add_argument(
+        "--detector-shape", choices=["flat", "cylindrical"], default="flat", help="fan/cone"
+    )
 
     p = sub.add_parser(
         "train",
@@ -256,11 +339,13 @@ def _cmd_compress(args: argparse.Namespace) -> None:
         args.input,
         args.output,
         codec=args.codec,
-        lossless=args.lossless,
-        max_error=args.max_error,
-        bpp=args.bpp,
-        psnr=args.psnr,
+        **{option: getattr(args, option) for option in option_names()},
         data_range=args.data_range,
+        gain=args.gain,
+        read_noise=args.read_noise,
+        dark=args.dark,
+        i0=_i0_option(args.i0),
+        domain=args.domain,
         chunk_views=args.chunk_views,
         jobs=args.jobs,
         progress=not args.quiet,
@@ -318,6 +403,7 @@ def _cmd_decompress(args: argparse.Namespace) -> None:
         output_format=args.format,
         overwrite=args.force,
         max_output_bytes=args.max_output_bytes,
+        jobs=args.jobs,
     )
     if not args.quiet:
         print(f"{args.output}: {scan.user_array().shape} {scan.dtype}")
@@ -336,7 +422,11 @@ def _cmd_info(args: argparse.Namespace) -> None:
         print(f"format:      ctpz v{h['format_version']}, written by {h['library']}")
         print(f"projections: {f.shape} {f.dtype.name} (views, rows, cols)")
         print(f"codec:       {json.dumps(h['codec'])}")
-        print(f"rate:        {json.dumps(h['rate_control'])}")
+        rate = f.rate_control
+        data_range = "" if rate.data_range is None else f" (data range {rate.data_range:g})"
+        print(f"rate:        {rate}{data_range}")
+        if rate.noise is not None:
+            print(f"noise model: {rate.noise.describe()}")
         print(
             f"size:        {8 * f.file_size / n_values:.3f} bits/value, ratio "
             f"{n_values * f.dtype.itemsize / f.file_size:.2f}:1 vs {f.dtype.name}"
@@ -357,8 +447,11 @@ def _cmd_verify(args: argparse.Namespace) -> None:
 
 def _cmd_codecs(args: argparse.Namespace) -> None:
     print(f"{'codec':10s} {'rate controls':34s} description")
-    for cls in list_codecs():
+    classes = list_codecs()
+    for cls in classes:
         print(f"{cls.codec_id:10s} {', '.join(cls.rate_modes()):34s} {cls.description}")
+    floats = [cls.codec_id for cls in classes if "float32" in cls.exact_dtypes]
+    print(f"lossless on float data: {', '.join(floats)}")
 
 
 def _cmd_simulate(args: argparse.Namespace) -> None:
@@ -493,14 +586,14 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     from .io import read_scan
     from .report import write_report
 
-    codecs = [c.codec_id for c in list_codecs()] if args.codecs == "all" else args.codecs.split(",")
+    codecs = list_codec_ids() if args.codecs == "all" else args.codecs.split(",")
     rates = parse_rates(args.rates)
     scans = {}
     for path in args.inputs:
         name = Path(path).stem
         if name in scans:
             raise CtpressError(f"two inputs are named {name!r}; rename one")
-        scans[name] = read_scan(path, format=args.format)
+        scans[name] = _with_bench_geometry(read_scan(path, format=args.format), path, args)
     out = results_directory(args.out, overwrite=args.force)  # before any measurement
     resume = load_results(out) if args.resume and (out / "results.json").exists() else None
     result = run_bench(
@@ -519,6 +612,86 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     if not args.quiet:
         print(format_table(result.records))
     print(f"report: {index}")
+
+
+def _with_bench_geometry(scan: Scan, path: str, args: argparse.Namespace) -> Scan:
+    """``scan`` with the geometry given by ``ctpress bench --geometry ...`` (inputs that
+    store none); InputError for inconsistent options."""
+    import numpy as np
+
+    from .scan import Geometry
+
+    given = [args.angles, args.angles_file, args.source_isocenter_mm, args.source_detector_mm]
+    if args.geometry is None:
+        if any(v is not None for v in given):
+            raise InputError("--angles and the distances describe a --geometry; give it too")
+        return scan
+    if scan.geometry is not None:
+        raise InputError(f"{path} stores its own geometry; --geometry is for bare arrays")
+    n_views = scan.shape[0]
+    given_degrees: Any
+    if args.angles is not None:
+        given_degrees = _angle_range(args.angles, n_views)
+    elif args.angles_file is not None:
+        file = args.angles_file
+        try:
+            given_degrees = np.load(file) if file.suffix == ".npy" else np.loadtxt(file, ndmin=1)
+        except ValueError as exc:
+            raise InputError(f"bad --angles-file {file}: {exc}") from None
+    else:
+        raise InputError("--geometry needs --angles START:STOP[:STEP] or --angles-file")
+    degrees = np.asarray(given_degrees, dtype=np.float64).ravel()
+    if len(degrees) != n_views or not np.isfinite(degrees).all():
+        raise InputError(
+            f"--angles/--angles-file give {len(degrees)} finite angles where {path} has "
+            f"{n_views} views"
+        )
+    try:
+        spacing = [float(v) for v in args.detector_spacing_mm.split(",")]
+    except ValueError:
+        raise InputError(f"bad --detector-spacing-mm {args.detector_spacing_mm!r}") from None
+    if len(spacing) not in (1, 2):
+        raise InputError("--detector-spacing-mm takes one pitch or ROW,COL")
+    fields: dict[str, object] = {}
+    if args.geometry != "parallel":
+        if args.source_isocenter_mm is None or args.source_detector_mm is None:
+            raise InputError(
+                f"--geometry {args.geometry} needs --source-isocenter-mm and --source-detector-mm"
+            )
+        fields = dict(
+            source_isocenter_mm=args.source_isocenter_mm,
+            source_detector_mm=args.source_detector_mm,
+            detector_shape=args.detector_shape,
+        )
+    geometry = Geometry(
+        kind=args.geometry,
+        angles_rad=tuple(np.deg2rad(degrees)),
+        detector_spacing_mm=(spacing[0], spacing[-1]),
+        **fields,  # type: ignore[arg-type]
+    )
+    return Scan(scan.projections, geometry, scan.metadata)
+
+
+def _angle_range(text: str, n_views: int) -> list[float]:
+    """``START:STOP[:STEP]`` degrees, STOP excluded; without STEP ``n_views`` even steps."""
+    import math
+
+    try:
+        parts = [float(v) for v in text.split(":")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (2, 3) or not all(map(math.isfinite, parts)):
+        raise InputError(f"bad --angles {text!r}: use START:STOP[:STEP] in degrees, e.g. 0:180:2")
+    start, stop = parts[:2]
+    step = parts[2] if len(parts) == 3 else (stop - start) / n_views
+    if step == 0 or (stop - start) / step <= 0:
+        raise InputError(f"bad --angles {text!r}: STEP must go from START towards STOP")
+    count = math.ceil((stop - start) / step - 1e-9)
+    if count != n_views:
+        raise InputError(
+            f"--angles {text} gives {count} angles where the input has {n_views} views"
+        )
+    return [start + step * k for k in range(count)]
 
 
 def _cmd_train(args: argparse.Namespace) -> None:

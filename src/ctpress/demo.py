@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from .bench import BenchResult, Rate, format_table, run_bench, write_results
-from .codecs import list_codecs
+from .codecs import list_codec_ids
 from .io import results_directory, write_scan
 from .report import write_report
 from .sim import default_scan
@@ -47,7 +47,7 @@ def run_demo(
     out_dir = results_directory(out_dir, overwrite=overwrite)
     scan = default_scan()
     write_scan(scan, out_dir / "default_scan.npz", overwrite=True)  # out_dir is ctpress's own
-    ids = [cls.codec_id for cls in list_codecs()] if codecs is None else codecs
+    ids = list_codec_ids() if codecs is None else codecs
     rates = {codec: STUDY_CODECS.get(codec, DEMO_RATES) for codec in ids}
     result = run_bench({"default": scan}, ids, rates, recon=recon, jobs=jobs, progress=progress)
     result.settings["scans"]["default"]["source"] = "ctpress.sim.default_scan()"

@@ -5,7 +5,8 @@ given: all values, and for the image metrics (SSIM, HaarPSI, VSI) all 2-D images
 averaged with equal weight (the original study averaged only the first projection). Error metrics
 accumulate in float64; the piq image metrics run in float32 (VSI is about 2x slower in float64).
 They run under torch.no_grad with deterministic algorithms: repeatable for a given number of torch
-threads (the last float32 digits can change with it).
+threads (the last float32 digits can change with it). torch and piq are imported when an image
+metric first runs: the error metrics, and ``import ctpress``, do without them.
 
 ``data_range`` is the span of possible values (same unit as the data). When it is not given it is
 ``reference.max() - reference.min()``, i.e. the range of the original data, not of the decoded data.
@@ -14,34 +15,35 @@ threads (the last float32 digits can change with it).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import numpy as np
-import piq
-import torch
 from numpy.typing import ArrayLike
 
 from ctpress.errors import InputError
 
-# name -> (piq function, minimum image height and width in px, channels passed to piq).
+if TYPE_CHECKING:
+    import torch
+
+# Image metrics: name of the piq function -> (minimum image height and width in px, channels
+# passed to piq, rows below which sinograms are scored instead of projections).
 # SSIM: piq's 11x11 Gaussian window is applied without padding, so images need >= 11 px.
 # HaarPSI: piq's 3 scales use a 2**(3+1) = 16 px Haar kernel and piq rejects images below 16 px.
 # VSI: piq has no explicit check; we require 3 px (its 3x3 Scharr gradient kernel). piq's VSI is
 # defined on RGB, so grey images are replicated into 3 channels (as piq would do, with a warning).
 # VSI's saliency map is computed on each image resampled to 3x256x256, whatever its size: it
 # dominates the run time (about 0.04 CPU-s per image pair in float32).
-# name: (piq function, min image size in px, channels, rows below which sinograms are preferred)
-_IMAGE_METRICS: dict[str, tuple[Callable[..., torch.Tensor], int, int, int]] = {
-    "ssim": (piq.ssim, 11, 1, 11),
-    "haarpsi": (piq.haarpsi, 16, 1, 16),
+_IMAGE_METRICS: dict[str, tuple[int, int, int]] = {
+    "ssim": (11, 1, 11),
+    "haarpsi": (16, 1, 16),
     # piq's VSI resizes every image to 256x256 for its saliency map: on flat projections
     # (fewer than 64 rows) it would mostly measure the resampling, and cost ~20x the pixels,
     # so such stacks are scored on their sinograms.
-    "vsi": (piq.vsi, 3, 3, 64),
+    "vsi": (3, 3, 64),
 }
 _BATCH_PIXELS = 1 << 21  # pixels per piq batch (memory bound); images count as >= 256x256
-_DTYPE = torch.float32
 
 
 def _validate(reference: ArrayLike, decoded: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -145,6 +147,8 @@ def _images_for_metric(
 
 @contextmanager
 def _torch_deterministic() -> Iterator[None]:
+    import torch
+
     enabled = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(True)
@@ -158,13 +162,19 @@ def _torch_deterministic() -> Iterator[None]:
 def _unit_tensor(
     images: np.ndarray, shift: float, data_range: float, channels: int
 ) -> torch.Tensor:
-    """(n, h, w) images -> (n, channels, h, w) tensor of (images - shift) / data_range in [0, 1]."""
+    """(n, h, w) images -> (n, channels, h, w) float32 tensor of (images - shift) / data_range
+    in [0, 1]."""
+    import torch
+
     unit = np.clip(np.subtract(images, shift, dtype=np.float64) / data_range, 0.0, 1.0)
-    return torch.from_numpy(unit).to(_DTYPE)[:, None].expand(-1, channels, -1, -1)
+    return torch.from_numpy(unit).to(torch.float32)[:, None].expand(-1, channels, -1, -1)
 
 
 def _image_metric(name: str, ref: np.ndarray, dec: np.ndarray, data_range: float) -> float:
-    func, min_size, channels, flat_rows = _IMAGE_METRICS[name]
+    import piq
+
+    min_size, channels, flat_rows = _IMAGE_METRICS[name]
+    func = getattr(piq, name)
     ref_img = _images_for_metric(ref, min_size, flat_rows)
     dec_img = _images_for_metric(dec, min_size, flat_rows)
     if ref_img is None or dec_img is None:  # both or neither (same shape)

@@ -79,13 +79,12 @@ class RateControl:
         if not spec.needs_value:
             object.__setattr__(self, "value", None)
         else:
-            if not _finite(self.value):
-                raise InputError(
-                    f"rate control {self.mode!r} needs a finite value, got {self.value!r}"
-                )
-            if not float(self.value) > spec.lower:
-                raise InputError(f"{self.mode} must be > {spec.lower:g}, got {self.value}")
-            object.__setattr__(self, "value", float(self.value))
+            value = self.value
+            if value is None or not _finite(value):
+                raise InputError(f"rate control {self.mode!r} needs a finite value, got {value!r}")
+            if not float(value) > spec.lower:
+                raise InputError(f"{self.mode} must be > {spec.lower:g}, got {value}")
+            object.__setattr__(self, "value", float(value))
         if self.data_range is not None:
             if not (_finite(self.data_range) and self.data_range > 0):
                 raise InputError(f"data_range must be > 0, got {self.data_range!r}")

@@ -39,9 +39,8 @@ Table = tuple[list[str], list[list[str]]]
 
 
 def is_learned(codec_id: str) -> bool:
-    """Whether a codec is a learned (neural) one; every other codec counts as classical."""
-    cls = get_codec_class(codec_id)
-    return bool(getattr(cls, "learned", False)) or ".learned" in cls.__module__
+    """Whether a codec declares itself learned (:attr:`~ctpress.codecs.Codec.family`)."""
+    return get_codec_class(codec_id).family == "learned"
 
 
 def rd_curves(
@@ -69,7 +68,11 @@ def bd_rates(records: Sequence[BenchRecord], scan: str, metric: str) -> dict[str
     curves = rd_curves(records, scan, metric)
     anchor = curves.get(ANCHOR)
     vs_anchor = {c: bd_rate(*anchor, *curve) for c, curve in curves.items()} if anchor else {}
-    classical = [c for c, v in vs_anchor.items() if not (math.isnan(v) or is_learned(c))]
+    classical = [
+        c
+        for c, v in vs_anchor.items()
+        if not math.isnan(v) and get_codec_class(c).family == "classical"
+    ]
     best = min(classical, key=lambda c: vs_anchor[c]) if classical else None
     rows = [
         {

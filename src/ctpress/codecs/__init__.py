@@ -1,22 +1,23 @@
-"""Codecs: one interface (:class:`Codec`), one registry, one module per method."""
+"""Codecs: one interface (:class:`Codec`), one registry, one module per method.
 
-# importing a codec module registers it
+Codec modules are imported on first use (:func:`get_codec_class`), not here, so that
+``import ctpress`` and the classical codecs stay free of torch.
+"""
+
+import importlib
+from types import ModuleType
+
 from ..rate import RATE_MODES, RateControl
-from . import (  # noqa: F401
-    generic,
-    hyperprior,
-    jpeg2000,
-    jpegls,
-    jpegxl,
-    siren,
-    sperr,
-    sz3,
-    vqvae,
-    zfp,
-)
 from .base import Codec, Knob
 from .context import ChunkContext
-from .registry import get_codec, get_codec_class, list_codecs, register_codec
+from .registry import (
+    BUILTIN_CODECS,
+    get_codec,
+    get_codec_class,
+    list_codec_ids,
+    list_codecs,
+    register_codec,
+)
 
 __all__ = [
     "RATE_MODES",
@@ -26,6 +27,15 @@ __all__ = [
     "RateControl",
     "get_codec",
     "get_codec_class",
+    "list_codec_ids",
     "list_codecs",
     "register_codec",
 ]
+
+
+def __getattr__(name: str) -> ModuleType:
+    """A built-in codec module as an attribute (``ctpress.codecs.siren``), imported now."""
+    module = f"{__name__}.{name}"
+    if module in BUILTIN_CODECS.values():
+        return importlib.import_module(module)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

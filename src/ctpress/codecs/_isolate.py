@@ -4,14 +4,16 @@ exhaust memory on crafted streams whose headers ctpress cannot fully validate.
 SPERR aborts the process (an uncaught C++ exception) on some damaged streams and OpenJPH
 (HTJ2K) segfaults on some damaged code blocks; SZ3 trusts size fields deep inside its
 stream; zfp reads past the end of a truncated stream; libjxl allocates whatever extra
-channels and frames a header declares.  Their decode functions run here in one worker
-process per parent process, forked on first use (so it has every module the parent has)
-and kept for later chunks: a fork per chunk would cost about 30 ms with PyTorch loaded,
-a request to the warm worker costs about 1-13 ms per 1 MiB chunk (the copies of stream
-and result).  In the worker a request may allocate :data:`MEMORY_FACTOR` times its
-declared output plus :data:`MEMORY_SLACK` (``RLIMIT_DATA``) and must finish within
-:func:`time_limit`; a worker that dies or overruns is replaced, and the request fails
-with :class:`~ctpress.errors.CorruptFileError`.  Where ``fork`` does not exist
+channels and frames a header declares.  Their decode functions run here in worker
+processes, forked on first use (so they have every module the parent has) and kept in
+a small pool for later chunks: each thread that decodes takes an idle worker (or forks
+one), so chunks decoded in parallel threads decode in parallel processes.  A fork per
+chunk would cost about 30 ms with PyTorch loaded, a request to a warm worker costs
+about 1-13 ms per 1 MiB chunk (the copies of stream and result).  In the worker a
+request may allocate :data:`MEMORY_FACTOR` times its declared output plus
+:data:`MEMORY_SLACK` (``RLIMIT_DATA``) and must finish within :func:`time_limit`; a
+worker that dies or overruns is ended (the next request forks a fresh one), and the
+request fails with :class:`~ctpress.errors.CorruptFileError`.  Where ``fork`` does not exist
 (Windows), the function runs in this process.
 """
 
@@ -83,16 +85,16 @@ def decode_isolated(
     nbytes = declared_bytes(shape, expected)
     if not _can_fork() or getattr(_OWN_STREAMS, "active", False):
         return _checked(decode(stream), shape, expected, what)
-    with _LOCK:
-        worker = _Worker.get()
-        try:
-            outcome = worker.request(decode, stream, nbytes)
-        except _WorkerFailed as exc:
-            _Worker.discard()
-            raise CorruptFileError(f"{what} stream could not be decoded: {exc}") from None
-        except BaseException:  # e.g. KeyboardInterrupt mid-request: the pipe is out of step
-            _Worker.discard()
-            raise
+    worker = _take_worker()
+    try:
+        outcome = worker.request(decode, stream, nbytes)
+    except _WorkerFailed as exc:
+        worker.end()
+        raise CorruptFileError(f"{what} stream could not be decoded: {exc}") from None
+    except BaseException:  # e.g. KeyboardInterrupt mid-request: the pipe is out of step
+        worker.end()
+        raise
+    _return_worker(worker)
     status, payload = outcome
     if status != "ok":
         raise CorruptFileError(f"{what} stream could not be decoded: {payload}")
@@ -123,17 +125,45 @@ class _WorkerFailed(Exception):
     """The worker died, overran its time, or its answer was not what was asked for."""
 
 
-_LOCK = threading.Lock()
+#: Idle workers kept for later requests (more are ended when they come back).
+MAX_IDLE_WORKERS = os.cpu_count() or 1
+#: Guards the pool, and makes a fork and the registration of its socket one step, so
+#: that every child can close the sockets of all the other workers.
+_POOL_LOCK = threading.Lock()
+_IDLE: list[_Worker] = []
+#: Every live worker of this process (the children close their sockets).
+_LIVE: set[_Worker] = set()
+
+
+def _take_worker() -> _Worker:
+    """An idle live worker of this process, or a freshly forked one."""
+    with _POOL_LOCK:
+        while _IDLE:
+            worker = _IDLE.pop()
+            if worker.owner == os.getpid() and worker.alive():
+                return worker
+            worker.forget()
+        return _Worker()
+
+
+def _return_worker(worker: _Worker) -> None:
+    """Put a worker that answered back in the pool (or end it if the pool is full)."""
+    with _POOL_LOCK:
+        if worker.owner == os.getpid() and len(_IDLE) < MAX_IDLE_WORKERS:
+            _IDLE.append(worker)
+            return
+    worker.end()
 
 
 class _Worker:
-    """The worker process of this parent process and the parent's end of its socket.
+    """One worker process and the parent's end of its socket.
 
     Forked with ``os.fork`` (not ``multiprocessing``, whose daemonic pool workers may not
-    have children), so it has every module and decode function the parent has.
+    have children), so it has every module and decode function the parent has; created
+    with ``_POOL_LOCK`` held.
     """
 
-    _current: _Worker | None = None
+    conn: Connection
 
     def __init__(self) -> None:
         parent_end, worker_end = socket.socketpair()
@@ -142,31 +172,28 @@ class _Worker:
         if self.pid == 0:  # the worker: never returns into the caller
             try:
                 parent_end.close()
+                for other in _LIVE:  # else a sibling never sees its parent's end close
+                    other.conn.close()
                 _serve(Connection(worker_end.detach()))
             finally:
                 os._exit(0)
         worker_end.close()
         self.conn = Connection(parent_end.detach())
         self.status: int | None = None
+        _LIVE.add(self)
 
-    @classmethod
-    def get(cls) -> _Worker:
-        """The live worker of this process (a fresh one after a failure or a fork)."""
-        worker = cls._current
-        if worker is None or worker.owner != os.getpid() or not worker.alive():
-            cls.discard()
-            worker = cls._current = cls()
-        return worker
+    def end(self) -> None:
+        """End the worker (if it is this process's) and forget it."""
+        if self.owner == os.getpid():
+            self.conn.close()
+            if self.alive():
+                os.kill(self.pid, signal.SIGKILL)
+            self.wait(block=True)
+        self.forget()
 
-    @classmethod
-    def discard(cls) -> None:
-        """End the current worker (if any) and forget it."""
-        worker, cls._current = cls._current, None
-        if worker is not None and worker.owner == os.getpid():
-            worker.conn.close()
-            if worker.alive():
-                os.kill(worker.pid, signal.SIGKILL)
-            worker.wait(block=True)
+    def forget(self) -> None:
+        with contextlib.suppress(KeyError):
+            _LIVE.remove(self)
 
     def alive(self) -> bool:
         return self.wait(block=False) is None

@@ -319,8 +319,7 @@ class Codec(ABC):
             if x.dtype.kind == "f":
                 raise RateControlError(
                     f"codec {self.codec_id!r} cannot store {x.dtype} data losslessly; use "
-                    "--max-error E, or a codec with lossless float support "
-                    f"({', '.join(_float_lossless_codecs())})"
+                    "--max-error E, or a codec that stores floats losslessly (see 'ctpress codecs')"
                 )
             step = 1.0
         lo = float(x.min())
@@ -675,9 +674,3 @@ def _max_abs_err(x: np.ndarray, y: np.ndarray) -> float:
 
 def _py(value: Any) -> float | int:
     return value.item() if hasattr(value, "item") else value
-
-
-def _float_lossless_codecs() -> list[str]:
-    from .registry import list_codecs
-
-    return [c.codec_id for c in list_codecs() if "float32" in c.exact_dtypes]

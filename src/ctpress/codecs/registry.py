@@ -1,11 +1,36 @@
-"""Registry of codecs by ``codec_id`` (numcodecs style)."""
+"""Registry of codecs by ``codec_id`` (numcodecs style), loading codec modules lazily.
+
+The built-in codecs are a table of ids and the modules that define them; a module is
+imported the first time one of its codecs is asked for, so listing the ids, or using a
+classical codec, never imports torch.  Codecs of other packages register themselves with
+:func:`register_codec` when their module is imported.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
-from .base import Codec
+
+if TYPE_CHECKING:
+    from .base import Codec
+
+#: Built-in codec id -> the module whose import registers it.
+BUILTIN_CODECS: dict[str, str] = {
+    "blosc2": "ctpress.codecs.generic",
+    "htj2k": "ctpress.codecs.jpeg2000",
+    "hyperprior": "ctpress.codecs.hyperprior",
+    "jpeg2000": "ctpress.codecs.jpeg2000",
+    "jpegls": "ctpress.codecs.jpegls",
+    "jpegxl": "ctpress.codecs.jpegxl",
+    "siren": "ctpress.codecs.siren",
+    "sperr": "ctpress.codecs.sperr",
+    "sz3": "ctpress.codecs.sz3",
+    "vqvae": "ctpress.codecs.vqvae",
+    "zfp": "ctpress.codecs.zfp",
+    "zstd": "ctpress.codecs.generic",
+}
 
 _REGISTRY: dict[str, type[Codec]] = {}
 
@@ -16,15 +41,23 @@ def register_codec(cls: type[Codec]) -> type[Codec]:
     return cls
 
 
+def list_codec_ids() -> list[str]:
+    """Ids of the built-in and the registered codecs, sorted (imports no codec module)."""
+    return sorted(BUILTIN_CODECS.keys() | _REGISTRY.keys())
+
+
 def list_codecs() -> list[type[Codec]]:
-    """Registered codec classes, sorted by id."""
-    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+    """Every codec class, sorted by id (imports every built-in codec module)."""
+    return [get_codec_class(codec_id) for codec_id in list_codec_ids()]
 
 
 def get_codec_class(codec_id: str) -> type[Codec]:
-    """The codec class registered as ``codec_id``; InputError listing the ids otherwise."""
-    if not isinstance(codec_id, str) or codec_id not in _REGISTRY:
-        raise InputError(f"unknown codec {codec_id!r}; available: {', '.join(sorted(_REGISTRY))}")
+    """The codec class registered as ``codec_id``, importing its module on first use;
+    InputError listing the ids otherwise."""
+    if not isinstance(codec_id, str) or codec_id not in BUILTIN_CODECS.keys() | _REGISTRY.keys():
+        raise InputError(f"unknown codec {codec_id!r}; available: {', '.join(list_codec_ids())}")
+    if codec_id not in _REGISTRY:
+        importlib.import_module(BUILTIN_CODECS[codec_id])
     return _REGISTRY[codec_id]
 
 

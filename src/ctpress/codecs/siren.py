@@ -381,6 +381,7 @@ class Siren(Codec):
     """
 
     codec_id = "siren"
+    family = "learned"
     description = "SIREN implicit neural representation (cascade along views) + residual"
     exact_dtypes: ClassVar[tuple[str, ...]] = ("uint8", "uint16", "int32")
     has_native_lossy = False

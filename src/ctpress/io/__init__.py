@@ -10,15 +10,17 @@ unless asked to (see :mod:`ctpress.io._atomic`).
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
 from ..errors import InputError
 from ..scan import Scan, as_scan
-from . import _hdf5, _npy, _tiff, _zarr
+from . import _npy
 from ._atomic import MARKER, OutputExistsError, atomic_path, check_output, results_directory
 
 __all__ = [
@@ -45,33 +47,27 @@ FORMATS: dict[str, tuple[str, ...]] = {
 _NAMED = ("npz", "hdf5", "zarr")  # formats whose files hold named datasets
 
 
-def _read_ctpd(path: Path, _: str | None) -> Scan:
-    from ._dicom_ctpd import read_ctpd  # pydicom is imported only when needed
-
-    return read_ctpd(path)
-
-
-def _write_ctpd(scan: Scan, path: Path, _: str | None) -> None:
-    from ._dicom_ctpd import write_into
-
-    write_into(scan, path)
+def _module(name: str) -> ModuleType:
+    """The format module ``ctpress.io.<name>``, imported on first use together with the
+    library it wraps (tifffile, h5py, zarr, pydicom), so that ``import ctpress`` does not."""
+    return importlib.import_module(f"{__name__}.{name}")
 
 
 _READERS: dict[str, Callable[[Path, str | None], Scan]] = {
     "npy": lambda path, _: _npy.read_npy(path),
     "npz": _npy.read_npz,
-    "tiff": lambda path, _: _tiff.read_tiff(path),
-    "hdf5": _hdf5.read_hdf5,
-    "zarr": _zarr.read_zarr,
-    "dicom-ctpd": _read_ctpd,
+    "tiff": lambda path, _: _module("_tiff").read_tiff(path),
+    "hdf5": lambda path, dataset: _module("_hdf5").read_hdf5(path, dataset),
+    "zarr": lambda path, dataset: _module("_zarr").read_zarr(path, dataset),
+    "dicom-ctpd": lambda path, _: _module("_dicom_ctpd").read_ctpd(path),
 }
 _WRITERS: dict[str, Callable[[Scan, Path, str | None], None]] = {
     "npy": lambda scan, path, _: _npy.write_npy(scan, path),
     "npz": _npy.write_npz,
-    "tiff": lambda scan, path, _: _tiff.write_tiff(scan, path),
-    "hdf5": _hdf5.write_hdf5,
-    "zarr": _zarr.write_zarr,
-    "dicom-ctpd": _write_ctpd,
+    "tiff": lambda scan, path, _: _module("_tiff").write_tiff(scan, path),
+    "hdf5": lambda scan, path, dataset: _module("_hdf5").write_hdf5(scan, path, dataset),
+    "zarr": lambda scan, path, dataset: _module("_zarr").write_zarr(scan, path, dataset),
+    "dicom-ctpd": lambda scan, path, _: _module("_dicom_ctpd").write_into(scan, path),
 }
 
 

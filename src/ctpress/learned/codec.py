@@ -501,6 +501,7 @@ class LearnedCodec(Codec):
     """
 
     method: ClassVar[str]
+    family = "learned"
     exact_dtypes = ("uint8", "uint16", "int32")
     has_native_lossy = False
 

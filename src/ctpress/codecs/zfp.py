@@ -4,14 +4,16 @@ fixed-rate mode (bits per value)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import zfpy
 
-from ..errors import CorruptFileError
+from ..errors import CorruptFileError, RateControlError
 from ._float import ErrorBoundedCodec, coded_shape
-from ._isolate import decode_isolated
-from .base import Knob, RateModel
+from ._isolate import decode_isolated, own_streams
+from .base import Knob, RateModel, _Encoded, _search_knob
 from .registry import register_codec
 from .settings import check_declared
 
@@ -35,8 +37,9 @@ class Zfp(ErrorBoundedCodec):
     length-1 axis would waste three quarters of every block).  Lossless uses ZFP's
     reversible mode (integers widened to int32 after an exact offset); ``max_error`` uses
     fixed-accuracy mode; bpp targets use fixed-rate mode (from 12 bits per block of
-    float64 values, e.g. 0.75 bits/value in 2-D, 0.19 in 3-D); PSNR targets search the
-    fixed-accuracy tolerance's power of two."""
+    float64 values, e.g. 0.75 bits/value in 2-D, 0.19 in 3-D) or fixed-accuracy mode,
+    whichever gives the smaller error; PSNR targets search the fixed-accuracy
+    tolerance's power of two."""
 
     codec_id = "zfp"
     description = "ZFP (LLNL): reversible lossless, fixed-accuracy or fixed-rate, 3-D blocks"
@@ -47,6 +50,27 @@ class Zfp(ErrorBoundedCodec):
         base = super()._knob(work)
         return Knob(lo=base.lo, hi=base.hi * 64, is_error_bound=True)
 
+    def _encode_search(self, x: np.ndarray) -> _Encoded:
+        """bpp targets: fixed-rate mode at the target, or fixed-accuracy mode where one of
+        its tolerances (powers of two) lands within the target's 10 % and gives a smaller
+        MSE (fixed-rate mode spends the same bits on every block, so it is often several
+        dB worse: 10 vs 22 dB at 0.2 bits/value on a cone-beam crop)."""
+        fixed = super()._encode_search(x)
+        if self.mode != "bpp":
+            return fixed
+        work, info = self._lossy_work(x)
+        with own_streams():
+            fixed_mse = _mse(x, self._decode_parts(fixed, x))
+        start = math.log2(_TOLERANCE_PER_RMS * math.sqrt(max(fixed_mse, 1e-300)))
+        attempt = _attempt(work, info, _fixed_accuracy)
+        try:
+            accurate = _search_knob(self, x, self._exponents(work), attempt, start, -0.5)
+        except RateControlError:
+            return fixed
+        with own_streams():
+            accurate_mse = _mse(x, self._decode_parts(accurate, x))
+        return accurate if accurate_mse < fixed_mse else fixed
+
     def _rate_model(self, work: np.ndarray, target_mse: float | None) -> RateModel | None:
         """bpp: fixed-rate mode at the target.  PSNR: fixed-accuracy mode, whose tolerance
         acts only through its power of two (so the search runs over that exponent, from
@@ -56,15 +80,14 @@ class Zfp(ErrorBoundedCodec):
             block = 4 ** len(coded_shape(work.shape, 1))
             knob = Knob(_MIN_BLOCK_BITS[work.dtype.name] / block, 8.0 * work.itemsize, True)
             return RateModel(knob, self.value, _fixed_rate, 1.0)
-        bounds = self._knob(work)
-        exponents = Knob(
-            math.floor(math.log2(bounds.lo)),
-            math.ceil(math.log2(bounds.hi)),
-            log=False,
-            integer=True,
-        )
         start = math.log2(_TOLERANCE_PER_RMS * math.sqrt(max(target_mse, 1e-300)))
-        return RateModel(exponents, start, _fixed_accuracy, _MSE_PER_EXPONENT)
+        return RateModel(self._exponents(work), start, _fixed_accuracy, _MSE_PER_EXPONENT)
+
+    def _exponents(self, work: np.ndarray) -> Knob:
+        """The powers of two of the fixed-accuracy tolerance worth trying on ``work``."""
+        bounds = self._knob(work)
+        lo, hi = math.floor(math.log2(bounds.lo)), math.ceil(math.log2(bounds.hi))
+        return Knob(lo, hi, log=False, integer=True)
 
     def _encode_exact(self, work: np.ndarray) -> bytes:
         return bytes(zfpy.compress_numpy(_squeezed(work)))
@@ -91,6 +114,22 @@ def _squeezed(work: np.ndarray) -> np.ndarray:
 def _fixed_rate(work: np.ndarray, bits: float) -> bytes:
     """Fixed-rate stream of ``work`` at ``bits`` per value (at least the minimum)."""
     return bytes(zfpy.compress_numpy(_squeezed(work), rate=float(bits)))
+
+
+def _attempt(
+    work: np.ndarray, info: dict[str, Any], encode: Callable[[np.ndarray, float], bytes]
+) -> Callable[[np.ndarray | slice, float], _Encoded]:
+    """A search probe: views of ``work`` coded by ``encode`` at a knob."""
+
+    def attempt(views: np.ndarray | slice, knob: float) -> _Encoded:
+        return _Encoded(encode(work[views], knob), dict(info, k=knob))
+
+    return attempt
+
+
+def _mse(x: np.ndarray, y: np.ndarray) -> float:
+    diff = x.astype(np.float64) - y.astype(np.float64)
+    return float(np.mean(diff * diff))
 
 
 def _fixed_accuracy(work: np.ndarray, exponent: float) -> bytes:

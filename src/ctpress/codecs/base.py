@@ -126,8 +126,7 @@ class Codec(ABC):
     preferred_chunk_views: ClassVar[int | None] = None
     #: Whether a fractional knob k + f codes the first round(f * n_views) views at k + 1
     #: and the rest at k: an integer knob whose steps are far apart in rate (JPEG-LS
-    #: NEAR) then reaches every rate in between.  Each part costs a restart of the
-    #: coder, so a whole knob that meets a target is preferred.
+    #: NEAR) then reaches every rate in between (see :meth:`_mixing_restarts`).
     mixes_knob: ClassVar[bool] = False
     #: Fewest views of a probe subsample (:meth:`_probe_views`): more for coders whose
     #: prediction across views needs a deep slab to behave as on the whole chunk.
@@ -441,6 +440,11 @@ class Codec(ABC):
         search :meth:`_knob` (probing a subsample of views first)."""
         return None
 
+    def _mixing_restarts(self, shape: tuple[int, ...]) -> bool:
+        """Whether a fractional knob (:attr:`mixes_knob`) costs a restart of the coder on
+        a chunk of ``shape``, so that a whole knob meeting the target is preferred."""
+        return False
+
     def _probe_views(self, shape: tuple[int, ...]) -> np.ndarray | None:
         """Views of a chunk of ``shape`` whose rate and error predict the whole chunk's:
         a contiguous slab in the middle (codecs that use view-to-view correlation), about
@@ -622,7 +626,7 @@ def _search_knob(
         max_probes=_SEARCH_STEPS,
         **options,
     )
-    if codec.mixes_knob:  # a whole knob near the result that also meets the target wins
+    if codec._mixing_restarts(x.shape):  # a whole knob that meets the target wins
         nearest = min(probes, key=lambda p: abs(math.log(max(p.value, 1e-300) / aim)))
         whole = float(round(nearest.knob))
         if knob.lo <= whole <= knob.hi and whole not in {p.knob for p in probes}:

@@ -37,7 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import CorruptFileError
-from . import residual
+from . import residual, store
 from .models.siren import SirenArch, SirenStack, encode_coordinates
 
 #: The decoder's output grid: 2**-GRID_BITS of the chunk's range.
@@ -386,32 +386,26 @@ def grid_check(grid: np.ndarray) -> int:
 
 
 # ---------------------------------------------------------------- meta init
-def _meta_entries(directory: str) -> list[dict[str, Any]]:
-    from .zoo import _read_manifest
-
-    return list(_read_manifest(directory)["methods"].get(META_METHOD, []))
-
-
 @functools.cache
 def _meta_init(directory: str, config: str) -> tuple[tuple[torch.Tensor, ...], str] | None:
     wanted = json.loads(config)
-    entry = next((e for e in _meta_entries(directory) if e.get("config") == wanted), None)
+    found = (e for e in store.entries(directory, META_METHOD) if e.get("config") == wanted)
+    entry = next(found, None)
     if entry is None:
         return None
-    from .zoo import read_entry
-
-    data, digest = read_entry(directory, entry)
+    data, digest = store.read_entry(directory, entry)
     tensors = safetensors.torch.load(data)
     keys = sorted(tensors, key=lambda k: (int(k[1:]), k[0] == "b"))
     return tuple(tensors[k].to(torch.float64) for k in keys), digest
 
 
+store.register_cache(_meta_init.cache_clear)
+
+
 def load_meta_init(arch: SirenArch) -> tuple[list[torch.Tensor], str] | None:
     """(per-tensor float64 initialisation with a leading segment axis of 1, SHA-256) of
     ``arch``, or None when ctpress ships none for it (see ``ctpress train siren``)."""
-    from .zoo import weights_dir
-
-    found = _meta_init(str(weights_dir()), json.dumps(arch.to_dict(), sort_keys=True))
+    found = _meta_init(str(store.weights_dir()), json.dumps(arch.to_dict(), sort_keys=True))
     if found is None:
         return None
     tensors, sha = found

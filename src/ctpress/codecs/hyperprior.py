@@ -1,4 +1,4 @@
-"""Learned mean-scale hyperprior codec (``--codec hyperprior``), see :mod:`ctpress.codecs.learned`."""
+"""Learned mean-scale hyperprior codec (``--codec hyperprior``), see :mod:`.learned`."""
 
 from __future__ import annotations
 

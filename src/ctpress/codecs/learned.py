@@ -141,8 +141,8 @@ def largest_below(
 ) -> tuple[float, float] | None:
     """The knob in ``[lo, hi]`` whose monotone ``measure`` is largest but at most
     ``target``, found with :func:`ctpress.codecs.search.solve` (log knob, log measure;
-    first probe ``start``, first slope ``slope``; stops once a probe lands within
-    ``accept`` below the target).
+    first probe ``start``, first slope ``slope``; probes aim at the middle of
+    ``[target * (1 - accept), target]`` and the search stops once one lands there).
 
     Returns
     -------
@@ -154,7 +154,7 @@ def largest_below(
         return (lo, value) if value <= target else None
     probes = solve(
         lambda k: (measure(k), None),
-        target,
+        target * (1 - accept / 2),
         lo,
         hi,
         increasing=increasing,

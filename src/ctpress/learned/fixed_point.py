@@ -149,25 +149,24 @@ class FixedPointNet:
             if isinstance(layer, nn.ReLU):
                 layers.append(FixedReLU())
                 continue
+            if not isinstance(layer, nn.Linear | nn.Conv2d):
+                raise ValueError(f"no fixed-point version of {type(layer).__name__}")
             weight = quantise(layer.weight.detach().cpu().double().numpy(), WEIGHT_BITS)
-            out_features = weight.shape[0]
             bias = (
-                np.zeros(out_features, dtype=np.int64)
+                np.zeros(weight.shape[0], dtype=np.int64)
                 if layer.bias is None
                 else quantise(layer.bias.detach().cpu().double().numpy(), ACTIVATION_BITS)
             )
             if isinstance(layer, nn.Linear):
                 layers.append(FixedLinear(weight, bias))
-            elif isinstance(layer, nn.Conv2d):
-                if layer.groups != 1 or tuple(layer.dilation) != (1, 1):
-                    raise ValueError("fixed-point Conv2d needs groups=1 and dilation=1")
-                if layer.padding_mode != "zeros" or isinstance(layer.padding, str):
-                    raise ValueError("fixed-point Conv2d needs numeric zero padding")
-                stride = (int(layer.stride[0]), int(layer.stride[1]))
-                padding = (int(layer.padding[0]), int(layer.padding[1]))
-                layers.append(FixedConv2d(weight, bias, stride, padding))
-            else:
-                raise ValueError(f"no fixed-point version of {type(layer).__name__}")
+                continue
+            if layer.groups != 1 or tuple(layer.dilation) != (1, 1):
+                raise ValueError("fixed-point Conv2d needs groups=1 and dilation=1")
+            if layer.padding_mode != "zeros" or isinstance(layer.padding, str):
+                raise ValueError("fixed-point Conv2d needs numeric zero padding")
+            stride = (int(layer.stride[0]), int(layer.stride[1]))
+            padding = (int(layer.padding[0]), int(layer.padding[1]))
+            layers.append(FixedConv2d(weight, bias, stride, padding))
         return cls(tuple(layers))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:

@@ -57,6 +57,7 @@ import numpy as np
 from ..errors import CorruptFileError, InputError, RateControlError
 from ..frames import image_shape
 from ..learned import fixed_point, residual
+from ..learned.store import WeightsMismatchError
 from .base import Codec, _Encoded
 from .search import solve
 from .settings import int_setting
@@ -109,8 +110,6 @@ def weights_tag(sha256: str) -> bytes:
 def check_weights(codec_id: str, what: str, tag: bytes, sha256: str | None) -> None:
     """WeightsMismatchError unless the weights this ctpress has (SHA-256 ``sha256``, None
     when it has none) are the ones a stream names by ``tag``."""
-    from ..learned.zoo import WeightsMismatchError
-
     if sha256 is None or weights_tag(sha256) != tag:
         have = "none" if sha256 is None else sha256[:16] + "..."
         raise WeightsMismatchError(
@@ -489,8 +488,6 @@ def decode_learned(
 
     ``loader(method, rate_point) -> (model, sha256)`` provides the weights (the zoo).
     """
-    from ..learned.zoo import WeightsMismatchError
-
     if len(stream) < _SIDE.size:
         raise CorruptFileError(f"{method} stream is truncated")
     (magic, version, rate_point, flags, gain, offset, scale, step, sha8, latent_check,

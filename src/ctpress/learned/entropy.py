@@ -28,11 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .tables import PRECISION as PRECISION  # the table layer's names, re-exported
 from .tables import TAIL_MASS, TableCoder, quantise_pmf
-from .tables import count_table as count_table
-from .tables import pack_varints as pack_varints
-from .tables import unpack_varints as unpack_varints
 
 
 class FactorizedPrior(nn.Module):

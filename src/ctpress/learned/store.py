@@ -18,10 +18,16 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..errors import CorruptFileError
+from ..errors import CorruptFileError, FormatError
 
 MANIFEST = "manifest.json"
 ENV_DIR = "CTPRESS_WEIGHTS_DIR"
+
+
+class WeightsMismatchError(FormatError):
+    """A stream was made with weights that this installation does not have."""
+
+
 #: Caches of loaded weights, emptied by :func:`clear_cache` (see :func:`register_cache`).
 _CACHES: list[Callable[[], None]] = []
 

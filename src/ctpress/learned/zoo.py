@@ -17,12 +17,12 @@ from typing import Any
 import safetensors.torch
 import torch
 
-from ..errors import CorruptFileError, FormatError, InputError
+from ..errors import CorruptFileError, InputError
 from .models.base import LearnedModel
 from .models.hyperprior import MeanScaleHyperprior
 from .models.vqvae import VQVAE
 from .store import ENV_DIR as ENV_DIR  # the zoo's public names, kept where callers use them
-from .store import MANIFEST, manifest, read_entry, register_cache, weights_dir
+from .store import MANIFEST, WeightsMismatchError, manifest, read_entry, register_cache, weights_dir
 from .store import clear_cache as clear_cache
 
 #: Model class of each method.
@@ -30,10 +30,6 @@ MODELS: dict[str, type[LearnedModel]] = {
     MeanScaleHyperprior.method: MeanScaleHyperprior,
     VQVAE.method: VQVAE,
 }
-
-
-class WeightsMismatchError(FormatError):
-    """A stream was made with weights that this installation does not have."""
 
 
 def rate_points(method: str) -> list[dict[str, Any]]:

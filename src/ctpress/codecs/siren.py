@@ -8,8 +8,8 @@ the optional residual layer adds ``--max-error`` / ``--lossless``.
 Rate control:
 
 - ``bpp``: architecture from the budget (width up to a decode-speed cap, then more
-  segments), fit, then the quantisation step bisected so the stream fills the budget;
-  a leftover budget (network already exact enough) goes to the residual layer;
+  segments), fit; beyond the largest network that pays, the residual layer fills the
+  rest of the budget, else the finest quantisation step whose weights fit it;
 - ``psnr``: fit, grow the network (up to :data:`_MAX_FITS` fits) until the target is met,
   then the coarsest quantisation step that still meets it; beyond, the residual layer;
 - ``max_error`` E / ``lossless``: fit at the default size, then the residual with step

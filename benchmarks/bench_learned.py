@@ -46,8 +46,8 @@ import torch
 import ctpress
 from ctpress.bdrate import bd_rate
 from ctpress.bench import BenchRecord, bench_codec, benchmark_scan, run_info
+from ctpress.codecs.learned import ZooSession, decode_learned
 from ctpress.learned import zoo
-from ctpress.learned.codec import _Session, decode_learned
 from ctpress.learned.data import DataFiles, default_data_dir, held_out_scans
 from ctpress.scan import Scan
 
@@ -72,7 +72,7 @@ def _fixed_point_mb_s(method: str, scan: Scan, rate_point: int) -> dict[str, flo
     the decoder's entropy decoding and synthesis."""
     x = scan.projections
     t0 = time.perf_counter()
-    stream, _ = _Session(method, x).stream(rate_point, 1.0, None)
+    stream, _ = ZooSession(method, x).stream((rate_point, 1.0), None)
     t1 = time.perf_counter()
     decode_learned(method, stream, x.shape, "float64")
     t2 = time.perf_counter()
@@ -115,7 +115,7 @@ def _warm_up() -> None:
     x = np.linspace(0, 60000, 2 * 32 * 48).reshape(2, 32, 48).astype(np.uint16)
     for method in LEARNED:
         for k in range(len(zoo.rate_points(method))):
-            stream, _ = _Session(method, x).stream(k, 1.0, None)
+            stream, _ = ZooSession(method, x).stream((k, 1.0), None)
             decode_learned(method, stream, x.shape, "float64")
 
 

@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     _, held = DataFiles.find([data]).split()
     scans = held_out_scans(held, args.cache)
     for rate_point, entry in enumerate(zoo.rate_points(args.method)):
-        model, sha = zoo.load_model(args.method, rate_point)
-        held_out = evaluate(model, sha, scans)
+        model, _ = zoo.load_model(args.method, rate_point)
+        held_out = evaluate(model, scans)
         zoo.install(zoo.weights_dir() / entry["file"], held_out=held_out)
         print(f"{args.method} rate point {rate_point}:", json.dumps(held_out["mean"]))
     return 0

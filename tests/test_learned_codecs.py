@@ -9,8 +9,8 @@ import ctpress
 from conftest import smooth_stack
 from ctpress.cli import main
 from ctpress.codecs import get_codec
+from ctpress.codecs.learned import ZooSession, decode_learned, largest_below
 from ctpress.learned import zoo
-from ctpress.learned.codec import _odd, _Session, _solve, decode_learned
 
 METHODS = ("hyperprior", "vqvae")
 
@@ -116,28 +116,33 @@ def test_psnr_search_meets_target(method, psnr):
     assert ctpress.metrics.psnr_db(x, y) >= psnr
 
 
-def test_solve_power_law_in_few_probes():
+def test_largest_below_power_law_in_few_probes():
     calls = []
 
     def bits(gain: float) -> float:
         calls.append(gain)
         return 2.0 * gain**-1.3
 
-    gain, value = _solve(bits, 0.5, (0.5, 8.0), 1.0, -1.0, 0.02)
+    kw = {"increasing": False, "accept": 0.02, "start": 1.0, "slope": -1.0}
+    gain, value = largest_below(bits, 0.5, 0.5, 8.0, **kw)
     assert 0.49 <= value <= 0.5 and bits(gain) == value
-    assert len(calls) <= 4
+    assert len(calls) <= 5  # four probes and the check above
 
 
-def test_solve_bounds_and_odd_steps():
+def test_largest_below_bounds_and_odd_steps():
+    kw = {"increasing": False, "accept": 0.02, "start": 1.0, "slope": -1.0}
     # target below the measure everywhere: nothing feasible
-    assert _solve(lambda g: 10.0 / g, 0.1, (0.5, 8.0), 1.0, -1.0, 0.02) is None
+    assert largest_below(lambda g: 10.0 / g, 0.1, 0.5, 8.0, **kw) is None
     # target above the measure everywhere: the bound that comes closest
-    assert _solve(lambda g: 1.0 / g, 5.0, (0.5, 8.0), 1.0, -1.0, 0.02) == (0.5, 2.0)
-    # odd integer steps: the finest feasible one, with a value <= target
-    step, value = _solve(
-        lambda d: 100.0 / d, 9.0, (1.0, 999.0), 3.0, -1.0, 0.02, lambda d: _odd(d, True)
-    )
-    assert step == 13.0 and value == pytest.approx(100 / 13)
+    assert largest_below(lambda g: 1.0 / g, 5.0, 0.5, 8.0, **kw) == (0.5, 2.0)
+    # an empty interval is one probe
+    assert largest_below(lambda g: 1.0 / g, 5.0, 1.0, 1.0, **kw) == (1.0, 1.0)
+    # odd integer steps 2h - 1: the finest feasible one, with a value <= target
+    h, value = largest_below(
+        lambda h: 100.0 / (2 * h - 1), 9.0, 1.0, 500.0, increasing=False, accept=0.02,
+        start=2.0, slope=-1.0, integer=True,
+    )  # fmt: skip
+    assert 2 * h - 1 == 13.0 and value == pytest.approx(100 / 13)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -145,7 +150,7 @@ def test_version_1_streams(method, scan):
     """Version 2 changed only the hyperprior's payload: older VQ-VAE streams still decode,
     older hyperprior streams are refused with a message (not decoded into garbage)."""
     x = scan[:4]
-    stream, _ = _Session(method, x).stream(0, 1.0, None)
+    stream, _ = ZooSession(method, x).stream((0, 1.0), None)
     expected = decode_learned(method, stream, x.shape, "float64")
     old = stream[:4] + b"\x01" + stream[5:]
     if method == "vqvae":

@@ -20,9 +20,9 @@ import torch
 from conftest import smooth_stack
 from ctpress.codecs import get_codec
 from ctpress.codecs.framing import parse_chunk_header
+from ctpress.codecs.learned import decode_learned
 from ctpress.errors import CorruptFileError, CtpressError
 from ctpress.learned import zoo
-from ctpress.learned.codec import decode_learned
 
 METHODS = ("hyperprior", "vqvae")
 RATES = (("psnr", 45.0), ("max_error", 40.0))

@@ -12,15 +12,15 @@ import torch
 
 from ctpress.errors import CorruptFileError
 from ctpress.learned import residual, zoo
-from ctpress.learned.entropy import (
+from ctpress.learned.entropy import ScaleConditional
+from ctpress.learned.models.hyperprior import ZERO_BAND, MeanScaleHyperprior
+from ctpress.learned.tables import (
     PRECISION,
-    ScaleConditional,
     TableCoder,
     pack_varints,
     quantise_pmf,
     unpack_varints,
 )
-from ctpress.learned.models.hyperprior import ZERO_BAND, MeanScaleHyperprior
 
 
 def test_quantise_pmf_sums_exactly_and_keeps_every_symbol():

@@ -23,11 +23,10 @@ from typing import ClassVar
 import numpy as np
 
 from ..errors import CorruptFileError
+from ..frames import MIN_FRAME_ROWS
 from ._isolate import decode_isolated
 from .base import Codec
 from .settings import check_declared
-
-MIN_FRAME_ROWS = 8
 
 
 class ImageCodec(Codec):

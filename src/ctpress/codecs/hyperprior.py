@@ -1,8 +1,8 @@
-"""Learned mean-scale hyperprior codec (``--codec hyperprior``), see :mod:`ctpress.learned`."""
+"""Learned mean-scale hyperprior codec (``--codec hyperprior``), see :mod:`.learned`."""
 
 from __future__ import annotations
 
-from ..learned.codec import LearnedCodec
+from .learned import LearnedCodec
 from .registry import register_codec
 
 

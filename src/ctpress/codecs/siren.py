@@ -8,36 +8,51 @@ the optional residual layer adds ``--max-error`` / ``--lossless``.
 Rate control:
 
 - ``bpp``: architecture from the budget (width up to a decode-speed cap, then more
-  segments), fit, then the quantisation step bisected so the stream fills the budget;
-  a leftover budget (network already exact enough) goes to the residual layer;
+  segments), fit; beyond the largest network that pays, the residual layer fills the
+  rest of the budget, else the finest quantisation step whose weights fit it;
 - ``psnr``: fit, grow the network (up to :data:`_MAX_FITS` fits) until the target is met,
   then the coarsest quantisation step that still meets it; beyond, the residual layer;
 - ``max_error`` E / ``lossless``: fit at the default size, then the residual with step
   2E (odd integer step on integer data; 1 for lossless).
 
 Stream: side information (``_SIDE``), a CRC-32 per segment of the decoder's output grid,
-the coded weights, the residual stream.
+the coded weights, the residual stream.  Normalisation, the output grid and its checks,
+the residual layer and the residual searches come from the base
+(:class:`ctpress.codecs.learned.ReconstructionCodec`); every search goes through
+:func:`ctpress.codecs.search.solve`.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from ..errors import CorruptFileError, InputError, RateControlError
-from ..learned import inr, residual
-from ..learned.codec import _bisect, _finish, _odd, encode_error_bounded, finish_search
-from ..learned.models.siren import ENCODINGS, SirenArch, SirenStack
-from .base import Codec, _Encoded, _to_output
+from ..learned import fixed_point, residual
+from .base import _to_output
+from .learned import (
+    _BPP_ACCEPT,
+    _MSE_ACCEPT,
+    ReconstructionCodec,
+    ReconstructionSession,
+    check_grid,
+    check_weights,
+    finish,
+    largest_below,
+    weights_tag,
+)
 from .registry import register_codec
 from .settings import int_setting, number_setting
 
+if TYPE_CHECKING:
+    import torch
+
+    from ..learned.models.siren import SirenArch, SirenStack
 _MAGIC = b"CTSR"
 _VERSION = 1
 # magic, version, flags, segments, width, depth, encoding, frequencies, omega0,
@@ -68,6 +83,11 @@ DEFAULT_QUANT_NOISE = 0.25
 #: Bits per weight assumed when sizing a network for a budget.
 _BITS_PER_WEIGHT = 5.5
 _MAX_FITS = 3
+#: Starting guess of d log(weight bits) / d log(quantisation step): about
+#: -1 / (ln 2 x bits per weight).
+_WEIGHT_RATE_SLOPE = -1 / (math.log(2) * _BITS_PER_WEIGHT)
+#: Most float32 evaluations of the quantisation-step search under a PSNR target.
+_PSNR_STEP_PROBES = 6
 #: First network size tried for a PSNR target (bits of weights: per value, at least).
 _PSNR_START_BPP = 0.01
 #: Largest network a bpp target buys (bits per value of the weights); beyond it, more
@@ -85,9 +105,10 @@ def max_weights(n_values: int) -> int:
     return max(n_values, MIN_WEIGHT_CAP)
 
 
-@dataclass
+@dataclass(eq=False)
 class _Fit:
-    """A fitted stack and what the stream needs of it."""
+    """A fitted stack and what the stream needs of it (hashed by identity: an operating
+    point is a fit and a quantisation step)."""
 
     arch: SirenArch
     segments: int
@@ -99,7 +120,13 @@ class _Fit:
 
     def relative_step(self, noise: float) -> float:
         """Quantisation step adding ``noise`` times the fitting MSE."""
+        from ..learned import inr
+
         return inr.relative_step_for(noise * self.loss, self.arch.n_params * self.segments)
+
+
+#: Operating point of the SIREN codec: a fit and its relative quantisation step.
+SirenOp = tuple[_Fit, float]
 
 
 def plan_network(
@@ -122,22 +149,21 @@ def plan_network(
     return arch_of(width), segments
 
 
-class _Session:
-    """Encoder state of one chunk: normalised values, fits and their streams."""
+class SirenSession(ReconstructionSession[SirenOp]):
+    """Encoder state of one chunk: values normalised to [-1, 1], fits and their streams."""
 
     def __init__(self, codec: Siren, x: np.ndarray) -> None:
+        super().__init__(codec.codec_id, x, x.shape)
         self.codec = codec
-        self.x = x
-        self.integer = x.dtype.kind in "ui"
-        values = x.astype(np.float64)
-        lo, hi = float(values.min()), float(values.max())
-        if self.integer and hi - lo > 2**52:
-            raise RateControlError("siren cannot hold integer data spanning over 2**52")
-        self.offset, self.scale = lo, (hi - lo if hi > lo else 1.0)
-        self.normalised = (2.0 * (values - lo) / self.scale - 1.0).astype(np.float32)
-        self._networks: dict[tuple[int, float], tuple[bytes, bytes, np.ndarray]] = {}
+        self.normalised = (2.0 * self.unit() - 1.0).astype(np.float32)
+        self._networks: dict[SirenOp, tuple[bytes, bytes, np.ndarray]] = {}
 
     def fit(self, arch: SirenArch, segments: int) -> _Fit:
+        import torch
+
+        from ..learned import inr
+        from ..learned.models.siren import SirenStack
+
         codec = self.codec
         stack = SirenStack(arch, segments, seed=codec.seed)
         meta = inr.load_meta_init(arch) if codec.meta_init else None
@@ -163,6 +189,10 @@ class _Session:
 
     def approx_values(self, fit: _Fit, relative_step: float) -> np.ndarray:
         """Float32 evaluation of the quantised network (rate search only), data units."""
+        import torch
+
+        from ..learned import inr
+
         quantised = inr.quantise(fit.stack, fit.init, relative_step, fit.sensitivity)
         weights = quantised.dequantise(fit.init)
         n, rows, cols = self.x.shape
@@ -175,13 +205,16 @@ class _Session:
                 params = [w[s : s + 1].float() for w in weights]
                 y = fit.stack(torch.from_numpy(coords).float()[None], params)[0].numpy()
                 out[bounds[s] : bounds[s + 1]] = y.reshape(len(views), rows, cols)
-        return _finish(self.offset + self.scale * (out + 1.0) / 2.0, self.x).astype(np.float64)
+        return finish(self.offset + self.scale * (out + 1.0) / 2.0, self.x).astype(np.float64)
 
-    def network(self, fit: _Fit, relative_step: float) -> tuple[bytes, bytes, np.ndarray]:
+    def network(self, op: SirenOp) -> tuple[bytes, bytes, np.ndarray]:
         """(coded weights, per-segment CRC-32s, decoded network values in data units) of
-        ``fit`` quantised at ``relative_step`` (cached: the float64 evaluation is costly)."""
-        key = (id(fit), relative_step)
-        if key not in self._networks:
+        the fit quantised at the relative step of ``op`` (cached: the float64 evaluation
+        is costly)."""
+        if op not in self._networks:
+            from ..learned import inr
+
+            fit, relative_step = op
             quantised = inr.quantise(fit.stack, fit.init, relative_step, fit.sensitivity)
             weights = quantised.dequantise(fit.init)
             n, rows, cols = self.x.shape
@@ -191,48 +224,30 @@ class _Session:
                              np.arange(bounds[s + 1] - bounds[s]), rows, cols)
                 for s in range(fit.segments)
             ]  # fmt: skip
-            checks = struct.pack(f"<{fit.segments}I", *(inr.grid_check(g) for g in grids))
-            recon = _to_data(np.concatenate(grids), self.offset, self.scale, self.integer)
-            self._networks[key] = (quantised.encode(), checks, recon)
-        return self._networks[key]
+            checks = struct.pack(f"<{fit.segments}I", *map(fixed_point.grid_check, grids))
+            recon = self.grid_values(np.concatenate(grids))
+            self._networks[op] = (quantised.encode(), checks, recon)
+        return self._networks[op]
 
-    def residual_values(self, recon: np.ndarray, step: float) -> tuple[np.ndarray, np.ndarray]:
-        """(residual symbols, decoded values) of the residual layer at ``step``."""
-        q = residual.quantise(self.x.astype(np.float64), recon, step, self.integer)
-        return q, residual.dequantise(recon, q, step)
+    def prediction(self, op: SirenOp) -> np.ndarray:
+        return self.network(op)[2]
 
-    def stream(
-        self, fit: _Fit, relative_step: float, step: float | None
-    ) -> tuple[bytes, np.ndarray]:
-        """Chunk stream and its decoded values (float64, data units)."""
-        weight_bytes, checks, recon = self.network(fit, relative_step)
+    def pack(self, op: SirenOp, step: float | None, tail: bytes) -> bytes:
+        from ..learned.models.siren import ENCODINGS
+
+        fit = op[0]
+        weight_bytes, checks, _ = self.network(op)
         flags = (_FLAG_INTEGER if self.integer else 0) | (_FLAG_META_INIT if fit.init_sha else 0)
-        tail = b""
-        values = recon
         if step is not None:
-            q, values = self.residual_values(recon, step)
-            tail = residual.encode_residual(q)
             flags |= _FLAG_RESIDUAL
         arch = fit.arch
         side = _SIDE.pack(
             _MAGIC, _VERSION, flags, fit.segments, arch.width, arch.depth,
             ENCODINGS.index(arch.encoding), arch.frequencies, arch.omega0, self.offset,
             self.scale, step or 0.0, len(weight_bytes),
-            bytes.fromhex(fit.init_sha)[:8] if fit.init_sha else bytes(8),
+            weights_tag(fit.init_sha) if fit.init_sha else bytes(8),
         )  # fmt: skip
-        return side + checks + weight_bytes + tail, values
-
-    def mse(self, values: np.ndarray) -> float:
-        err = _finish(values, self.x).astype(np.float64) - self.x.astype(np.float64)
-        return float(np.mean(err * err))
-
-
-def _to_data(grid: np.ndarray, offset: float, scale: float, integer: bool) -> np.ndarray:
-    """Decoder grid integers -> data units (float64), rounded on integer data."""
-    recon = offset + scale * (grid.astype(np.float64) * 2.0**-inr.GRID_BITS)
-    if integer:
-        recon = np.rint(recon)
-    return np.clip(recon, offset, offset + scale)
+        return side + checks + weight_bytes + tail
 
 
 def _parse(
@@ -240,6 +255,8 @@ def _parse(
 ) -> tuple[tuple[Any, ...], SirenArch, np.ndarray]:
     """Side information, architecture and per-segment checks of a stream, every field
     checked against the encoder's limits and the chunk's ``shape`` (n, rows, cols)."""
+    from ..learned.models.siren import ENCODINGS, SirenArch
+
     if len(stream) < _SIDE.size:
         raise CorruptFileError("siren stream is truncated")
     side = _SIDE.unpack_from(stream)
@@ -288,6 +305,10 @@ def decode_siren(stream: bytes, shape: tuple[int, ...], start: int = 0, stop: in
     Only the segments overlapping ``start:stop`` are evaluated, and only at those views;
     a segment evaluated completely is checked against the encoder's CRC-32 (a partly
     evaluated one cannot be)."""
+    import torch
+
+    from ..learned import inr
+
     n, rows, cols = shape
     side, arch, checks = _parse(stream, (n, rows, cols))
     (_, _, flags, segments, *_, offset, scale, step, n_weights, sha8) = side
@@ -295,12 +316,9 @@ def decode_siren(stream: bytes, shape: tuple[int, ...], start: int = 0, stop: in
     init: list[torch.Tensor]
     if flags & _FLAG_META_INIT:
         meta = inr.load_meta_init(arch)
-        if meta is None or bytes.fromhex(meta[1])[:8] != sha8:
-            have = "none" if meta is None else meta[1][:16] + "..."
-            raise CorruptFileError(
-                f"siren stream was made with the meta-learned initialisation {sha8.hex()}... "
-                f"of {arch}; this ctpress has {have}: install the ctpress version that wrote it"
-            )
+        what = f"meta-learned initialisation of {arch}"
+        check_weights("siren", what, sha8, None if meta is None else meta[1])
+        assert meta is not None
         init = meta[0]
     else:
         init = [torch.zeros((1, *s)) for s in _tensor_shapes(arch)]
@@ -324,15 +342,12 @@ def decode_siren(stream: bytes, shape: tuple[int, ...], start: int = 0, stop: in
         if a >= b:
             continue
         grid = inr.evaluate(arch, weights, bounds, s, np.arange(a, b) - bounds[s], rows, cols)
-        if b - a == bounds[s + 1] - bounds[s] and inr.grid_check(grid) != checks[s]:
-            raise CorruptFileError(
-                "siren reconstruction mismatch: this decoder's network output differs from "
-                "the encoder's (different arithmetic or weights)"
-            )
+        if b - a == bounds[s + 1] - bounds[s]:
+            check_grid("siren", grid, int(checks[s]))
         grids.append(grid)
     empty = np.empty((0, rows, cols), dtype=np.int32)
-    values = _to_data(np.concatenate(grids) if grids else empty, offset, scale,
-                      bool(flags & _FLAG_INTEGER))  # fmt: skip
+    values = fixed_point.grid_values(np.concatenate(grids) if grids else empty, offset, scale,
+                                     bool(flags & _FLAG_INTEGER))  # fmt: skip
     if q is not None:
         values = residual.dequantise(values, q, step)
     return values
@@ -346,7 +361,7 @@ def _tensor_shapes(arch: SirenArch) -> list[tuple[int, ...]]:
 
 
 @register_codec
-class Siren(Codec):
+class Siren(ReconstructionCodec[SirenOp]):
     """SIREN implicit neural representation per chunk (cascade of segments along views),
     quantisation-aware fitted and entropy-coded weights, optional residual layer.
 
@@ -383,8 +398,6 @@ class Siren(Codec):
     codec_id = "siren"
     family = "learned"
     description = "SIREN implicit neural representation (cascade along views) + residual"
-    exact_dtypes: ClassVar[tuple[str, ...]] = ("uint8", "uint16", "int32")
-    has_native_lossy = False
     #: One network (cascade) per up to 64 MiB of input: a larger fit shares its weights over
     #: more data, and the container's per-chunk bytes are paid once.
     preferred_chunk_bytes = 64 << 20
@@ -418,6 +431,8 @@ class Siren(Codec):
         self.omega0 = number_setting(name, "omega0", omega0, 0, MAX_OMEGA0)
         if float(np.float32(self.omega0)) != self.omega0:  # the stream holds a float32
             raise InputError(f"siren setting omega0={omega0!r}: must be a float32 value")
+        from ..learned.models.siren import ENCODINGS
+
         if encoding not in ENCODINGS:
             raise InputError(f"siren setting encoding={encoding!r}: must be one of {ENCODINGS}")
         self.encoding = encoding
@@ -444,6 +459,8 @@ class Siren(Codec):
 
     # ---------------------------------------------------------------- network size
     def _network(self, x: np.ndarray, budget_bits: float) -> tuple[SirenArch, int]:
+        from ..learned.models.siren import SirenArch
+
         base = SirenArch(self.width or 32, self.depth, self.omega0, self.encoding, self.frequencies)
         arch, segments = plan_network(x.size, x.shape[0], budget_bits, base)
         if self.width is not None:
@@ -475,124 +492,101 @@ class Siren(Codec):
             return _to_output(values, enc.info, dtype)
 
     # ---------------------------------------------------------------- encoding
-    def _residual_fit(self, session: _Session) -> tuple[_Fit, float]:
-        arch, segments = self._network(session.x, _RESIDUAL_MODE_BPP * session.x.size)
-        fit = session.fit(arch, segments)
-        return fit, fit.relative_step(self.quant_noise)
+    def _session(self, x: np.ndarray) -> SirenSession:
+        return SirenSession(self, x)
 
-    def _encode_exact(self, work: np.ndarray) -> bytes:
-        session = _Session(self, work)
-        fit, rel = self._residual_fit(session)
-        return session.stream(fit, rel, 1.0)[0]
+    def _residual_points(self, s: ReconstructionSession[SirenOp]) -> list[SirenOp]:
+        """The network at its default size (:data:`_RESIDUAL_MODE_BPP`)."""
+        assert isinstance(s, SirenSession)
+        fit = s.fit(*self._network(s.x, _RESIDUAL_MODE_BPP * s.x.size))
+        return [(fit, fit.relative_step(self.quant_noise))]
 
-    def _encode_max_error(self, x: np.ndarray, bound: float) -> _Encoded:
-        integer = x.dtype.kind in "ui"
-        if integer and bound < 1:
-            return self._encode_lossless(x)
-        session = _Session(self, x)
-        fit, rel = self._residual_fit(session)
-        return encode_error_bounded(x, bound, lambda step: session.stream(fit, rel, step))
+    def _weight_bits(self, s: SirenSession, fit: _Fit, rel: float) -> float:
+        """Bits/value of the stream without residual, from the coded weights alone."""
+        from ..learned import inr
 
-    def _encode_search(self, x: np.ndarray) -> _Encoded:
-        assert self.value is not None
-        session = _Session(self, x)
-        if self.mode == "bpp":
-            fit, rel, step = self._search_bpp(session, self.value)
-        else:
-            data_range = self.data_range or float(x.max()) - float(x.min()) or 1.0
-            fit, rel, step = self._search_psnr(session, data_range**2 / 10 ** (self.value / 10))
-        return finish_search(self, x, *session.stream(fit, rel, step))
-
-    def _weight_bits(self, s: _Session, fit: _Fit, rel: float) -> float:
         n_bytes = _SIDE.size + 4 * fit.segments
         n_bytes += len(inr.quantise(fit.stack, fit.init, rel, fit.sensitivity).encode())
         return 8.0 * n_bytes / s.x.size
 
-    def _fill_with_residual(
-        self, s: _Session, fit: _Fit, rel: float, ok: Callable[[float], bool], *, coarse: bool
-    ) -> float:
-        """Residual step (odd integer on integer data) for which ``ok``: the coarsest such
-        step if ``coarse`` (``ok`` holds for fine steps), else the finest (``ok`` holds for
-        coarse steps)."""
-        recon = s.network(fit, rel)[2]
-        worst = float(np.max(np.abs(s.x.astype(np.float64) - recon)))
-        finest = 1.0 if s.integer else s.scale * 2.0**-inr.GRID_BITS
-        coarsest = residual.residual_step(worst + 1, s.integer)
-
-        def odd_ok(step: float) -> bool:
-            return ok(_odd(step, s.integer))
-
-        good, bad = (finest, coarsest) if coarse else (coarsest, finest)
-        if odd_ok(bad):
-            return _odd(bad, s.integer)
-        if not odd_ok(good):
-            raise RateControlError(
-                f"codec 'siren' cannot reach {self.mode} {self.value:g} on this data; choose "
-                "another target or codec"
-            )
-        return _odd(_bisect(odd_ok, good, bad, 14), s.integer)
-
-    def _search_bpp(self, s: _Session, target: float) -> tuple[_Fit, float, float | None]:
+    def _search_bpp(
+        self, s: ReconstructionSession[SirenOp], target: float
+    ) -> tuple[SirenOp, float | None]:
+        assert isinstance(s, SirenSession)
         side_bits = 8.0 * (_SIDE.size + 4 * 64)
         budget = target * s.x.size - side_bits
         largest = max(_MAX_NETWORK_BPP * s.x.size, _MIN_NETWORK_BITS)
         arch, segments = self._network(s.x, max(min(budget, largest), 64.0))
         fit = s.fit(arch, segments)
-        # finer steps only add bits (up to ~10 bits per weight here), coarser ones lose
+        rel = fit.relative_step(self.quant_noise)
+        if budget > largest:
+            # the network is as large as it pays to fit: the residual layer takes the rest
+            bits = self._weight_bits(s, fit, rel)
+            step = None if bits > target else self._fill_bpp(s, (fit, rel), target, bits)
+            if step is not None:
+                return (fit, rel), step
+            # no residual fits in what is left: spend it on the weights
+        # the finest quantisation whose weights fit (finer steps only add bits, up to
+        # ~10 bits per weight here; coarser ones lose)
         rel_fine = fit.relative_step(self.quant_noise / 1e6)
         rel_coarse = fit.relative_step(self.quant_noise * 1e3)
-
-        def fits(rel: float) -> bool:
-            return self._weight_bits(s, fit, rel) <= target
-
-        if not fits(rel_coarse):
+        found = largest_below(
+            functools.partial(self._weight_bits, s, fit), target, rel_fine, rel_coarse,
+            increasing=False, accept=_BPP_ACCEPT, start=rel, slope=_WEIGHT_RATE_SLOPE,
+        )  # fmt: skip
+        if found is None:
             raise RateControlError(
                 f"codec 'siren' cannot reach {target:g} bits/value on this data (the smallest "
                 f"network needs {self._weight_bits(s, fit, rel_coarse):.3g}); choose a larger "
                 "target, fewer segments or a smaller width"
             )
-        if budget > largest:
-            # the network is as large as it pays to fit: the residual layer takes the rest
-            rel = fit.relative_step(self.quant_noise)
+        return (fit, found[0]), None
 
-            def fits_residual(step: float) -> bool:
-                return 8.0 * len(s.stream(fit, rel, step)[0]) / s.x.size <= target
-
-            if fits(rel):
-                try:
-                    step = self._fill_with_residual(s, fit, rel, fits_residual, coarse=False)
-                    return fit, rel, step
-                except RateControlError:
-                    pass  # no residual fits in what is left: spend it on the weights
-        rel = rel_fine if fits(rel_fine) else _bisect(fits, rel_coarse, rel_fine, 16)
-        return fit, rel, None
-
-    def _search_psnr(self, s: _Session, mse_target: float) -> tuple[_Fit, float, float | None]:
+    def _search_psnr(
+        self, s: ReconstructionSession[SirenOp], mse_target: float
+    ) -> tuple[SirenOp, float | None]:
+        assert isinstance(s, SirenSession)
         budget = max(_PSNR_START_BPP * s.x.size, _MIN_NETWORK_BITS)
         fit = None
+        approx_mse: dict[float, float] = {}
+
+        def mse_at(r: float) -> float:
+            """MSE of the float32 evaluation of ``fit`` quantised at ``r`` (cached)."""
+            assert fit is not None
+            if r not in approx_mse:
+                approx_mse[r] = s.mse(s.approx_values(fit, r))
+            return approx_mse[r]
+
         for _ in range(_MAX_FITS):
-            arch, segments = self._network(s.x, budget)
-            fit = s.fit(arch, segments)
-            if s.mse(s.approx_values(fit, fit.relative_step(self.quant_noise))) <= mse_target:
+            fit = s.fit(*self._network(s.x, budget))
+            approx_mse.clear()
+            if mse_at(fit.relative_step(self.quant_noise)) <= mse_target:
                 break
             if self.width is not None and self.segments is not None:
                 break  # fixed architecture: nothing to grow
             budget *= 3.0
         assert fit is not None
         rel = fit.relative_step(self.quant_noise)
-
-        def meets(r: float) -> bool:
-            return s.mse(s.approx_values(fit, r)) <= mse_target
-
-        if meets(rel):
-            rel = _bisect(meets, rel, rel * 16, 6)
-            if s.mse(s.network(fit, rel)[2]) <= mse_target:
-                return fit, rel, None
-            rel = fit.relative_step(self.quant_noise)
+        if mse_at(rel) <= mse_target:
+            # the coarsest step that still meets the target: the MSE is about
+            # fit x (1 + noise x (r / rel)**2), noise the weight quantisation noise
+            noise = max(self.quant_noise, 1e-6)
+            fitting = mse_at(rel) / (1 + noise)
+            ratio = math.sqrt(max(mse_target / max(fitting, 1e-300) - 1, 0.0) / noise)
+            found = largest_below(
+                mse_at, mse_target, rel, 16 * rel, increasing=True, accept=_MSE_ACCEPT,
+                start=rel * min(max(ratio, 1.0), 16.0),
+                slope=max(2 * (1 - fitting / mse_target), 0.05),
+                max_probes=_PSNR_STEP_PROBES,
+            )  # fmt: skip
+            coarse = rel if found is None else found[0]
+            if s.mse(s.prediction((fit, coarse))) <= mse_target:
+                return (fit, coarse), None
         # beyond what the network reaches: the residual layer
-        recon = s.network(fit, rel)[2]
-
-        def good(step: float) -> bool:
-            return s.mse(s.residual_values(recon, step)[1]) <= mse_target
-
-        return fit, rel, self._fill_with_residual(s, fit, rel, good, coarse=True)
+        step = self._fill_psnr(s, (fit, rel), mse_target)
+        if step is None:
+            raise RateControlError(
+                f"codec 'siren' cannot reach {self.value:g} dB PSNR on this data; choose "
+                "another target or codec"
+            )
+        return (fit, rel), step

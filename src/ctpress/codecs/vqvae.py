@@ -1,8 +1,8 @@
-"""Learned VQ-VAE codec (``--codec vqvae``), see :mod:`ctpress.learned`."""
+"""Learned VQ-VAE codec (``--codec vqvae``), see :mod:`ctpress.codecs.learned`."""
 
 from __future__ import annotations
 
-from ..learned.codec import LearnedCodec
+from .learned import LearnedCodec
 from .registry import register_codec
 
 

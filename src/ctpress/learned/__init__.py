@@ -1,19 +1,25 @@
-"""Learned codecs: engine (entropy coding, training, shipped weights) and models.
+"""The learned engine: models, entropy models, layers, residual layer, training, zoo.
 
-Layers, CompressAI-style:
+The codecs built on it live in :mod:`ctpress.codecs` (:mod:`ctpress.codecs.learned`: the
+base of "learned reconstruction + residual"; ``hyperprior``, ``vqvae``, ``siren``); this
+package imports no codec.  Layers, CompressAI-style, lowest first:
 
+- :mod:`~ctpress.learned.tables` (numpy only): integer frequency tables and the range
+  coder; :mod:`~ctpress.learned.fixed_point` (numpy only): the decoder-side output grid
+  and integer networks whose predictions every machine computes alike;
 - :mod:`~ctpress.learned.entropy`: integer-table entropy models (factorized prior,
   Gaussian/Laplace scale conditional) coded with constriction's range coder;
 - :mod:`~ctpress.learned.layers`: GDN, sub-pixel upsampling, the CDF 9/7 wavelet;
-- :mod:`~ctpress.learned.models`: whole models (``forward``-style ``training_loss`` for
-  training; ``analyse`` / ``code`` / ``decode`` / ``synthesise`` for real bitstreams):
+- :mod:`~ctpress.learned.models`: whole models (``training_loss`` for training;
+  ``compress`` -> (strings, decoder-side reconstruction) and ``decompress`` for real
+  bitstreams, made of ``analyse`` / ``code`` / ``decode`` / ``synthesise``):
   :class:`~ctpress.learned.models.hyperprior.MeanScaleHyperprior`,
   :class:`~ctpress.learned.models.vqvae.VQVAE`;
-- :mod:`~ctpress.learned.residual`: the error-bounded residual layer (max error, lossless)
-  usable on top of any learned model;
-- :mod:`~ctpress.learned.codec`: the models as :class:`~ctpress.codecs.Codec` classes
-  (chunk framing, normalisation, rate search, determinism guards);
-- :mod:`~ctpress.learned.zoo`: named rate points, safetensors weights + manifest;
+- :mod:`~ctpress.learned.residual` (numpy only): the error-bounded residual layer (max
+  error, lossless) usable on top of any learned model;
+- :mod:`~ctpress.learned.inr`: SIREN fitting, weight quantisation and evaluation;
+- :mod:`~ctpress.learned.store` (the weights directory and manifest) below
+  :mod:`~ctpress.learned.zoo` (named rate points, safetensors weights) and ``inr``;
 - :mod:`~ctpress.learned.data` and :mod:`~ctpress.learned.train`: training data from
   real CT volumes and projections, and ``ctpress train``.
 

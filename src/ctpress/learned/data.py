@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..frames import to_images
 from ..scan import DetectorShape, GeometryKind, Scan
 from ..sim.simulate import quantise_uint16, simulate_scan
 
@@ -195,8 +196,6 @@ def real_scans(path: Path, held_out: bool) -> tuple[str, np.ndarray]:
 def images_of(scan: np.ndarray) -> list[np.ndarray]:
     """The codec's 2-D images of a scan (projections, or one mosaic if rows < 8), each
     normalised to [0, 1] by the scan's min and max (float32)."""
-    from .codec import to_images
-
     x = scan.astype(np.float64)
     lo, hi = float(x.min()), float(x.max())
     x = (x - lo) / (hi - lo if hi > lo else 1.0)

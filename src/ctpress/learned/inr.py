@@ -25,7 +25,6 @@ import hashlib
 import json
 import math
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,11 +36,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import CorruptFileError
-from . import residual
+from . import fixed_point, residual, store
 from .models.siren import SirenArch, SirenStack, encode_coordinates
 
-#: The decoder's output grid: 2**-GRID_BITS of the chunk's range.
-GRID_BITS = 20
 #: 2**(k/4) for k = 0..3, as literals (the decoder's step sizes are exact products).
 _QUARTER_POWERS = (1.0, 1.189207115002721, 1.4142135623730951, 1.681792830507429)
 #: Points evaluated per block at decode time (small enough for the block to stay in cache).
@@ -333,7 +330,8 @@ def evaluate(
     cols: int,
 ) -> np.ndarray:
     """Grid integers ``g`` (int32, (len(views), rows, cols)) of one segment's views:
-    ``rint((y + 1) / 2 * 2**GRID_BITS)`` of the float64 network output ``y``.
+    ``rint((y + 1) / 2 * 2**GRID_BITS)`` of the float64 network output ``y`` (the output
+    grid of :mod:`~ctpress.learned.fixed_point`, clipped to [0, 2**GRID_BITS]).
 
     The first layer is separable: every input feature depends on one coordinate axis, so
     its pre-activation is ``A[view] + B[row] + C[col]``, and its sine is assembled from
@@ -376,42 +374,30 @@ def evaluate(
                 if k < n_layers - 1:
                     h = torch.sin(arch.omega0 * h)
             out[i : i + per_block] = h.reshape(-1, rows, cols).numpy()
-    grid = np.clip(np.rint((out + 1.0) * 2.0 ** (GRID_BITS - 1)), 0, 2**GRID_BITS)
-    return grid.astype(np.int32)
-
-
-def grid_check(grid: np.ndarray) -> int:
-    """CRC-32 of a grid (int32 little-endian)."""
-    return zlib.crc32(np.ascontiguousarray(grid, dtype="<i4").tobytes())
+    return fixed_point.to_grid((out + 1.0) * 0.5, 0, 2**fixed_point.GRID_BITS)
 
 
 # ---------------------------------------------------------------- meta init
-def _meta_entries(directory: str) -> list[dict[str, Any]]:
-    from .zoo import _read_manifest
-
-    return list(_read_manifest(directory)["methods"].get(META_METHOD, []))
-
-
 @functools.cache
 def _meta_init(directory: str, config: str) -> tuple[tuple[torch.Tensor, ...], str] | None:
     wanted = json.loads(config)
-    entry = next((e for e in _meta_entries(directory) if e.get("config") == wanted), None)
+    found = (e for e in store.entries(directory, META_METHOD) if e.get("config") == wanted)
+    entry = next(found, None)
     if entry is None:
         return None
-    from .zoo import read_entry
-
-    data, digest = read_entry(directory, entry)
+    data, digest = store.read_entry(directory, entry)
     tensors = safetensors.torch.load(data)
     keys = sorted(tensors, key=lambda k: (int(k[1:]), k[0] == "b"))
     return tuple(tensors[k].to(torch.float64) for k in keys), digest
 
 
+store.register_cache(_meta_init.cache_clear)
+
+
 def load_meta_init(arch: SirenArch) -> tuple[list[torch.Tensor], str] | None:
     """(per-tensor float64 initialisation with a leading segment axis of 1, SHA-256) of
     ``arch``, or None when ctpress ships none for it (see ``ctpress train siren``)."""
-    from .zoo import weights_dir
-
-    found = _meta_init(str(weights_dir()), json.dumps(arch.to_dict(), sort_keys=True))
+    found = _meta_init(str(store.weights_dir()), json.dumps(arch.to_dict(), sort_keys=True))
     if found is None:
         return None
     tensors, sha = found

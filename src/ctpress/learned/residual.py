@@ -29,7 +29,7 @@ import numpy as np
 import safetensors.numpy
 
 from ..errors import CorruptFileError
-from .entropy import TableCoder, count_table, pack_varints, quantise_pmf, unpack_varints
+from .tables import TableCoder, count_table, pack_varints, quantise_pmf, unpack_varints
 
 #: Side of the square blocks that share a scale index.
 BLOCK = 16

@@ -1,10 +1,9 @@
 """Named rate points of the learned codecs: shipped safetensors weights + manifest.
 
-``weights/manifest.json`` lists, per method, its rate points in increasing rate, each with
-its file, SHA-256, model configuration, training command, data, seed and measured
-held-out quality.  Weights are loaded with safetensors only (never pickle); a file whose
-SHA-256 differs from the manifest is refused.  ``CTPRESS_WEIGHTS_DIR`` points the zoo to
-another directory with the same layout (own training runs, tests).
+``weights/manifest.json`` (see :mod:`~ctpress.learned.store`) lists, per method, its rate
+points in increasing rate, each with its file, SHA-256, model configuration, training
+command, data, seed and measured held-out quality.  Weights are loaded with safetensors
+only (never pickle); a file whose SHA-256 differs from the manifest is refused.
 """
 
 from __future__ import annotations
@@ -12,51 +11,25 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import safetensors.torch
 import torch
 
-from ..errors import CorruptFileError, FormatError, InputError
+from ..errors import CorruptFileError, InputError
 from .models.base import LearnedModel
 from .models.hyperprior import MeanScaleHyperprior
 from .models.vqvae import VQVAE
+from .store import ENV_DIR as ENV_DIR  # the zoo's public names, kept where callers use them
+from .store import MANIFEST, WeightsMismatchError, manifest, read_entry, register_cache, weights_dir
+from .store import clear_cache as clear_cache
 
 #: Model class of each method.
 MODELS: dict[str, type[LearnedModel]] = {
     MeanScaleHyperprior.method: MeanScaleHyperprior,
     VQVAE.method: VQVAE,
 }
-MANIFEST = "manifest.json"
-ENV_DIR = "CTPRESS_WEIGHTS_DIR"
-
-
-class WeightsMismatchError(FormatError):
-    """A stream was made with weights that this installation does not have."""
-
-
-def weights_dir() -> Path:
-    """Directory of the weights in use (``$CTPRESS_WEIGHTS_DIR`` or the packaged one)."""
-    env = os.environ.get(ENV_DIR)
-    if env:
-        return Path(env)
-    return Path(str(resources.files("ctpress.learned").joinpath("weights")))
-
-
-def manifest() -> dict[str, Any]:
-    """The manifest of :func:`weights_dir` (``{"methods": {method: [entry, ...]}}``)."""
-    return _read_manifest(str(weights_dir()))
-
-
-@functools.cache
-def _read_manifest(directory: str) -> dict[str, Any]:
-    path = Path(directory) / MANIFEST
-    if not path.is_file():
-        return {"format": 1, "methods": {}}
-    return json.loads(path.read_text())
 
 
 def rate_points(method: str) -> list[dict[str, Any]]:
@@ -134,26 +107,7 @@ def _load_model(directory: str, method: str, rate_point: int) -> tuple[LearnedMo
     return model, digest
 
 
-def read_entry(directory: str, entry: dict[str, Any]) -> tuple[bytes, str]:
-    """(bytes, SHA-256) of the file of a manifest entry, refused (CorruptFileError) when
-    its SHA-256 differs from the manifest's."""
-    data = (Path(directory) / entry["file"]).read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != entry["sha256"]:
-        raise CorruptFileError(
-            f"weights {entry['file']} have SHA-256 {digest}, but the manifest says "
-            f"{entry['sha256']}: the installation is damaged; reinstall ctpress"
-        )
-    return data, digest
-
-
-def clear_cache() -> None:
-    """Forget loaded manifests and models (after changing :func:`weights_dir`)."""
-    from .inr import _meta_init
-
-    _read_manifest.cache_clear()
-    _load_model.cache_clear()
-    _meta_init.cache_clear()
+register_cache(_load_model.cache_clear)
 
 
 def install(path: Path, held_out: dict[str, Any] | None = None) -> dict[str, Any]:

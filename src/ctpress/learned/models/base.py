@@ -4,11 +4,15 @@ A model sees single-channel images normalised to about [0, 1], shape (n, 1, H, W
 and W multiples of :attr:`LearnedModel.downsampling` (the codec pads and crops).
 
 - Training: :meth:`LearnedModel.training_loss` (differentiable, float32, any device).
-- Coding, on the CPU: :meth:`analyse` (encoder only, float32) -> :meth:`code` (latents ->
-  bytes) and, at both ends, :meth:`decode` (bytes -> latents) -> :meth:`synthesise`
-  (latents -> image).  Everything the decoder computes to choose probability tables or
-  to reconstruct runs in float64 on integers decoded from the stream, and the tables are
-  integers stored with the weights (see :mod:`ctpress.learned.entropy`).
+- Coding, on the CPU, CompressAI-shaped: :meth:`LearnedModel.compress` (image -> strings
+  and the decoder-side reconstruction) and :meth:`LearnedModel.decompress` (strings ->
+  the same reconstruction, bit for bit).  They are made of :meth:`analyse` (encoder
+  only, float32) -> :meth:`code` (latents -> bytes) and, at both ends, :meth:`decode`
+  (bytes -> latents) -> :meth:`synthesise` (latents -> image); a rate search calls
+  :meth:`analyse` once and :meth:`code` per quantisation gain.  Everything the decoder
+  computes to choose probability tables or to reconstruct runs in float64 on integers
+  decoded from the stream, and the tables are integers stored with the weights (see
+  :mod:`ctpress.learned.entropy`).
 """
 
 from __future__ import annotations
@@ -43,6 +47,25 @@ class Coded:
 
     payload: bytes
     latent: Any
+    check: int
+
+
+@dataclass(frozen=True)
+class Strings:
+    """What :meth:`LearnedModel.decompress` needs besides the image shape.
+
+    Attributes
+    ----------
+    payload : bytes
+        Entropy-coded latents.
+    gain : float
+        Quantisation gain they were coded with.
+    check : int
+        CRC-32 of the decoder-side table choice (see :class:`Coded`).
+    """
+
+    payload: bytes
+    gain: float
     check: int
 
 
@@ -110,6 +133,22 @@ class LearnedModel(nn.Module):
     @abstractmethod
     def synthesise(self, latent: Any) -> Tensor:
         """Decoder transform: float64 images (n, 1, H, W), normalised units."""
+
+    def compress(self, x: Tensor, gain: float = 1.0) -> tuple[Strings, Tensor]:
+        """Code normalised, padded images ``x`` (n, 1, H, W) at quantisation ``gain``.
+
+        Returns the strings and the decoder-side reconstruction (float64 (n, 1, H, W)):
+        exactly what :meth:`decompress` of those strings returns, so a closed-loop coder
+        knows what its decoder will see.
+        """
+        coded = self.code(self.analyse(x), gain)
+        return Strings(coded.payload, gain, coded.check), self.synthesise(coded.latent)
+
+    def decompress(self, strings: Strings, shape: tuple[int, int, int]) -> Tensor:
+        """Reconstruction (float64 (n, 1, H, W)) of :meth:`compress`'s ``strings`` for
+        padded images of ``shape`` (n, H, W); CorruptFileError on a table mismatch."""
+        coded = self.decode(strings.payload, shape, strings.gain, strings.check)
+        return self.synthesise(coded.latent)
 
     def float64(self, name: str, module: nn.Module) -> nn.Module:
         """A float64 copy of ``module`` (cached) for the decoder-side computations."""

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...errors import CorruptFileError
-from ..entropy import TableCoder, quantise_pmf
 from ..layers import SubpixelUp, conv_down
+from ..tables import TableCoder, quantise_pmf
 from .base import Coded, LearnedModel
 
 

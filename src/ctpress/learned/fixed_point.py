@@ -1,0 +1,176 @@
+"""Fixed-point arithmetic: predictions that every machine computes identically.
+
+Two tools, both numpy integers (no torch at import):
+
+- **The decoder-side output grid (detection).**  A decoder that recomputes a model's
+  output in float64 rounds it to integers on a grid of 2**-:data:`GRID_BITS` of the
+  chunk's range (:func:`to_grid`); the encoder stores the CRC-32 of that grid
+  (:func:`grid_check`), so a decoder whose arithmetic or weights differ fails loudly
+  instead of returning other values.  :func:`grid_values` maps the grid to data units.
+- **Integer networks (construction).**  A closed-loop coder (a predictor inside the
+  coding loop) must reproduce the decoder's prediction exactly, not merely detect a
+  difference.  :class:`FixedPointNet` runs a small network (linear and 2-D convolution
+  layers, ReLU) on int64 numpy arrays: weights quantised to 2**-:data:`WEIGHT_BITS`,
+  activations to 2**-:data:`ACTIVATION_BITS`, every product and sum exact, every
+  rescaling an integer shift.  Integer addition is associative, so the result does not
+  depend on the SIMD level (``ATEN_CPU_CAPABILITY``), the thread count or the summation
+  order: the same bytes everywhere, by construction.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+#: The decoder's output grid: 2**-GRID_BITS of the chunk's range.
+GRID_BITS = 20
+#: Fraction bits of quantised weights.
+WEIGHT_BITS = 16
+#: Fraction bits of activations (inputs, hidden values and outputs).
+ACTIVATION_BITS = 16
+#: Largest magnitude an accumulator may reach (int64 with a bit of headroom).
+_ACCUMULATOR_LIMIT = 1 << 62
+
+
+# ---------------------------------------------------------------- output grid
+def to_grid(unit: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """``rint(unit * 2**GRID_BITS)`` clipped to ``[lo, hi]``, int32 (``unit``: float64
+    model output in units of the chunk's range)."""
+    return np.clip(np.rint(unit * 2.0**GRID_BITS), lo, hi).astype("<i4")
+
+
+def grid_check(grid: np.ndarray) -> int:
+    """CRC-32 of a grid (int32 little-endian)."""
+    return zlib.crc32(np.ascontiguousarray(grid, dtype="<i4").tobytes())
+
+
+def grid_values(grid: np.ndarray, offset: float, scale: float, integer: bool) -> np.ndarray:
+    """Grid integers -> data units ``offset + scale * grid / 2**GRID_BITS`` (float64),
+    rounded on integer data and clipped to ``[offset, offset + scale]``."""
+    values = offset + scale * (grid.astype(np.float64) * 2.0**-GRID_BITS)
+    if integer:
+        values = np.rint(values)
+    return np.clip(values, offset, offset + scale)
+
+
+# ---------------------------------------------------------------- integer networks
+def quantise(x: np.ndarray, bits: int) -> np.ndarray:
+    """``rint(x * 2**bits)`` as int64 (``x`` any float array; exact IEEE rounding)."""
+    return np.rint(np.asarray(x, dtype=np.float64) * 2.0**bits).astype(np.int64)
+
+
+def round_shift(acc: np.ndarray, bits: int) -> np.ndarray:
+    """``acc / 2**bits`` rounded to the nearest integer (halves up), exactly (int64)."""
+    return (acc + (1 << (bits - 1))) >> bits
+
+
+def _check_range(a: np.ndarray, weight: np.ndarray, fan_in_axes: tuple[int, ...]) -> None:
+    """ValueError unless every accumulator of ``a`` times ``weight`` fits in int64."""
+    largest_in = int(np.abs(a).max(initial=0))
+    largest_row = int(np.abs(weight).sum(axis=fan_in_axes).max(initial=0))
+    if largest_in * largest_row >= _ACCUMULATOR_LIMIT:
+        raise ValueError("fixed-point activations overflow int64: rescale the network input")
+
+
+@dataclass(frozen=True)
+class FixedLinear:
+    """``y = x W^T + b`` on int64 activations (..., in) -> (..., out).
+
+    ``weight`` (out, in) in units of 2**-WEIGHT_BITS, ``bias`` (out,) in units of
+    2**-ACTIVATION_BITS."""
+
+    weight: np.ndarray
+    bias: np.ndarray
+
+    def __call__(self, a: np.ndarray) -> np.ndarray:
+        _check_range(a, self.weight, (1,))
+        return round_shift(a @ self.weight.T, WEIGHT_BITS) + self.bias
+
+
+@dataclass(frozen=True)
+class FixedConv2d:
+    """2-D cross-correlation (as ``torch.nn.Conv2d``, zero padding, groups 1) on int64
+    activations (n, in, H, W) -> (n, out, H', W').
+
+    ``weight`` (out, in, kh, kw) in units of 2**-WEIGHT_BITS, ``bias`` (out,) in units of
+    2**-ACTIVATION_BITS; ``stride`` and ``padding`` per axis."""
+
+    weight: np.ndarray
+    bias: np.ndarray
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+
+    def __call__(self, a: np.ndarray) -> np.ndarray:
+        _check_range(a, self.weight, (1, 2, 3))
+        (ph, pw), (sh, sw) = self.padding, self.stride
+        kh, kw = self.weight.shape[2:]
+        padded = np.pad(a, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+        windows = np.lib.stride_tricks.sliding_window_view(padded, (kh, kw), axis=(2, 3))
+        windows = windows[:, :, ::sh, ::sw]  # (n, in, H', W', kh, kw)
+        acc = np.tensordot(windows, self.weight, axes=([1, 4, 5], [1, 2, 3]))  # (n, H', W', out)
+        out = round_shift(acc, WEIGHT_BITS) + self.bias
+        return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
+
+@dataclass(frozen=True)
+class FixedReLU:
+    """``max(a, 0)``."""
+
+    def __call__(self, a: np.ndarray) -> np.ndarray:
+        return np.maximum(a, 0)
+
+
+FixedLayer = FixedLinear | FixedConv2d | FixedReLU
+
+
+@dataclass(frozen=True)
+class FixedPointNet:
+    """A feed-forward network of :data:`FixedLayer` on int64 numpy activations.
+
+    Call it with float inputs (quantised to 2**-ACTIVATION_BITS) or with the integers
+    themselves; it returns int64 outputs in units of 2**-ACTIVATION_BITS.
+    """
+
+    layers: tuple[FixedLayer, ...]
+
+    @classmethod
+    def from_module(cls, module: Any) -> FixedPointNet:
+        """The fixed-point copy of a torch ``nn.Sequential`` (or one layer) of ``Linear``,
+        ``Conv2d`` (zero padding, no dilation, one group) and ``ReLU`` layers."""
+        import torch.nn as nn  # only callers with torch models get here
+
+        children: Sequence[Any] = list(module) if isinstance(module, nn.Sequential) else [module]
+        layers: list[FixedLayer] = []
+        for layer in children:
+            if isinstance(layer, nn.ReLU):
+                layers.append(FixedReLU())
+                continue
+            if not isinstance(layer, nn.Linear | nn.Conv2d):
+                raise ValueError(f"no fixed-point version of {type(layer).__name__}")
+            weight = quantise(layer.weight.detach().cpu().double().numpy(), WEIGHT_BITS)
+            bias = (
+                np.zeros(weight.shape[0], dtype=np.int64)
+                if layer.bias is None
+                else quantise(layer.bias.detach().cpu().double().numpy(), ACTIVATION_BITS)
+            )
+            if isinstance(layer, nn.Linear):
+                layers.append(FixedLinear(weight, bias))
+                continue
+            if layer.groups != 1 or tuple(layer.dilation) != (1, 1):
+                raise ValueError("fixed-point Conv2d needs groups=1 and dilation=1")
+            if layer.padding_mode != "zeros" or isinstance(layer.padding, str):
+                raise ValueError("fixed-point Conv2d needs numeric zero padding")
+            stride = (int(layer.stride[0]), int(layer.stride[1]))
+            padding = (int(layer.padding[0]), int(layer.padding[1]))
+            layers.append(FixedConv2d(weight, bias, stride, padding))
+        return cls(tuple(layers))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        a = x.astype(np.int64) if x.dtype.kind in "iu" else quantise(x, ACTIVATION_BITS)
+        for layer in self.layers:
+            a = layer(a)
+        return a

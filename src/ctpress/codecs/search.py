@@ -116,7 +116,7 @@ def solve(
             tb, ta = fk(below.knob), fk(above.knob)
             if integer and abs(below.knob - above.knob) <= 1:
                 break
-            if abs(tb - ta) <= _MIN_STEP * (b - a):  # a jump in the value: look around it
+            if not integer and abs(tb - ta) <= _MIN_STEP * (b - a):  # a jump: look around it
                 _around_jump(probe, done, 0.5 * (ta + tb), a, b, max_probes - len(probes))
                 break
             fb, fa = signed(below) * scale_below, signed(above) * scale_above
@@ -138,9 +138,12 @@ def solve(
         last = known[-1]
         tl = fk(last.knob)
         direction = 1.0 if (signed(last) < 0) == increasing else -1.0
+        least = _MIN_STEP * (b - a)
+        if integer:  # at least to the next whole knob
+            least = max(least, abs(fk(min(max(last.knob + direction, lo), hi)) - tl))
         if s is not None and s != 0 and (s > 0) == increasing:
             step = -signed(last) / s
-            step = math.copysign(min(max(abs(step), _MIN_STEP * (b - a)), 0.5 * (b - a)), direction)
+            step = math.copysign(min(max(abs(step), least), 0.5 * (b - a)), direction)
         else:
             step = direction * 0.25 * (b - a)
         t = tl + step

@@ -81,13 +81,14 @@ def _final_setting_encode(
     header, _ = parse_chunk_header(chunk)
     if "k" in header and codec.has_native_lossy:
         knob = float(header["k"])
-
-        def native() -> object:
-            work = codec._lossy_work(x)
-            assert work is not None
-            return codec._encode_lossy(work[0], knob)
-
-        return native, f"native knob k={knob:.6g} from the chunk header"
+        lossy = codec._lossy_work(x)
+        assert lossy is not None
+        work = lossy[0]
+        # the knob of a native rate mode (SPERR bpp/psnr, ZFP rate) is that mode's own
+        model = codec._rate_model(work, codec._target_mse(x))
+        encode = codec._encode_lossy if model is None else model.encode
+        how = "the codec's lossy knob" if model is None else "the codec's native rate mode"
+        return lambda: encode(work, knob), f"{how} at k={knob:.6g} from the chunk header"
     if header.get("t") == "quant" and not header.get("nb"):
         step = float(header["q"])
         return (

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 #: Built-in codec id -> the module whose import registers it.
 BUILTIN_CODECS: dict[str, str] = {
-    "blosc2": "ctpress.codecs.generic",
+    "blosc2": "ctpress.codecs.blosc",
     "htj2k": "ctpress.codecs.jpeg2000",
     "hyperprior": "ctpress.codecs.hyperprior",
     "jpeg2000": "ctpress.codecs.jpeg2000",

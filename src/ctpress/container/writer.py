@@ -129,8 +129,6 @@ def write_ctpz(
     what it decodes to (the input itself when lossless; else the encoder decodes its own
     payload).  Returns the bytes written.
     """
-    from tqdm.auto import tqdm  # here, not at the top: ``import ctpress`` stays light
-
     n_views = scan.shape[0]
     chunk_views = chunk_views_for(scan, codec, chunk_views)
     jobs = default_jobs(jobs)
@@ -158,7 +156,7 @@ def write_ctpz(
     try:
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             encoded = pool.map(encode, contexts) if jobs > 1 else map(encode, contexts)
-            with tqdm(total=n_views, unit="view", desc=codec.codec_id, disable=not progress) as bar:
+            with _progress_bar(n_views, codec.codec_id, progress) as bar:
                 for context, (payload, digest) in zip(contexts, encoded, strict=True):
                     start, stop = context.start, min(context.start + chunk_views, n_views)
                     out.write(payload)
@@ -240,3 +238,26 @@ def encode_ctpz(scan: Scan, codec: Codec, **kwargs: Any) -> bytes:
     buffer = io.BytesIO()
     write_ctpz(buffer, scan, codec, **kwargs)
     return buffer.getvalue()
+
+
+class _NoBar:
+    """Stands in for a progress bar when none is shown (tqdm is then never imported)."""
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, n: int) -> None:
+        return None
+
+
+def _progress_bar(total: int, desc: str, shown: bool) -> Any:
+    """A tqdm bar over ``total`` views, or a silent stand-in (``import ctpress`` and quiet
+    runs stay light)."""
+    if not shown:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="view", desc=desc)

@@ -151,7 +151,7 @@ class RateControl:
         """The one rate control among keyword options named like the modes
         (``lossless=True``, ``max_error=2``, ``bpp=0.5``, ``psnr=50``,
         ``noise_fraction=0.5``); with none given, ``default`` (InputError if None)."""
-        keys = {_option_name(m): m for m in RATE_MODES}
+        keys = {option_name(m): m for m in RATE_MODES}
         unknown = set(values) - set(keys)
         if unknown:
             raise InputError(f"unknown rate control {', '.join(sorted(unknown))}")
@@ -179,14 +179,15 @@ class RateControl:
         return f"{self.mode}={self.value:g}"
 
 
-def _option_name(mode: str) -> str:
-    """Keyword of a mode in the API and CLI (``noise`` is ``noise_fraction``)."""
-    return "noise_fraction" if mode == "noise" else mode
+def option_name(mode: str) -> str:
+    """Keyword of a mode in the API, from its CLI flag (``--noise-fraction``:
+    ``noise_fraction``)."""
+    return RATE_MODES[mode].flag.removeprefix("--").replace("-", "_")
 
 
 def option_names() -> dict[str, str]:
     """API keyword -> mode name, for every registered mode."""
-    return {_option_name(m): m for m in RATE_MODES}
+    return {option_name(m): m for m in RATE_MODES}
 
 
 def _finite(value: Any) -> bool:

@@ -199,9 +199,9 @@ def compress_at(scan: Scan, codec: str, rate: RateControl) -> bytes:
     """:func:`ctpress.compress` of ``scan`` with ``codec`` at ``rate``, one thread (the
     benchmark runs codecs side by side in worker processes and times each alone)."""
     from ..api import compress
-    from ..rate import option_names
+    from ..rate import option_name
 
-    keyword = {mode: name for name, mode in option_names().items()}[rate.mode]
+    keyword = option_name(rate.mode)
     target: Any = True if rate.value is None else rate.value
     return compress(
         scan, codec=codec, data_range=rate.data_range, noise=rate.noise, jobs=1, **{keyword: target}

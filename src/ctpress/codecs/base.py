@@ -247,6 +247,31 @@ class Codec(ABC):
         geometry, scan-wide statistics); whatever the decoder needs of it goes into
         the stream.
         """
+        return self._framed(array, context)[0]
+
+    def compress(
+        self, array: np.ndarray, context: ChunkContext | None = None
+    ) -> tuple[bytes, np.ndarray]:
+        """:meth:`encode`, plus the decoder-side reconstruction: exactly what
+        :meth:`decode` returns for the bytes (CompressAI's ``compress``).  Where the
+        encoder already decoded its stream (an error bound or a PSNR target checked it)
+        that array is returned; otherwise the bytes are decoded."""
+        data, enc, x = self._framed(array, context)
+        if self.mode == "lossless":
+            return data, np.array(array)
+        if enc.decoded is None or enc.decoded.shape != x.shape or enc.decoded.dtype != x.dtype:
+            return data, self.decode(data)
+        decoded = enc.decoded
+        if not (enc.info.get("t", "none") == "none" and np.dtype(enc.info["w"]) == x.dtype):
+            # as _to_output does when decoding; clipping to the chunk's (integer, or for
+            # floats representable) limits after rounding gives the same values as before
+            decoded = np.clip(decoded, x.min(), x.max()).astype(x.dtype, copy=False)
+        return data, decoded.reshape(np.shape(array))
+
+    def _framed(
+        self, array: np.ndarray, context: ChunkContext | None
+    ) -> tuple[bytes, _Encoded, np.ndarray]:
+        """(chunk bytes, the codec's stream and info, the validated (n, rows, cols) input)."""
         x = np.ascontiguousarray(array)
         if x.ndim == 2:
             x = x[None]
@@ -266,7 +291,7 @@ class Codec(ABC):
             n=len(enc.stream),
             crc=zlib.crc32(enc.stream),
         )
-        return chunk_header(header) + enc.stream
+        return chunk_header(header) + enc.stream, enc, x
 
     def _encode_chunk(self, x: np.ndarray, context: ChunkContext | None) -> _Encoded:
         """Stream + header info of a validated (n, rows, cols) chunk under the codec's

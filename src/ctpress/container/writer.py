@@ -146,12 +146,10 @@ def write_ctpz(
     chunks: list[ChunkEntry] = []
     aux: dict[str, tuple[int, int]] = {}
 
-    lossless = rate.mode == "lossless"
-
     def encode(context: ChunkContext) -> tuple[bytes, bytes]:
         chunk = scan.projections[context.start : context.stop]
-        payload = stream_codec.encode(chunk, context)
-        return payload, chunk_digest(chunk if lossless else stream_codec.decode(payload))
+        payload, decoded = stream_codec.compress(chunk, context)
+        return payload, chunk_digest(decoded)
 
     try:
         with ThreadPoolExecutor(max_workers=jobs) as pool:

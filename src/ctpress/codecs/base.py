@@ -90,6 +90,10 @@ class RateModel:
     slope: float
 
 
+#: d ln(MSE) / d(PSNR in dB): the slope of a rate model whose knob is a PSNR level.
+MSE_PER_DB = -math.log(10) / 10
+
+
 @dataclass
 class _Encoded:
     stream: bytes

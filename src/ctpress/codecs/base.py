@@ -1,9 +1,11 @@
 """The one interface every ctpress method implements.
 
 A codec is a small class in the style of numcodecs: a stable ``codec_id``, a
-constructor of plain JSON-serialisable settings, ``encode(array) -> bytes``,
-``decode(bytes) -> array`` and ``get_config()`` / ``from_config()``.  The rate control
-(lossless, max abs error, target bits per value, target PSNR) is part of the config.
+constructor of plain JSON-serialisable settings, ``encode(array, context) -> bytes``,
+``decode(bytes) -> array``, ``compress(array, context) -> (bytes, reconstruction)`` and
+``get_config()`` / ``from_config()``.  The rate control (a :class:`~ctpress.rate.RateControl`:
+lossless, max abs error, target bits per value, target PSNR, or an error bounded by the
+quantum noise) is part of the config.
 
 Each encoded chunk is self-describing: a short header records the input dtype and
 shape and the exact transform applied before the inner coder (integer offset, or the
@@ -22,7 +24,10 @@ codecs implement a handful of hooks:
 
 The base class builds every rate control from those: error bounds on codecs without
 a native one come from explicit uniform quantisation (step ``2E``) followed by
-lossless coding, and bpp/PSNR targets are met by searching the knob.
+lossless coding; bpp/PSNR targets come from the codec's own rate mode
+(``_rate_model``) or the one search routine (:mod:`ctpress.codecs.search`) over the knob,
+probing a subsample of views first; the noise-bounded mode wraps the max-error mode
+(:mod:`ctpress.codecs.noise_bound`).
 """
 
 from __future__ import annotations
@@ -106,15 +111,20 @@ class Codec(ABC):
 
     Parameters
     ----------
-    mode : {"lossless", "max_error", "bpp", "psnr"}
-        Rate control.  ``max_error``: every decoded value within ``value`` of the input
-        (absolute, in data units).  ``bpp``: about ``value`` bits per value (within 10 %).
-        ``psnr``: at least ``value`` dB against ``data_range``.
+    mode : {"lossless", "max_error", "bpp", "psnr", "noise"}
+        Rate control (a key of :data:`ctpress.rate.RATE_MODES`).  ``max_error``: every
+        decoded value within ``value`` of the input (absolute, in data units).  ``bpp``:
+        about ``value`` bits per value (within 10 %).  ``psnr``: at least ``value`` dB
+        against ``data_range``.  ``noise``: every value within ``value`` times its
+        quantum-noise std under ``noise``.
     value : float or None
         The target of the rate control (unused for ``lossless``).
     data_range : float or None
         Peak value of PSNR (default: max - min of each encoded chunk).  The container
         sets it to the range of the whole scan so every chunk aims at the same MSE.
+    noise : NoiseModel or dict or None
+        The noise model of ``mode="noise"`` (its :meth:`~ctpress.noise.NoiseModel.to_dict`
+        form in configs).
     """
 
     codec_id: ClassVar[str]

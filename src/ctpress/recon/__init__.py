@@ -26,7 +26,7 @@ from .fdk import fdk
 from .filters import FILTERS
 from .helical import rebin_helical, reconstruct_helical
 from .sirt import sirt
-from .units import field_of_view_mask, hu_to_mu, mu_to_hu
+from .units import field_of_view_mask, hu_to_mu, line_integrals, mu_to_hu
 
 __all__ = [
     "FILTERS",
@@ -41,35 +41,6 @@ __all__ = [
     "reconstruct_helical",
     "sirt",
 ]
-
-#: Smallest count, as a fraction of ``i0``, when converting counts to line integrals.
-_MIN_TRANSMISSION = 1e-6
-
-
-def line_integrals(scan: Scan, i0: float | None = None) -> np.ndarray:
-    """Projections of ``scan`` as line integrals, float32 (n_views, rows, cols).
-
-    Stored values are first rescaled (``value = stored * rescale_slope +
-    rescale_intercept`` when the metadata has either key).  With metadata ``units ==
-    "counts"`` they are converted as ``-log(counts / i0)``, counts clipped below at
-    ``1e-6 i0``; ``i0`` comes from the argument or ``metadata["i0"]``.  Any other units
-    are taken as line integrals already.
-    """
-    meta = scan.metadata
-    values = scan.projections.astype(np.float64)
-    if "rescale_slope" in meta or "rescale_intercept" in meta:
-        slope = float(meta.get("rescale_slope", 1.0))
-        intercept = float(meta.get("rescale_intercept", 0.0))
-        values = values * slope + intercept
-    if meta.get("units") == "counts":
-        i0 = meta.get("i0") if i0 is None else i0
-        if i0 is None or not float(i0) > 0:
-            raise InputError(
-                "projections are raw counts: give i0 (incident counts per pixel) as an "
-                "option or in metadata['i0'] to convert them to line integrals"
-            )
-        values = -np.log(np.maximum(values, _MIN_TRANSMISSION * float(i0)) / float(i0))
-    return values.astype(np.float32)
 
 
 def reconstruct(scan: Scan, algorithm: str = "fbp", **options: Any) -> np.ndarray:

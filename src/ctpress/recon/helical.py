@@ -25,6 +25,8 @@ import numpy as np
 
 from ..errors import InputError
 from ..scan import Geometry, Scan
+from .fbp import fbp
+from .units import line_integrals
 
 
 def _source_positions(scan: Scan) -> tuple[np.ndarray, np.ndarray]:
@@ -175,7 +177,6 @@ def reconstruct_helical(
     volume : ndarray, shape (n_slices, ny, nx)
         Attenuation in 1/mm.
     """
-    from . import fbp, line_integrals  # the package imports this module
 
     g = scan.geometry
     integrals = Scan(line_integrals(scan), g, scan.metadata, scan.aux)

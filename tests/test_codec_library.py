@@ -219,7 +219,13 @@ def test_bpp_targets_inside_the_reachable_range_are_met(codec_id: str, data: str
 def test_3d_codecs_code_a_sinogram_as_an_image(codec_id: str) -> None:
     """A (views, 1, cols) chunk reaches the library as the 2-D (views, cols) array."""
     x = _synthetic_sinogram()
-    codec = get_codec({"id": codec_id, "mode": "bpp", "value": 1.0})
+    # zfp: a single stream (its bpp/PSNR targets may mix two exponents across views)
+    config = (
+        {"mode": "bpp", "value": 1.0}
+        if codec_id == "sperr"
+        else {"mode": "max_error", "value": 4.0}
+    )
+    codec = get_codec({"id": codec_id, **config})
     chunk = codec.encode(x)
     np.testing.assert_array_equal(codec.decode(chunk).shape, x.shape)
     _, offset = parse_chunk_header(chunk)
@@ -283,3 +289,28 @@ def test_sperr_reaches_a_very_low_rate_in_its_own_bpp_mode() -> None:
     bits = 8.0 * (len(chunk) - offset) / x.size
     assert abs(bits - 0.0123) <= BPP_TOLERANCE * 0.0123
     assert _psnr(x, codec.decode(chunk)) > 20.0
+
+
+def test_zfp_mixes_two_exponents_across_views() -> None:
+    """zfp's tolerance acts only through its power of two; a target between two powers
+    codes the first views (whole blocks) at the larger one, so more bits never give a
+    worse PSNR, and a damaged mix header is refused."""
+    from ctpress.errors import CorruptFileError
+
+    x = _synthetic_sinogram()
+    psnrs = []
+    for bits in (0.75, 1.0, 1.5, 2.0, 3.0):
+        codec = get_codec({"id": "zfp", "mode": "bpp", "value": bits})
+        chunk, decoded = codec.compress(x)
+        np.testing.assert_array_equal(decoded, codec.decode(chunk))
+        psnrs.append(_psnr(x, decoded))
+    assert psnrs == sorted(psnrs)
+    codec = get_codec({"id": "zfp", "mode": "psnr", "value": _psnr(x, decoded) - 3.0})
+    chunk = codec.encode(x)
+    _, offset = parse_chunk_header(chunk)
+    assert chunk[offset : offset + 4] == b"ZFPM"
+    assert codec._decode_stream(chunk[offset:], x.shape, "float64").shape == x.shape
+    damaged = bytearray(chunk[offset:])
+    damaged[4:8] = (x.shape[0]).to_bytes(4, "little")  # the split at the last view
+    with pytest.raises(CorruptFileError, match="splits"):
+        codec._decode_stream(bytes(damaged), x.shape, "float64")

@@ -4,6 +4,7 @@ fixed-rate mode (bits per value)."""
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,12 @@ _ZFP_DIM_BITS = {1: 48, 2: 24, 3: 16, 4: 12}
 #: smaller budgets to this while zfpy sizes its buffer for the budget asked, so it
 #: writes past the buffer's end: ctpress never asks for less.
 _MIN_BLOCK_BITS = {"float32": 1 + 8, "float64": 1 + 11}
+#: A chunk coded as two view slabs at adjacent fixed-accuracy exponents starts with this
+#: header: magic, views of the first slab (coded at the larger tolerance), its bytes.
+_MIX_MAGIC = b"ZFPM"
+_MIX_HEADER = struct.Struct("<4sII")
+#: Views of the first slab are a multiple of zfp's block edge.
+_MIX_BLOCK = 4
 #: Fixed-accuracy tolerance over the RMS error it gives (about 15-30 on CT projections).
 _TOLERANCE_PER_RMS = 20.0
 #: d ln(MSE) / d(log2 tolerance): the MSE goes with the tolerance squared.
@@ -38,8 +45,9 @@ class Zfp(ErrorBoundedCodec):
     reversible mode (integers widened to int32 after an exact offset); ``max_error`` uses
     fixed-accuracy mode; bpp targets use fixed-rate mode (from 12 bits per block of
     float64 values, e.g. 0.75 bits/value in 2-D, 0.19 in 3-D) or fixed-accuracy mode,
-    whichever gives the smaller error; PSNR targets search the fixed-accuracy
-    tolerance's power of two."""
+    whichever gives the smaller error; PSNR targets search the fixed-accuracy exponent.
+    Fractional exponents code some views at the next power of two (two zfp streams), so
+    rate and error are continuous in the exponent."""
 
     codec_id = "zfp"
     description = "ZFP (LLNL): reversible lossless, fixed-accuracy or fixed-rate, 3-D blocks"
@@ -61,10 +69,12 @@ class Zfp(ErrorBoundedCodec):
         work, info = self._lossy_work(x)
         with own_streams():
             fixed_mse = _mse(x, self._decode_parts(fixed, x))
-        start = math.log2(_TOLERANCE_PER_RMS * math.sqrt(max(fixed_mse, 1e-300)))
+        steps = _steps_per_exponent(work)
+        start = steps * math.log2(_TOLERANCE_PER_RMS * math.sqrt(max(fixed_mse, 1e-300)))
         attempt = _attempt(work, info, _fixed_accuracy)
         try:
-            accurate = _search_knob(self, x, self._exponents(work), attempt, start, -0.5)
+            knob = self._exponents(work)
+            accurate = _search_knob(self, x, knob, attempt, start, -0.5 / steps)
         except RateControlError:
             return fixed
         with own_streams():
@@ -80,14 +90,20 @@ class Zfp(ErrorBoundedCodec):
             block = 4 ** len(coded_shape(work.shape, 1))
             knob = Knob(_MIN_BLOCK_BITS[work.dtype.name] / block, 8.0 * work.itemsize, True)
             return RateModel(knob, self.value, _fixed_rate, 1.0)
-        start = math.log2(_TOLERANCE_PER_RMS * math.sqrt(max(target_mse, 1e-300)))
-        return RateModel(self._exponents(work), start, _fixed_accuracy, _MSE_PER_EXPONENT)
+        steps = _steps_per_exponent(work)
+        start = steps * math.log2(_TOLERANCE_PER_RMS * math.sqrt(max(target_mse, 1e-300)))
+        knob = self._exponents(work)
+        return RateModel(knob, start, _fixed_accuracy, _MSE_PER_EXPONENT / steps)
 
     def _exponents(self, work: np.ndarray) -> Knob:
-        """The powers of two of the fixed-accuracy tolerance worth trying on ``work``."""
+        """The fixed-accuracy knob worth trying on ``work``: ``e x J + j`` codes the first
+        ``4 j`` views at tolerance 2^(e+1) and the rest at 2^e, ``J`` =
+        :func:`_steps_per_exponent` (so the rate is nearly continuous in it; the search
+        ends when two adjacent values bracket the target)."""
         bounds = self._knob(work)
         lo, hi = math.floor(math.log2(bounds.lo)), math.ceil(math.log2(bounds.hi))
-        return Knob(lo, hi, log=False, integer=True)
+        steps = _steps_per_exponent(work)
+        return Knob(lo * steps, hi * steps, log=False, integer=True)
 
     def _encode_exact(self, work: np.ndarray) -> bytes:
         return bytes(zfpy.compress_numpy(_squeezed(work)))
@@ -100,9 +116,25 @@ class Zfp(ErrorBoundedCodec):
         without its length-1 axes, or, from earlier versions, with them); the stream is
         decoded in the worker process, since zfp reads past the end of a truncated or
         crafted stream (by up to a block's maximum bits per block)."""
+        mixed = _mixed_parts(stream, shape[0])
+        if mixed is None:
+            return self._decode_part(stream, shape, work_dtype, legacy=True)
+        views, first, rest = mixed
+        return np.concatenate(
+            [
+                self._decode_part(first, (views, *shape[1:]), work_dtype),
+                self._decode_part(rest, (shape[0] - views, *shape[1:]), work_dtype),
+            ]
+        )
+
+    def _decode_part(
+        self, stream: bytes, shape: tuple[int, ...], work_dtype: str, *, legacy: bool = False
+    ) -> np.ndarray:
+        """One zfp stream of ``shape`` (with ``legacy``, also in the unsqueezed layout of
+        earlier versions), header checked, decoded in the worker process."""
         ztype, dims = zfp_field(stream)
         check_declared("zfp stream's scalar type", ztype, _ZFP_TYPES.get(work_dtype))
-        if dims != tuple(shape):
+        if not (legacy and dims == tuple(shape)):
             check_declared("zfp stream's shape", dims, coded_shape(shape, 1))
         return decode_isolated(_decompress, stream, shape, work_dtype, self.codec_id)
 
@@ -132,9 +164,43 @@ def _mse(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(diff * diff))
 
 
-def _fixed_accuracy(work: np.ndarray, exponent: float) -> bytes:
-    """Fixed-accuracy stream of ``work`` at tolerance 2**``exponent``."""
-    return bytes(zfpy.compress_numpy(_squeezed(work), tolerance=math.ldexp(1.0, int(exponent))))
+def _steps_per_exponent(work: np.ndarray) -> int:
+    """Knob values per power of two of the tolerance on ``work`` (n_views, rows, cols):
+    one per :data:`_MIX_BLOCK` views (1 where the chunk is too short to split)."""
+    views = work.shape[0]
+    return -(-views // _MIX_BLOCK) if views >= 2 * _MIX_BLOCK else 1
+
+
+def _fixed_accuracy(work: np.ndarray, knob: float) -> bytes:
+    """Fixed-accuracy stream of ``work`` (n_views, rows, cols) at ``knob`` = ``e x J + j``
+    (:meth:`Zfp._exponents`): tolerance 2^e, or, for ``j > 0``, the first ``4 j`` views
+    (whole zfp blocks) at 2^(e+1) and the rest at 2^e, as two zfp streams after the
+    :data:`_MIX_MAGIC` header (zfp's tolerance acts only through its power of two: without
+    the mix the rate would jump by about 1 bit/value per step)."""
+    exponent, coarse_blocks = divmod(int(knob), _steps_per_exponent(work))
+    if coarse_blocks == 0:
+        return bytes(zfpy.compress_numpy(_squeezed(work), tolerance=math.ldexp(1.0, exponent)))
+    coarse = _MIX_BLOCK * coarse_blocks
+    first = zfpy.compress_numpy(_squeezed(work[:coarse]), tolerance=math.ldexp(1.0, exponent + 1))
+    rest = zfpy.compress_numpy(_squeezed(work[coarse:]), tolerance=math.ldexp(1.0, exponent))
+    return _MIX_HEADER.pack(_MIX_MAGIC, coarse, len(first)) + bytes(first) + bytes(rest)
+
+
+def _mixed_parts(stream: bytes, n_views: int) -> tuple[int, bytes, bytes] | None:
+    """(views of the first part, its stream, the rest's stream) of a mixed stream, None
+    for a single zfp stream; CorruptFileError when the mix header is inconsistent."""
+    if not stream.startswith(_MIX_MAGIC):
+        return None
+    if len(stream) < _MIX_HEADER.size:
+        raise CorruptFileError("zfp mixed stream is shorter than its header")
+    _, views, length = _MIX_HEADER.unpack_from(stream)
+    if not 0 < views < n_views or _MIX_HEADER.size + length >= len(stream):
+        raise CorruptFileError(
+            f"zfp mixed stream splits {n_views} views at {views} with a first part of "
+            f"{length} bytes in {len(stream)}"
+        )
+    first = stream[_MIX_HEADER.size : _MIX_HEADER.size + length]
+    return views, first, stream[_MIX_HEADER.size + length :]
 
 
 def _decompress(stream: bytes) -> np.ndarray:

@@ -59,6 +59,9 @@ _FULL_TOLERANCE = 0.04
 #: ... and one on the probe subsample at a probe this close.
 _SAMPLE_TOLERANCE = 0.02
 _SEARCH_STEPS = 18
+#: A whole knob within this of a bpp target is preferred to a mixed one (margin left
+#: within the 10 % for the container's own bytes).
+_WHOLE_BPP_TOLERANCE = 0.08
 #: Fewest values of a probe subsample (smaller chunks are probed whole).
 _MIN_PROBE_VALUES = 1 << 15
 
@@ -480,9 +483,16 @@ class Codec(ABC):
         return None
 
     def _mixing_restarts(self, shape: tuple[int, ...]) -> bool:
-        """Whether a fractional knob (:attr:`mixes_knob`) costs a restart of the coder on
-        a chunk of ``shape``, so that a whole knob meeting the target is preferred."""
+        """Whether a knob that mixes two settings across views costs something on a chunk
+        of ``shape`` (a restart of the coder's adaptation; an error far from both), so
+        that a whole knob (:meth:`_whole_knobs`) close enough to the target is preferred
+        (bpp targets: within :data:`_WHOLE_BPP_TOLERANCE`)."""
         return False
+
+    def _whole_knobs(self, knob: float, shape: tuple[int, ...]) -> tuple[float, ...]:
+        """The unmixed knobs next to ``knob`` on a chunk of ``shape`` (a knob is whole if
+        it is among its own)."""
+        return (float(round(knob)),)
 
     def _probe_views(self, shape: tuple[int, ...]) -> np.ndarray | None:
         """Views of a chunk of ``shape`` whose rate and error predict the whole chunk's:
@@ -665,12 +675,18 @@ def _search_knob(
         max_probes=_SEARCH_STEPS,
         **options,
     )
-    if codec._mixing_restarts(x.shape):  # a whole knob that meets the target wins
+    if codec._mixing_restarts(x.shape):  # a whole knob close enough to the target wins
         nearest = min(probes, key=lambda p: abs(math.log(max(p.value, 1e-300) / aim)))
-        whole = float(round(nearest.knob))
-        if knob.lo <= whole <= knob.hi and whole not in {p.knob for p in probes}:
-            probes.append(Probe(whole, *evaluate(whole)))
-        met = [p for p in probes if p.knob == round(p.knob) and done(p.value)]
+        for whole in codec._whole_knobs(nearest.knob, x.shape):
+            if knob.lo <= whole <= knob.hi and whole not in {p.knob for p in probes}:
+                probes.append(Probe(whole, *evaluate(whole)))
+
+        def close(value: float) -> bool:
+            return abs(value - target) <= _WHOLE_BPP_TOLERANCE * target if bpp else done(value)
+
+        met = [
+            p for p in probes if p.knob in codec._whole_knobs(p.knob, x.shape) and close(p.value)
+        ]
         if met:
             return min(met, key=lambda p: abs(math.log(max(p.value, 1e-300) / aim))).result
     if bpp:

@@ -105,6 +105,16 @@ class Zfp(ErrorBoundedCodec):
         steps = _steps_per_exponent(work)
         return Knob(lo * steps, hi * steps, log=False, integer=True)
 
+    def _mixing_restarts(self, shape: tuple[int, ...]) -> bool:
+        """For a bpp target a whole exponent near it wins over a mix: the mix's error is
+        the views' average, dominated by the coarser part (2^(e+1) has about 4x the MSE),
+        so shaving the last few % of bits with it costs dB."""
+        return self.mode == "bpp"
+
+    def _whole_knobs(self, knob: float, shape: tuple[int, ...]) -> tuple[float, ...]:
+        steps = _steps_per_exponent(np.empty((shape[0], 0)))
+        return (steps * math.floor(knob / steps), steps * math.ceil(knob / steps))
+
     def _encode_exact(self, work: np.ndarray) -> bytes:
         return bytes(zfpy.compress_numpy(_squeezed(work)))
 

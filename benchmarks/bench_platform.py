@@ -87,6 +87,10 @@ def _final_setting_encode(
         # the knob of a native rate mode (SPERR bpp/psnr, ZFP rate) is that mode's own
         model = codec._rate_model(work, codec._target_mse(x))
         encode = codec._encode_lossy if model is None else model.encode
+        if header.get("za"):  # a zfp bpp target met in fixed-accuracy mode, not fixed rate
+            from ctpress.codecs.zfp import _fixed_accuracy
+
+            encode = _fixed_accuracy
         how = "the codec's lossy knob" if model is None else "the codec's native rate mode"
         return lambda: encode(work, knob), f"{how} at k={knob:.6g} from the chunk header"
     if header.get("t") == "quant" and not header.get("nb"):

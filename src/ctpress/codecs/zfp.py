@@ -63,20 +63,31 @@ class Zfp(ErrorBoundedCodec):
         its tolerances (powers of two) lands within the target's 10 % and gives a smaller
         MSE (fixed-rate mode spends the same bits on every block, so it is often several
         dB worse: 10 vs 22 dB at 0.2 bits/value on a cone-beam crop)."""
-        fixed = super()._encode_search(x)
         if self.mode != "bpp":
-            return fixed
+            return super()._encode_search(x)
         work, info = self._lossy_work(x)
-        with own_streams():
-            fixed_mse = _mse(x, self._decode_parts(fixed, x))
+        try:
+            fixed: _Encoded | None = super()._encode_search(x)
+        except RateControlError:  # below fixed rate's 12 bits per block
+            fixed = None
+        fixed_mse = math.inf
+        if fixed is not None:
+            with own_streams():
+                fixed_mse = _mse(x, self._decode_parts(fixed, x))
         steps = _steps_per_exponent(work)
-        start = steps * math.log2(_TOLERANCE_PER_RMS * math.sqrt(max(fixed_mse, 1e-300)))
-        attempt = _attempt(work, info, _fixed_accuracy)
+        rms = math.sqrt(fixed_mse) if fixed is not None else _rms_guess(work, self.value or 1.0)
+        start = steps * math.log2(_TOLERANCE_PER_RMS * max(rms, 1e-150))
+        # "za": this bpp chunk is in fixed-accuracy mode, "k" its knob (informational)
+        attempt = _attempt(work, dict(info, za=1), _fixed_accuracy)
         try:
             knob = self._exponents(work)
             accurate = _search_knob(self, x, knob, attempt, start, -0.5 / steps)
         except RateControlError:
+            if fixed is None:
+                raise
             return fixed
+        if fixed is None:
+            return accurate
         with own_streams():
             accurate_mse = _mse(x, self._decode_parts(accurate, x))
         return accurate if accurate_mse < fixed_mse else fixed
@@ -147,6 +158,12 @@ class Zfp(ErrorBoundedCodec):
         if not (legacy and dims == tuple(shape)):
             check_declared("zfp stream's shape", dims, coded_shape(shape, 1))
         return decode_isolated(_decompress, stream, shape, work_dtype, self.codec_id)
+
+
+def _rms_guess(work: np.ndarray, bits: float) -> float:
+    """A first guess of the RMS error at ``bits`` per value: the data's spread halved
+    for every bit (6 dB per bit/value)."""
+    return float(np.std(work)) * 2.0**-bits
 
 
 def _squeezed(work: np.ndarray) -> np.ndarray:

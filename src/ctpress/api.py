@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -91,13 +90,7 @@ def make_codec(
         scan_range = float(scan.projections.max()) - float(scan.projections.min())
         rate = rate.with_data_range(scan_range or 1.0)
     cls = get_codec_class(codec)
-    allowed = set(inspect.signature(cls.__init__).parameters) - {
-        "self",
-        "mode",
-        "value",
-        "data_range",
-        "noise",
-    }
+    allowed = set(cls.settings()) - {"mode", "value", "data_range", "noise"}
     unknown = sorted(set(codec_options) - allowed)
     if unknown:
         raise InputError(

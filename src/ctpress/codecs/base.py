@@ -207,12 +207,28 @@ class Codec(ABC):
     _clamped_settings: ClassVar[dict[str, tuple[int, int]]] = {}
 
     @classmethod
+    def settings(cls) -> tuple[str, ...]:
+        """Names a config may hold: the rate control's (``mode``, ``value``,
+        ``data_range``, ``noise``), then the codec's own settings (ctpress's codecs take
+        theirs by keyword and pass ``**rate`` up)."""
+        names = ["mode", "value", "data_range", "noise"]
+        for klass in reversed(cls.__mro__):
+            init = vars(klass).get("__init__")
+            if init is None or klass is Codec or not issubclass(klass, Codec):
+                continue
+            for name, parameter in inspect.signature(init).parameters.items():
+                named = parameter.kind in (parameter.KEYWORD_ONLY, parameter.POSITIONAL_OR_KEYWORD)
+                if named and name != "self" and name not in names:
+                    names.append(name)
+        return tuple(names)
+
+    @classmethod
     def from_config(cls, config: dict[str, Any]) -> Codec:
         """Build a codec from :meth:`get_config` output (InputError for anything else)."""
         if not isinstance(config, dict):
             raise InputError(f"codec {cls.codec_id!r} config must be an object, got {config!r}")
         kwargs = {k: v for k, v in config.items() if k != "id"}
-        settings = [k for k in inspect.signature(cls.__init__).parameters if k != "self"]
+        settings = cls.settings()
         unknown = [k for k in kwargs if k not in settings]
         if unknown:
             raise InputError(

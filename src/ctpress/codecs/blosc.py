@@ -27,15 +27,8 @@ class Blosc2(_ByteCodec):
     #: ctpress 0.1 compressed levels above 9 at 9.
     _clamped_settings: ClassVar[dict[str, tuple[int, int]]] = {"level": levels}
 
-    def __init__(
-        self,
-        mode: str = "lossless",
-        value: float | None = None,
-        data_range: float | None = None,
-        noise: dict[str, Any] | None = None,
-        level: int = 5,
-    ) -> None:
-        super().__init__(mode, value, data_range, noise, level)
+    def __init__(self, *, level: int = 5, **rate: Any) -> None:
+        super().__init__(level=level, **rate)
 
     def _encode_exact(self, work: np.ndarray) -> bytes:
         data = np.ascontiguousarray(work, dtype=work.dtype.newbyteorder("<"))

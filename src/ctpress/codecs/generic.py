@@ -21,15 +21,8 @@ class _ByteCodec(Codec):
     #: The compressor's compression levels (fastest, smallest).
     levels: ClassVar[tuple[int, int]]
 
-    def __init__(
-        self,
-        mode: str = "lossless",
-        value: float | None = None,
-        data_range: float | None = None,
-        noise: dict[str, Any] | None = None,
-        level: int = 9,
-    ) -> None:
-        super().__init__(mode, value, data_range, noise)
+    def __init__(self, *, level: int = 9, **rate: Any) -> None:
+        super().__init__(**rate)
         self.level = int_setting(self.codec_id, "level", level, *self.levels)
 
     def _options(self) -> dict[str, int]:

@@ -32,13 +32,11 @@ class JpegXl(ImageCodec):
 
     def __init__(
         self,
-        mode: str = "lossless",
-        value: float | None = None,
-        data_range: float | None = None,
-        noise: dict[str, Any] | None = None,
+        *,
         effort: int = 7,
+        **rate: Any,
     ) -> None:
-        super().__init__(mode, value, data_range, noise)
+        super().__init__(**rate)
         self.effort = int_setting(self.codec_id, "effort", effort, *_EFFORTS)
 
     def _options(self) -> dict[str, int]:

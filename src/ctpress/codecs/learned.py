@@ -641,13 +641,11 @@ class LearnedCodec(ReconstructionCodec[ZooOp]):
 
     def __init__(
         self,
-        mode: str = "lossless",
-        value: float | None = None,
-        data_range: float | None = None,
-        noise: dict[str, Any] | None = None,
+        *,
         rate_point: int | None = None,
+        **rate: Any,
     ) -> None:
-        super().__init__(mode, value, data_range, noise)
+        super().__init__(**rate)
         if rate_point is not None:
             last = max(self._installed() - 1, 0)  # none installed: encode says
             rate_point = int_setting(self.codec_id, "rate_point", rate_point, 0, last)

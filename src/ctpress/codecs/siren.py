@@ -404,10 +404,7 @@ class Siren(ReconstructionCodec[SirenOp]):
 
     def __init__(
         self,
-        mode: str = "lossless",
-        value: float | None = None,
-        data_range: float | None = None,
-        noise: dict[str, Any] | None = None,
+        *,
         width: int | None = None,
         depth: int = 2,
         segments: int | None = None,
@@ -420,8 +417,9 @@ class Siren(ReconstructionCodec[SirenOp]):
         quant_noise: float = DEFAULT_QUANT_NOISE,
         meta_init: bool = False,
         seed: int = 0,
+        **rate: Any,
     ) -> None:
-        super().__init__(mode, value, data_range, noise)
+        super().__init__(**rate)
         name = self.codec_id
         self.width = None if width is None else int_setting(name, "width", width, 1, MAX_WIDTH)
         self.depth = int_setting(name, "depth", depth, 1, MAX_DEPTH)

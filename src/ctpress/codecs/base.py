@@ -33,6 +33,7 @@ probing a subsample of views first; the noise-bounded mode wraps the max-error m
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import math
 import zlib
@@ -633,8 +634,14 @@ def _search_knob(
     slope: float | None = None,
     *,
     sample: np.ndarray | None = None,
+    whole_knobs: Callable[[float], tuple[float, ...]] | None = None,
 ) -> _Encoded:
     """Meet ``codec.mode`` ("bpp" or "psnr") by steering ``knob`` with :func:`solve`.
+
+    ``whole_knobs(k)``, where a knob mixes two settings across views at a cost, gives
+    the unmixed knobs next to ``k``: one of them close enough to the target wins (bpp:
+    within :data:`_WHOLE_BPP_TOLERANCE`).  By default the codec's own
+    (:meth:`Codec._whole_knobs`) where :meth:`Codec._mixing_restarts` says so.
 
     ``attempt(views, k)`` encodes the chunk's ``views`` at knob ``k``.  With a ``sample``
     of views the search runs on them first and the whole chunk is then encoded at the
@@ -691,18 +698,18 @@ def _search_knob(
         max_probes=_SEARCH_STEPS,
         **options,
     )
-    if codec._mixing_restarts(x.shape):  # a whole knob close enough to the target wins
+    if whole_knobs is None and codec._mixing_restarts(x.shape):
+        whole_knobs = functools.partial(codec._whole_knobs, shape=x.shape)
+    if whole_knobs is not None:  # a whole knob close enough to the target wins
         nearest = min(probes, key=lambda p: abs(math.log(max(p.value, 1e-300) / aim)))
-        for whole in codec._whole_knobs(nearest.knob, x.shape):
+        for whole in whole_knobs(nearest.knob):
             if knob.lo <= whole <= knob.hi and whole not in {p.knob for p in probes}:
                 probes.append(Probe(whole, *evaluate(whole)))
 
         def close(value: float) -> bool:
             return abs(value - target) <= _WHOLE_BPP_TOLERANCE * target if bpp else done(value)
 
-        met = [
-            p for p in probes if p.knob in codec._whole_knobs(p.knob, x.shape) and close(p.value)
-        ]
+        met = [p for p in probes if p.knob in whole_knobs(p.knob) and close(p.value)]
         if met:
             return min(met, key=lambda p: abs(math.log(max(p.value, 1e-300) / aim))).result
     if bpp:

@@ -81,7 +81,17 @@ class Zfp(ErrorBoundedCodec):
         attempt = _attempt(work, dict(info, za=1), _fixed_accuracy)
         try:
             knob = self._exponents(work)
-            accurate = _search_knob(self, x, knob, attempt, start, -0.5 / steps)
+            # a whole exponent near the target wins over a mix: the mix's error is the
+            # views' average, dominated by its coarser part (2^(e+1): about 4x the MSE)
+            accurate = _search_knob(
+                self,
+                x,
+                knob,
+                attempt,
+                start,
+                -0.5 / steps,
+                whole_knobs=lambda k: (steps * math.floor(k / steps), steps * math.ceil(k / steps)),
+            )
         except RateControlError:
             if fixed is None:
                 raise
@@ -115,16 +125,6 @@ class Zfp(ErrorBoundedCodec):
         lo, hi = math.floor(math.log2(bounds.lo)), math.ceil(math.log2(bounds.hi))
         steps = _steps_per_exponent(work)
         return Knob(lo * steps, hi * steps, log=False, integer=True)
-
-    def _mixing_restarts(self, shape: tuple[int, ...]) -> bool:
-        """For a bpp target a whole exponent near it wins over a mix: the mix's error is
-        the views' average, dominated by the coarser part (2^(e+1) has about 4x the MSE),
-        so shaving the last few % of bits with it costs dB."""
-        return self.mode == "bpp"
-
-    def _whole_knobs(self, knob: float, shape: tuple[int, ...]) -> tuple[float, ...]:
-        steps = _steps_per_exponent(np.empty((shape[0], 0)))
-        return (steps * math.floor(knob / steps), steps * math.ceil(knob / steps))
 
     def _encode_exact(self, work: np.ndarray) -> bytes:
         return bytes(zfpy.compress_numpy(_squeezed(work)))

@@ -21,7 +21,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         "rate io sim",
         "recon learned",  # learned: the torch engine; it imports no codec
         "codecs",
-        "container",
+        "container zarr_codecs",
         "api",
         "bench",
         "report",

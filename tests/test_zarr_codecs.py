@@ -110,3 +110,32 @@ def test_zarr_codec_config_round_trips_and_checks_settings() -> None:
     with pytest.raises(Exception, match="level"):
         type(codec).from_dict({"name": "ctpress.zstd", "configuration": {"level": "x"}})
     assert numcodec(get_codec("zstd")).get_config()["id"] == "ctpress.zstd"
+
+
+def test_convert_writes_a_store_read_scan_reads_back(tmp_path: Path, capsys) -> None:
+    """``ctpress convert`` writes a Zarr v3 store with the codec, geometry and metadata;
+    ``ctpress.read_scan`` reads it back; bad outputs are one-line errors."""
+    import ctpress
+    from ctpress.cli import main
+    from ctpress.scan import Geometry, Scan
+
+    x = _stack()
+    geometry = Geometry(kind="parallel", angles_rad=tuple(np.linspace(0, np.pi, 20)))
+    source = tmp_path / "scan.npz"
+    ctpress.write_scan(Scan(x, geometry, {"units": "counts", "i0": 5e4}), source)
+    store = tmp_path / "scan.zarr"
+    args = ["-q", "convert", str(source), str(store), "--codec", "sz3", "--max-error", "3"]
+    assert main([*args, "--chunk-views", "8"]) == 0
+    back = ctpress.read_scan(store)
+    assert back.geometry == geometry and back.metadata["i0"] == 5e4
+    assert np.abs(back.projections.astype(np.int64) - x).max() <= 3
+    array = zarr.open(str(store), mode="r")["projections"]
+    assert array.chunks == (8, *x.shape[1:])
+    assert [c.to_dict()["name"] for c in array.metadata.codecs] == ["ctpress.sz3"]
+    assert main(args) == 2  # exists, no --force
+    assert "exists" in capsys.readouterr().err
+    assert main(["convert", str(source), str(tmp_path / "x.h5")]) == 2
+    err = capsys.readouterr().err
+    assert "convert writes Zarr v3 stores" in err and err.count("\n") == 1
+    ctpress.convert(x, tmp_path / "lossless.zarr", codec="jpegls")
+    np.testing.assert_array_equal(ctpress.read_scan(tmp_path / "lossless.zarr").projections, x)

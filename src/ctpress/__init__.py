@@ -20,6 +20,7 @@ from ._version import __version__
 from .api import compress, decompress, open
 from .codecs import Codec, get_codec, list_codec_ids, list_codecs, register_codec
 from .container import CtpzFile
+from .convert import convert
 from .errors import CorruptFileError, CtpressError, FormatError, InputError, RateControlError
 from .io import read_scan, write_scan
 from .scan import Geometry, Scan
@@ -37,6 +38,7 @@ __all__ = [
     "__version__",
     "codecs",
     "compress",
+    "convert",
     "decompress",
     "get_codec",
     "list_codec_ids",

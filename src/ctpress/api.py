@@ -315,21 +315,13 @@ def compress(
     if chunk_views is not None and chunk_views < 1:
         raise InputError(f"chunk_views must be >= 1, got {chunk_views}")
     shortcuts = dict(gain=gain, read_noise=read_noise, dark=dark, i0=i0, domain=domain)
-    given = [name for name, value in shortcuts.items() if value is not None]
-    if given and noise_fraction is None:
-        raise InputError(f"{', '.join(given)} describe the noise of noise_fraction; give it")
-    if given and noise is not None:
-        raise InputError(f"give either noise or {', '.join(given)}, not both")
+    check_noise_options(shortcuts, noise_fraction, noise)
     if output is not None:
         if Path(output).suffix != ".ctpz":
             raise InputError(f"{output}: compressed output must end in .ctpz")
         check_output(output, overwrite=overwrite, inputs=inputs)
-    scan = (
-        read_scan(data, input_format, dataset)
-        if isinstance(data, str | os.PathLike)
-        else as_scan(data)
-    )
-    if given:
+    scan = input_scan(data, input_format, dataset)
+    if any(value is not None for value in shortcuts.values()):
         noise = noise_model(scan, **shortcuts)  # type: ignore[arg-type]
     codec_obj = make_codec(
         scan,
@@ -351,6 +343,26 @@ def compress(
         tmp.open("wb") as fh,
     ):
         return write_ctpz(fh, scan, codec_obj, **kwargs)
+
+
+def check_noise_options(
+    shortcuts: dict[str, Any], noise_fraction: float | None, noise: object
+) -> None:
+    """The noise-model shortcuts describe ``noise_fraction``'s model, instead of ``noise``."""
+    given = [name for name, value in shortcuts.items() if value is not None]
+    if given and noise_fraction is None:
+        raise InputError(f"{', '.join(given)} describe the noise of noise_fraction; give it")
+    if given and noise is not None:
+        raise InputError(f"give either noise or {', '.join(given)}, not both")
+
+
+def input_scan(
+    data: Scan | np.ndarray | PathLike, input_format: str | None, dataset: str | None
+) -> Scan:
+    """The scan to compress: read from a path, or wrapped from an array."""
+    if isinstance(data, str | os.PathLike):
+        return read_scan(data, input_format, dataset)
+    return as_scan(data)
 
 
 def decompress(

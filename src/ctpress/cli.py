@@ -192,6 +192,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="codec setting (e.g. -O width=32 -O segments=4 for siren; see 'ctpress codecs')",
     )
 
+    p = sub.add_parser(
+        "convert", help="write a Zarr v3 store coded by a ctpress codec (plain zarr reads it)"
+    )
+    p.add_argument("input", help=f"projections ({formats})")
+    p.add_argument("output", help="output .zarr store")
+    p.add_argument(
+        "--codec",
+        default="zstd",
+        help=f"codec id: {', '.join(list_codec_ids())} (see 'ctpress codecs')",
+    )
+    _add_rate_options(p)
+    p.add_argument("--data-range", type=float, help="PSNR peak (default: max - min of the scan)")
+    p.add_argument(
+        "--chunk-views",
+        type=_at_least_one,
+        help="views per Zarr chunk (default: the codec's preference, else ~1 MiB of input)",
+    )
+    p.add_argument("--format", help=f"input format, overriding the extension ({formats})")
+    p.add_argument("--dataset", help="name of the projections array in an npz, HDF5 or zarr input")
+    _add_force(p, "output store")
+    p.add_argument(
+        "-O", "--option", action="append", default=[], metavar="KEY=VALUE", help="codec setting"
+    )
+
     p = sub.add_parser("decompress", help="decode a .ctpz file")
     p.add_argument("input", help="a .ctpz file")
     p.add_argument("output", help=f"output file ({formats})")
@@ -362,6 +386,32 @@ def _cmd_compress(args: argparse.Namespace) -> None:
             f"{args.output}: {n_bytes} bytes, {8 * n_bytes / n_values:.3f} bits/value, "
             f"ratio {raw / n_bytes:.2f}:1 vs {f.dtype.name}, {time.perf_counter() - t0:.2f} s"
         )
+
+
+def _cmd_convert(args: argparse.Namespace) -> None:
+    from .convert import convert
+
+    t0 = time.perf_counter()
+    convert(
+        args.input,
+        args.output,
+        codec=args.codec,
+        **{option: getattr(args, option) for option in option_names()},
+        data_range=args.data_range,
+        gain=args.gain,
+        read_noise=args.read_noise,
+        dark=args.dark,
+        i0=_i0_option(args.i0),
+        domain=args.domain,
+        chunk_views=args.chunk_views,
+        input_format=args.format,
+        dataset=args.dataset,
+        overwrite=args.force,
+        **_codec_options(args.option, None),
+    )
+    if not args.quiet:
+        print(f"{args.output}: Zarr v3 store, codec ctpress.{args.codec}, ", end="")
+        print(f"{time.perf_counter() - t0:.2f} s")
 
 
 def _codec_options(pairs: list[str], time_budget: float | None) -> dict[str, Any]:
@@ -724,6 +774,7 @@ def _terminate(signum: int, frame: object) -> None:
 _COMMANDS = {
     "train": _cmd_train,
     "compress": _cmd_compress,
+    "convert": _cmd_convert,
     "decompress": _cmd_decompress,
     "info": _cmd_info,
     "verify": _cmd_verify,

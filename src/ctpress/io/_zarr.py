@@ -7,7 +7,7 @@ import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import zarr
@@ -76,24 +76,38 @@ def _read_zarr(path: Path, dataset: str | None) -> Scan:
     return _header.build(proj, None if header is None else str(header), aux, path)
 
 
-def write_zarr(scan: Scan, path: Path, dataset: str | None) -> None:
+def write_zarr(
+    scan: Scan,
+    path: Path,
+    dataset: str | None,
+    *,
+    serializer: Any = None,
+    chunk_views: int | None = None,
+) -> None:
     """Write a zarr v3 group: projections chunked by whole views, aux arrays, JSON header.
 
     Projections (``scan.user_array()``) go to ``dataset`` (default ``projections``) in
-    chunks of about :data:`CHUNK_BYTES`; the header is the group attribute ``ctpress_scan``.
+    chunks of ``chunk_views`` views (default: about :data:`CHUNK_BYTES`), coded by the
+    Zarr array-to-bytes codec ``serializer`` (default: zarr's own); the header is the
+    group attribute ``ctpress_scan``.
     """
-    _finish_on_interrupt(lambda: _write_zarr(scan, path, dataset))
+    _finish_on_interrupt(lambda: _write_zarr(scan, path, dataset, serializer, chunk_views))
 
 
-def _write_zarr(scan: Scan, path: Path, dataset: str | None) -> None:
+def _write_zarr(
+    scan: Scan, path: Path, dataset: str | None, serializer: Any, chunk_views: int | None
+) -> None:
     name = dataset or "projections"
     if name.startswith("aux_"):
         raise InputError(f"dataset name {name!r} is reserved; choose another")
     arr = scan.user_array()
     view_bytes = arr[0].nbytes
-    views = max(1, min(arr.shape[0], CHUNK_BYTES // max(1, view_bytes)))
+    views = chunk_views or max(1, min(arr.shape[0], CHUNK_BYTES // max(1, view_bytes)))
     group = zarr.open_group(store=str(path), mode="w", zarr_format=3)
     group.attrs[_header.KEY] = _header.encode(scan)
-    group.create_array(name, data=arr, chunks=(views, *arr.shape[1:]))
+    coding: dict[str, Any] = (
+        {} if serializer is None else {"serializer": serializer, "compressors": None}
+    )
+    group.create_array(name, data=arr, chunks=(min(views, arr.shape[0]), *arr.shape[1:]), **coding)
     for key, value in scan.aux.items():
         group.create_array(f"aux_{key}", data=np.asarray(value))

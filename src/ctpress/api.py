@@ -19,7 +19,7 @@ from .container import (
     write_ctpz,
 )
 from .errors import CtpressError, InputError
-from .io import atomic_path, check_output, read_scan, write_scan
+from .io import atomic_path, check_output, format_from_path, read_scan, write_scan
 from .noise import NoiseModel, estimate_noise_model
 from .rate import RATE_MODES, RateControl
 from .scan import Scan, as_scan
@@ -388,10 +388,32 @@ def decompress(
         check_output(output, overwrite=overwrite, inputs=[source])
     with CtpzFile(source, max_output_bytes=max_output_bytes, jobs=jobs) as f:
         start, stop = views if views is not None else (0, f.shape[0])
+        if output is not None and format_from_path(output, output_format) == "npy":
+            return _decompress_to_npy(f, start, stop, output, overwrite, source)
         scan = f.read_scan(start, stop)
     if output is not None:
         write_scan(scan, output, format=output_format, overwrite=overwrite)
     return scan
+
+
+def _decompress_to_npy(
+    f: CtpzFile, start: int, stop: int, output: PathLike, overwrite: bool, source: object
+) -> Scan:
+    """Decode views ``start:stop`` straight into a memory-mapped ``.npy`` (chunk by chunk:
+    memory holds a few chunks, not the scan); the returned Scan's projections map the
+    written file read-only."""
+    two_d = int(f.header.get("original_ndim", 3)) == 2
+    shape = (stop - start, f.shape[2]) if two_d else (stop - start, *f.shape[1:])
+    inputs = [source] if isinstance(source, str | os.PathLike) else []
+    with atomic_path(output, overwrite=overwrite, inputs=inputs) as tmp:
+        target = np.lib.format.open_memmap(tmp, mode="w+", dtype=f.dtype, shape=shape)
+        scan = f.read_scan(start, stop, target[:, None, :] if two_d else target)
+        target.flush()
+        del target
+    mapped = np.load(output, mmap_mode="r", allow_pickle=False)
+    result = Scan(mapped, scan.geometry, scan.metadata, scan.aux)
+    result.original_ndim = scan.original_ndim
+    return result
 
 
 def open(

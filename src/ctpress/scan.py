@@ -290,6 +290,10 @@ class Scan:
         return self.projections
 
 
+#: Bytes of projections checked at a time (views of a memory-mapped scan are read in blocks).
+_CHECK_BLOCK_BYTES = 64 << 20
+
+
 def validate_projections(arr: np.ndarray) -> None:
     """Raise :class:`InputError` unless ``arr`` is a usable (n_views, rows, cols) stack."""
     if arr.ndim != 3:
@@ -301,11 +305,17 @@ def validate_projections(arr: np.ndarray) -> None:
         raise InputError(f"projections are empty (shape {arr.shape})")
     if arr.dtype.name not in SUPPORTED_DTYPES:
         raise InputError(f"unsupported dtype {arr.dtype}; supported: {', '.join(SUPPORTED_DTYPES)}")
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
-        raise InputError(
-            f"projections contain {bad} NaN/inf value(s); clean or mask them before compressing"
+    if arr.dtype.kind == "f":
+        # in blocks of views: a memory-mapped scan larger than memory is never read whole
+        step = max(1, _CHECK_BLOCK_BYTES // max(1, arr[0].nbytes))
+        bad = sum(
+            int(block.size - np.count_nonzero(np.isfinite(block)))
+            for block in (arr[i : i + step] for i in range(0, arr.shape[0], step))
         )
+        if bad:
+            raise InputError(
+                f"projections contain {bad} NaN/inf value(s); clean or mask them before compressing"
+            )
 
 
 def as_scan(data: Scan | np.ndarray) -> Scan:

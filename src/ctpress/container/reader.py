@@ -409,15 +409,24 @@ class CtpzFile:
             raise InputError(f"view range {start}:{stop} is outside 0:{n}")
         return start, stop
 
-    def read_views(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+    def read_views(
+        self, start: int = 0, stop: int | None = None, out: np.ndarray | None = None
+    ) -> np.ndarray:
         """Decode views ``start:stop`` only; shape (stop-start, rows, cols).
 
         Chunks inside the range are decoded whole; a chunk the range covers only in part
         goes through the codec's ``decode_views`` (which may evaluate just those views).
+        ``out`` (e.g. a memory-mapped output file) receives the views chunk by chunk, so
+        memory holds a few chunks, not the scan.
         """
         start, stop = self._view_range(start, stop)
         self._check_output(self._output_bytes(stop - start), f"reading views {start}:{stop}")
-        out = np.empty((stop - start, *self.shape[1:]), dtype=self.dtype)
+        shape = (stop - start, *self.shape[1:])
+        if out is None:
+            out = np.empty(shape, dtype=self.dtype)
+        elif out.shape != shape or out.dtype != self.dtype:
+            raise InputError(f"out must be {shape} {self.dtype}, got {out.shape} {out.dtype}")
+        target = out
 
         def decode(entry: ChunkEntry) -> None:
             lo, hi = max(start, entry.start), min(stop, entry.stop)
@@ -425,7 +434,7 @@ class CtpzFile:
                 array = self._decode_chunk(entry)
             else:
                 array = self._decode_chunk(entry, lo - entry.start, hi - entry.start)
-            out[lo - start : hi - start] = array
+            target[lo - start : hi - start] = array
 
         self._each_chunk(decode, [e for e in self.chunks if e.stop > start and e.start < stop])
         return out
@@ -452,14 +461,17 @@ class CtpzFile:
         self._check_output(self._aux_bytes(), "reading the auxiliary arrays")
         return {name: self._decode_aux(name) for name in self._aux_index}
 
-    def read_scan(self, start: int = 0, stop: int | None = None) -> Scan:
-        """Decode views ``start:stop`` (default all) with geometry, metadata and aux."""
+    def read_scan(
+        self, start: int = 0, stop: int | None = None, out: np.ndarray | None = None
+    ) -> Scan:
+        """Decode views ``start:stop`` (default all) with geometry, metadata and aux
+        (``out``: as for :meth:`read_views`)."""
         start, stop = self._view_range(start, stop)
         self._check_output(
             self._output_bytes(stop - start) + self._aux_bytes(),
             f"reading views {start}:{stop} and the auxiliary arrays",
         )
-        projections = self.read_views(start, stop)
+        projections = self.read_views(start, stop, out)
         geometry = self.geometry
         if geometry is not None and geometry.n_views:
             geometry = geometry.select_views(start, stop)

@@ -26,7 +26,8 @@ def read_npy(path: Path) -> Scan:
                 f"{path}: not a valid .npy file (it does not start with the NumPy header); "
                 "check the file, or name its format (--format)"
             )
-        arr = np.load(path, allow_pickle=False)
+        # memory-mapped: compressing reads it chunk by chunk, never whole
+        arr = np.load(path, allow_pickle=False, mmap_mode="r")
     except _UNREADABLE as exc:
         raise FormatError(f"{path}: not a readable .npy file ({exc}); check the file") from exc
     if not isinstance(arr, np.ndarray):

@@ -5,7 +5,7 @@ STAMP   := $(VENV)/.installed-stamp
 PYTHON  ?= python3
 OUT     ?= results/demo
 
-.PHONY: venv demo test lint bench bench-platform hardening fuzz clean
+.PHONY: venv demo test lint bench bench-platform bench-streaming hardening fuzz clean
 
 $(STAMP): pyproject.toml requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ bench: $(STAMP)
 # Rate-target cost per codec, import/--help times, compress CLI vs numpy + imagecodecs.
 bench-platform: $(STAMP)
 	$(PY) benchmarks/bench_platform.py --out results/benchmarks
+
+# An 8 GB memory-mapped scan compressed and decompressed chunk by chunk (needs ~20 GB of disk).
+bench-streaming: $(STAMP)
+	$(PY) benchmarks/bench_streaming.py --out results/benchmarks --gigabytes 8
 
 # Corruption matrix and crash tests at full size (every bit of every chunk, many kills).
 hardening: $(STAMP)

@@ -129,6 +129,57 @@ def _add_rate_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_encode_options(p: argparse.ArgumentParser, output: str, chunk: str) -> None:
+    """Input, output, codec, rate control, chunking and input options of the commands that
+    encode a scan (compress, convert)."""
+    formats = ", ".join(FORMATS)
+    p.add_argument("input", help=f"projections ({formats})")
+    p.add_argument("output", help=output)
+    p.add_argument(
+        "--codec",
+        default="zstd",
+        help=f"codec id: {', '.join(list_codec_ids())} (see 'ctpress codecs')",
+    )
+    _add_rate_options(p)
+    p.add_argument("--data-range", type=float, help="PSNR peak (default: max - min of the scan)")
+    p.add_argument(
+        "--chunk-views",
+        type=_at_least_one,
+        help=f"views per {chunk} (default: the codec's preference, else ~1 MiB of input)",
+    )
+    p.add_argument("--format", help=f"input format, overriding the extension ({formats})")
+    p.add_argument("--dataset", help="name of the projections array in an npz, HDF5 or zarr input")
+    _add_force(p, output)
+    p.add_argument(
+        "-O",
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="codec setting (e.g. -O width=32 -O segments=4 for siren; see 'ctpress codecs')",
+    )
+
+
+def _encode_keywords(args: argparse.Namespace) -> dict[str, Any]:
+    """The keywords of :func:`ctpress.compress` / :func:`ctpress.convert` that
+    :func:`_add_encode_options` parsed."""
+    return dict(
+        codec=args.codec,
+        **{option: getattr(args, option) for option in option_names()},
+        data_range=args.data_range,
+        gain=args.gain,
+        read_noise=args.read_noise,
+        dark=args.dark,
+        i0=_i0_option(args.i0),
+        domain=args.domain,
+        chunk_views=args.chunk_views,
+        input_format=args.format,
+        dataset=args.dataset,
+        overwrite=args.force,
+        **_codec_options(args.option, getattr(args, "time_budget", None)),
+    )
+
+
 def _i0_option(text: str | None) -> float | list[float] | None:
     """``--i0``: a number, or the path of a .npy with one value per detector column."""
     if text is None:
@@ -155,66 +206,23 @@ def build_parser() -> argparse.ArgumentParser:
     formats = ", ".join(FORMATS)
 
     p = sub.add_parser("compress", help="compress projections to a .ctpz file")
-    p.add_argument("input", help=f"projections ({formats})")
-    p.add_argument("output", help="output .ctpz file")
-    p.add_argument(
-        "--codec",
-        default="zstd",
-        help=f"codec id: {', '.join(list_codec_ids())} (see 'ctpress codecs')",
-    )
-    _add_rate_options(p)
-    p.add_argument("--data-range", type=float, help="PSNR peak (default: max - min of the scan)")
-    p.add_argument(
-        "--chunk-views",
-        type=_at_least_one,
-        help="views per chunk (default: the codec's preference, else ~1 MiB of input)",
-    )
+    _add_encode_options(p, "output .ctpz file", "chunk")
     p.add_argument(
         "--jobs",
         type=_at_least_one,
         help="encoder threads (default: every core; the output is identical)",
     )
-    p.add_argument("--format", help=f"input format, overriding the extension ({formats})")
-    p.add_argument("--dataset", help="name of the projections array in an npz, HDF5 or zarr input")
-    _add_force(p, "output file")
     p.add_argument(
         "--time-budget",
         type=float,
         metavar="SECONDS",
         help="encode time budget per chunk, for codecs that fit a model (siren)",
     )
-    p.add_argument(
-        "-O",
-        "--option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="codec setting (e.g. -O width=32 -O segments=4 for siren; see 'ctpress codecs')",
-    )
 
     p = sub.add_parser(
         "convert", help="write a Zarr v3 store coded by a ctpress codec (plain zarr reads it)"
     )
-    p.add_argument("input", help=f"projections ({formats})")
-    p.add_argument("output", help="output .zarr store")
-    p.add_argument(
-        "--codec",
-        default="zstd",
-        help=f"codec id: {', '.join(list_codec_ids())} (see 'ctpress codecs')",
-    )
-    _add_rate_options(p)
-    p.add_argument("--data-range", type=float, help="PSNR peak (default: max - min of the scan)")
-    p.add_argument(
-        "--chunk-views",
-        type=_at_least_one,
-        help="views per Zarr chunk (default: the codec's preference, else ~1 MiB of input)",
-    )
-    p.add_argument("--format", help=f"input format, overriding the extension ({formats})")
-    p.add_argument("--dataset", help="name of the projections array in an npz, HDF5 or zarr input")
-    _add_force(p, "output store")
-    p.add_argument(
-        "-O", "--option", action="append", default=[], metavar="KEY=VALUE", help="codec setting"
-    )
+    _add_encode_options(p, "output .zarr store", "Zarr chunk")
 
     p = sub.add_parser("decompress", help="decode a .ctpz file")
     p.add_argument("input", help="a .ctpz file")
@@ -360,23 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_compress(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     n_bytes = api.compress(
-        args.input,
-        args.output,
-        codec=args.codec,
-        **{option: getattr(args, option) for option in option_names()},
-        data_range=args.data_range,
-        gain=args.gain,
-        read_noise=args.read_noise,
-        dark=args.dark,
-        i0=_i0_option(args.i0),
-        domain=args.domain,
-        chunk_views=args.chunk_views,
-        jobs=args.jobs,
-        progress=not args.quiet,
-        input_format=args.format,
-        dataset=args.dataset,
-        overwrite=args.force,
-        **_codec_options(args.option, args.time_budget),
+        args.input, args.output, jobs=args.jobs, progress=not args.quiet, **_encode_keywords(args)
     )
     if not args.quiet:
         with api.open(args.output) as f:
@@ -392,23 +384,7 @@ def _cmd_convert(args: argparse.Namespace) -> None:
     from .convert import convert
 
     t0 = time.perf_counter()
-    convert(
-        args.input,
-        args.output,
-        codec=args.codec,
-        **{option: getattr(args, option) for option in option_names()},
-        data_range=args.data_range,
-        gain=args.gain,
-        read_noise=args.read_noise,
-        dark=args.dark,
-        i0=_i0_option(args.i0),
-        domain=args.domain,
-        chunk_views=args.chunk_views,
-        input_format=args.format,
-        dataset=args.dataset,
-        overwrite=args.force,
-        **_codec_options(args.option, None),
-    )
+    convert(args.input, args.output, **_encode_keywords(args))
     if not args.quiet:
         print(f"{args.output}: Zarr v3 store, codec ctpress.{args.codec}, ", end="")
         print(f"{time.perf_counter() - t0:.2f} s")

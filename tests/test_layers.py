@@ -23,7 +23,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         "codecs",
         "container zarr_codecs",
         "api",
-        "convert bench",
+        "convert bench batch",
         "report",
         "demo",
         "cli",

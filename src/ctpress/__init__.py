@@ -18,6 +18,7 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from . import codecs, metrics
 from ._version import __version__
 from .api import compress, decompress, open
+from .batch import batch
 from .codecs import Codec, get_codec, list_codec_ids, list_codecs, register_codec
 from .container import CtpzFile
 from .convert import convert
@@ -36,6 +37,7 @@ __all__ = [
     "RateControlError",
     "Scan",
     "__version__",
+    "batch",
     "codecs",
     "compress",
     "convert",

@@ -224,6 +224,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_encode_options(p, "output .zarr store", "Zarr chunk")
 
+    p = sub.add_parser(
+        "batch", help="compress many scans in parallel, resumably (summary CSV in OUT_DIR)"
+    )
+    p.add_argument("inputs", help="input glob, quoted ('scans/**/*.h5'), or one path")
+    p.add_argument("out_dir", help="output folder (keeps the inputs' relative paths)")
+    p.add_argument(
+        "--codec",
+        default="zstd",
+        help=f"codec id: {', '.join(list_codec_ids())} (see 'ctpress codecs')",
+    )
+    _add_rate_options(p)
+    p.add_argument(
+        "--workers", type=_at_least_one, help="local worker processes (default: every core)"
+    )
+    p.add_argument("--scheduler", metavar="ADDRESS", help="a Dask scheduler to run the tasks on")
+    p.add_argument(
+        "-O", "--option", action="append", default=[], metavar="KEY=VALUE", help="codec setting"
+    )
+
     p = sub.add_parser("decompress", help="decode a .ctpz file")
     p.add_argument("input", help="a .ctpz file")
     p.add_argument("output", help=f"output file ({formats})")
@@ -388,6 +407,36 @@ def _cmd_convert(args: argparse.Namespace) -> None:
     if not args.quiet:
         print(f"{args.output}: Zarr v3 store, codec ctpress.{args.codec}, ", end="")
         print(f"{time.perf_counter() - t0:.2f} s")
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from .batch import SUMMARY, batch
+
+    records = batch(
+        args.inputs,
+        args.out_dir,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        progress=not args.quiet,
+        codec=args.codec,
+        **{option: getattr(args, option) for option in option_names()},
+        gain=args.gain,
+        read_noise=args.read_noise,
+        dark=args.dark,
+        i0=_i0_option(args.i0),
+        domain=args.domain,
+        **_codec_options(args.option, None),
+    )
+    failed = [r for r in records if r.status == "error"]
+    if not args.quiet:
+        counts = {s: sum(r.status == s for r in records) for s in ("done", "skipped", "error")}
+        print(
+            f"{args.out_dir}: {counts['done']} compressed, {counts['skipped']} already done, "
+            f"{counts['error']} failed; summary in {Path(args.out_dir) / SUMMARY}"
+        )
+    for record in failed:
+        print(f"ctpress: error: {record.error}", file=sys.stderr)
+    return 2 if failed else 0
 
 
 def _codec_options(pairs: list[str], time_budget: float | None) -> dict[str, Any]:
@@ -751,6 +800,7 @@ _COMMANDS = {
     "train": _cmd_train,
     "compress": _cmd_compress,
     "convert": _cmd_convert,
+    "batch": _cmd_batch,
     "decompress": _cmd_decompress,
     "info": _cmd_info,
     "verify": _cmd_verify,
@@ -769,7 +819,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handled = threading.current_thread() is threading.main_thread()
     previous = {sig: signal.signal(sig, _terminate) for sig in _TERMINATING} if handled else {}
     try:
-        _COMMANDS[args.command](args)
+        status = _COMMANDS[args.command](args)
     except OutputExistsError as exc:
         print(f"ctpress: error: {exc.path} exists; pass --force to replace it", file=sys.stderr)
         return EXIT_USAGE
@@ -788,7 +838,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return EXIT_OK
+    return EXIT_OK if status is None else status
 
 
 if __name__ == "__main__":

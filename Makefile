@@ -5,7 +5,7 @@ STAMP   := $(VENV)/.installed-stamp
 PYTHON  ?= python3
 OUT     ?= results/demo
 
-.PHONY: venv demo test lint bench bench-platform bench-streaming hardening fuzz clean
+.PHONY: venv demo test lint bench bench-platform bench-streaming bench-batch hardening fuzz clean
 
 $(STAMP): pyproject.toml requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ bench-platform: $(STAMP)
 # An 8 GB memory-mapped scan compressed and decompressed chunk by chunk (needs ~20 GB of disk).
 bench-streaming: $(STAMP)
 	$(PY) benchmarks/bench_streaming.py --out results/benchmarks --gigabytes 8
+
+# 8 scans compressed with 1 and with 2 worker processes.
+bench-batch: $(STAMP)
+	$(PY) benchmarks/bench_batch.py --out results/benchmarks
 
 # Corruption matrix and crash tests at full size (every bit of every chunk, many kills).
 hardening: $(STAMP)

@@ -70,6 +70,17 @@ def _nxtomo_angles(ds: h5py.Dataset, is_projection: np.ndarray) -> Geometry | No
     return Geometry(kind="parallel", angles_rad=tuple(angles))
 
 
+def _mapped(ds: h5py.Dataset, path: Path) -> np.ndarray:
+    """The dataset's values: memory-mapped where HDF5 stores them as one contiguous,
+    unfiltered block of native-order values (then compressing reads them chunk by chunk,
+    never whole), else read into memory."""
+    offset = ds.id.get_offset()
+    plain = ds.chunks is None and not ds.compression and ds.dtype.isnative and ds.size > 0
+    if plain and offset is not None and ds.dtype.kind in "uif":
+        return np.memmap(path, dtype=ds.dtype, mode="r", offset=offset, shape=ds.shape)
+    return np.asarray(ds[()])
+
+
 def read_hdf5(path: Path, dataset: str | None) -> Scan:
     """Read projections from ``dataset`` (default: auto-detected, see :func:`_find_dataset`).
 
@@ -88,7 +99,7 @@ def read_hdf5(path: Path, dataset: str | None) -> Scan:
         if not isinstance(ds, h5py.Dataset):
             raise InputError(f"{path}: no dataset {name!r}; check the dataset path")
         header = _text(ds.attrs.get(_header.KEY))
-        arr = ds[()]
+        arr = _mapped(ds, path)
         group = ds.parent
         aux_group = group.get(_AUX_GROUP)
         aux = {} if aux_group is None else {k: v[()] for k, v in aux_group.items()}
@@ -100,7 +111,11 @@ def read_hdf5(path: Path, dataset: str | None) -> Scan:
             for aux_name, key in _KEY_OF_AUX.items():
                 if np.any(keys == key):
                     aux[aux_name] = arr[keys == key]
-            arr = arr[keys == PROJECTION]
+            frames = np.flatnonzero(keys == PROJECTION)
+            if frames.size and frames[-1] - frames[0] + 1 == frames.size:
+                arr = arr[frames[0] : frames[-1] + 1]  # one run of frames: a view, no copy
+            else:
+                arr = arr[keys == PROJECTION]
             geometry = None if header else _nxtomo_angles(ds, keys == PROJECTION)
     return _header.build(arr, header, aux, path, geometry)
 

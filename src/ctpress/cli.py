@@ -135,12 +135,7 @@ def _add_encode_options(p: argparse.ArgumentParser, output: str, chunk: str) -> 
     formats = ", ".join(FORMATS)
     p.add_argument("input", help=f"projections ({formats})")
     p.add_argument("output", help=output)
-    p.add_argument(
-        "--codec",
-        default="zstd",
-        help=f"codec id: {', '.join(list_codec_ids())} (see 'ctpress codecs')",
-    )
-    _add_rate_options(p)
+    _add_codec_options(p)
     p.add_argument("--data-range", type=float, help="PSNR peak (default: max - min of the scan)")
     p.add_argument(
         "--chunk-views",
@@ -150,6 +145,16 @@ def _add_encode_options(p: argparse.ArgumentParser, output: str, chunk: str) -> 
     p.add_argument("--format", help=f"input format, overriding the extension ({formats})")
     p.add_argument("--dataset", help="name of the projections array in an npz, HDF5 or zarr input")
     _add_force(p, output)
+
+
+def _add_codec_options(p: argparse.ArgumentParser) -> None:
+    """``--codec``, the rate-control flags with the noise model, and ``-O`` settings."""
+    p.add_argument(
+        "--codec",
+        default="zstd",
+        help=f"codec id: {', '.join(list_codec_ids())} (see 'ctpress codecs')",
+    )
+    _add_rate_options(p)
     p.add_argument(
         "-O",
         "--option",
@@ -160,23 +165,30 @@ def _add_encode_options(p: argparse.ArgumentParser, output: str, chunk: str) -> 
     )
 
 
-def _encode_keywords(args: argparse.Namespace) -> dict[str, Any]:
-    """The keywords of :func:`ctpress.compress` / :func:`ctpress.convert` that
-    :func:`_add_encode_options` parsed."""
+def _codec_keywords(args: argparse.Namespace) -> dict[str, Any]:
+    """Codec, rate control, noise model and codec settings, as the API takes them."""
     return dict(
         codec=args.codec,
         **{option: getattr(args, option) for option in option_names()},
-        data_range=args.data_range,
         gain=args.gain,
         read_noise=args.read_noise,
         dark=args.dark,
         i0=_i0_option(args.i0),
         domain=args.domain,
+        **_codec_options(args.option, getattr(args, "time_budget", None)),
+    )
+
+
+def _encode_keywords(args: argparse.Namespace) -> dict[str, Any]:
+    """The keywords of :func:`ctpress.compress` / :func:`ctpress.convert` that
+    :func:`_add_encode_options` parsed."""
+    return dict(
+        **_codec_keywords(args),
+        data_range=args.data_range,
         chunk_views=args.chunk_views,
         input_format=args.format,
         dataset=args.dataset,
         overwrite=args.force,
-        **_codec_options(args.option, getattr(args, "time_budget", None)),
     )
 
 
@@ -229,19 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("inputs", help="input glob, quoted ('scans/**/*.h5'), or one path")
     p.add_argument("out_dir", help="output folder (keeps the inputs' relative paths)")
-    p.add_argument(
-        "--codec",
-        default="zstd",
-        help=f"codec id: {', '.join(list_codec_ids())} (see 'ctpress codecs')",
-    )
-    _add_rate_options(p)
+    _add_codec_options(p)
     p.add_argument(
         "--workers", type=_at_least_one, help="local worker processes (default: every core)"
     )
     p.add_argument("--scheduler", metavar="ADDRESS", help="a Dask scheduler to run the tasks on")
-    p.add_argument(
-        "-O", "--option", action="append", default=[], metavar="KEY=VALUE", help="codec setting"
-    )
 
     p = sub.add_parser("decompress", help="decode a .ctpz file")
     p.add_argument("input", help="a .ctpz file")
@@ -418,14 +422,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         workers=args.workers,
         scheduler=args.scheduler,
         progress=not args.quiet,
-        codec=args.codec,
-        **{option: getattr(args, option) for option in option_names()},
-        gain=args.gain,
-        read_noise=args.read_noise,
-        dark=args.dark,
-        i0=_i0_option(args.i0),
-        domain=args.domain,
-        **_codec_options(args.option, None),
+        **_codec_keywords(args),
     )
     failed = [r for r in records if r.status == "error"]
     if not args.quiet:

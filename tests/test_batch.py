@@ -52,6 +52,12 @@ def test_batch_compresses_resumes_and_reports_the_bad_input(tmp_path: Path, caps
     records = ctpress.batch(pattern, out, workers=1, codec="jpegls", lossless=True)
     assert sorted(r.status for r in records) == ["error", "skipped", "skipped", "skipped"]
 
+    everything = str(tmp_path / "in" / "**" / "*.npy*")  # would match outputs too
+    inside = ctpress.batch(everything, tmp_path / "in" / "out", codec="zstd")
+    again = ctpress.batch(everything, tmp_path / "in" / "out", codec="zstd")
+    assert len(again) == len(inside) == 4  # the batch's own outputs are never inputs
+    assert all("/out/" not in r.input for r in again)
+
     changed = good[0]
     np.save(changed, np.load(changed) + 1)  # a changed input is compressed again
     records = ctpress.batch(good, out, workers=1, codec="jpegls", lossless=True)

@@ -185,10 +185,13 @@ def batch(
     list of BatchRecord
         One per input, in input order (also written to ``OUT_DIR/batch_summary.csv``).
     """
-    paths = expand_inputs(inputs)
-    out = results_directory(out_dir)
     if workers is not None and workers < 1:
         raise InputError(f"workers must be >= 1, got {workers}")
+    out = results_directory(out_dir)
+    # a glob over a tree holding the output folder must not take the batch's own outputs
+    paths = [p for p in expand_inputs(inputs) if not p.resolve().is_relative_to(out.resolve())]
+    if not paths:
+        raise InputError(f"no input outside the output folder {out}")
     if scheduler is not None:
         try:
             from dask.distributed import Client  # noqa: F401

@@ -49,10 +49,11 @@ def test_compress_reconstruction_is_what_decode_returns(
 
 @pytest.mark.parametrize("codec_id", ["hyperprior", "vqvae"])
 @pytest.mark.parametrize(("mode", "value"), [("max_error", 40.0), ("psnr", 45.0)])
+@pytest.mark.parametrize("dtype", ["uint16", "float64"])
 def test_learned_compress_reconstruction_is_what_decode_returns(
-    codec_id: str, mode: str, value: float
+    codec_id: str, mode: str, value: float, dtype: str
 ) -> None:
-    x = _scan("uint16")
+    x = _scan(dtype)
     codec = get_codec(codec_id, mode=mode, value=value)
     data, decoded = codec.compress(x)
     np.testing.assert_array_equal(decoded, codec.decode(data))

@@ -382,7 +382,7 @@ class Codec(ABC):
             step = 1.0
         lo = float(x.min())
         if x.dtype.kind in "ui" and (odd_steps or step <= 1):
-            step = float(max(1, 2 * math.floor(step / 2) + 1)) if step > 1 else 1.0
+            step = odd_step(step, integer=True)
             q = (x.astype(np.int64) - int(lo) + int(step) // 2) // int(step)
         else:
             q = np.floor((x.astype(np.float64) - lo) / step + 0.5)
@@ -602,6 +602,21 @@ class Codec(ABC):
         if work.shape != tuple(shape):
             raise CorruptFileError(f"decoded shape {work.shape} differs from stored {shape}")
         return _to_output(work, info, like.dtype)
+
+
+def odd_step(step: float, integer: bool) -> float:
+    """A quantisation step as coded: on integer data an odd integer (at least 1), so the
+    error bound ``step // 2`` is symmetric; on float data as given."""
+    if not integer:
+        return step
+    return float(2 * math.floor(max(step, 1.0) / 2) + 1)
+
+
+def decoded_like(values: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """What :meth:`Codec.decode` makes of float64 ``values`` reconstructing ``x`` (a chunk
+    coded without transform): the decoder's own :func:`_to_output` with ``x``'s range."""
+    info = {"t": "none", "w": "<f8", "lo": _py(x.min()), "hi": _py(x.max())}
+    return _to_output(values, info, x.dtype)
 
 
 def _to_output(work: np.ndarray, info: dict[str, Any], dtype: np.dtype) -> np.ndarray:

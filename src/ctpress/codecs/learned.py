@@ -58,7 +58,7 @@ from ..errors import CorruptFileError, InputError, RateControlError
 from ..frames import image_shape
 from ..learned import fixed_point, residual
 from ..learned.store import WeightsMismatchError
-from .base import Codec, _Encoded
+from .base import Codec, _Encoded, decoded_like, odd_step
 from .search import solve
 from .settings import int_setting
 
@@ -84,15 +84,6 @@ Op = TypeVar("Op", bound=Hashable)
 
 
 # ------------------------------------------------------------------ shared pieces
-def finish(values: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """What the base class's decoder makes of float64 ``values`` for input ``x``: clipped
-    to ``x``'s range, rounded on integer data, cast to ``x``'s dtype."""
-    out = np.clip(values, float(x.min()), float(x.max()))
-    if x.dtype.kind in "ui":
-        out = np.rint(out)
-    return out.astype(x.dtype)
-
-
 def check_grid(codec_id: str, grid: np.ndarray, expected: int) -> None:
     """CorruptFileError unless the decoder's grid has the encoder's CRC-32 ``expected``."""
     if fixed_point.grid_check(grid) != expected:
@@ -116,13 +107,6 @@ def check_weights(codec_id: str, what: str, tag: bytes, sha256: str | None) -> N
             f"file was made with {codec_id} {what} weights {tag.hex()}..., this ctpress has "
             f"{have}: install the ctpress version that wrote it"
         )
-
-
-def odd_step(step: float, integer: bool) -> float:
-    """Residual steps on integer data are odd integers (symmetric error bound)."""
-    if not integer:
-        return step
-    return float(2 * math.floor(max(step, 1.0) / 2) + 1)
 
 
 def largest_below(
@@ -259,7 +243,7 @@ class ReconstructionSession(ABC, Generic[Op]):
 
     def stream(self, op: Op, step: float | None) -> tuple[bytes, np.ndarray]:
         """The chunk stream at this operating point and its decoded values (float64, the
-        chunk's shape, before the final clip/round/cast of :func:`finish`).
+        chunk's shape, before :func:`~ctpress.codecs.base.decoded_like`).
 
         The last result is kept, so a search that ends on the operating point it coded
         last does not code it again.
@@ -280,7 +264,7 @@ class ReconstructionSession(ABC, Generic[Op]):
 
     def mse(self, values: np.ndarray) -> float:
         """Mean squared error of decoded ``values`` (any shape of the chunk's size)."""
-        err = finish(values.reshape(self.shape), self.x).astype(np.float64)
+        err = decoded_like(values.reshape(self.shape), self.x).astype(np.float64)
         err -= self.x.astype(np.float64)
         return float(np.mean(err * err))
 
@@ -355,7 +339,7 @@ class ReconstructionCodec(Codec, Generic[Op]):
         step = residual.residual_step(bound, integer)
         for _ in range(6):  # shrink a hair when float rounding pushes an error over
             stream, values = smallest(step)
-            decoded = finish(values, x)
+            decoded = decoded_like(values, x)
             if np.max(np.abs(decoded.astype(np.float64) - x.astype(np.float64))) <= bound:
                 return _Encoded(stream, {"t": "none", "w": "<f8"}, decoded)
             step *= 0.999
@@ -376,7 +360,7 @@ class ReconstructionCodec(Codec, Generic[Op]):
                 f"codec {self.codec_id!r} cannot reach {self.value:g} bits/value on this "
                 f"data (nearest: {bits:.3g}); choose another target or codec"
             )
-        return _Encoded(stream, {"t": "none", "w": "<f8"}, finish(values, x))
+        return _Encoded(stream, {"t": "none", "w": "<f8"}, decoded_like(values, x))
 
     # ---------------------------------------------------------------- residual searches
     def _fill_bpp(

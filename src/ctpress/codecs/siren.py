@@ -34,7 +34,7 @@ import numpy as np
 
 from ..errors import CorruptFileError, InputError, RateControlError
 from ..learned import fixed_point, residual
-from .base import _to_output
+from .base import _to_output, decoded_like
 from .learned import (
     _BPP_ACCEPT,
     _MSE_ACCEPT,
@@ -42,7 +42,6 @@ from .learned import (
     ReconstructionSession,
     check_grid,
     check_weights,
-    finish,
     largest_below,
     weights_tag,
 )
@@ -205,7 +204,7 @@ class SirenSession(ReconstructionSession[SirenOp]):
                 params = [w[s : s + 1].float() for w in weights]
                 y = fit.stack(torch.from_numpy(coords).float()[None], params)[0].numpy()
                 out[bounds[s] : bounds[s + 1]] = y.reshape(len(views), rows, cols)
-        return finish(self.offset + self.scale * (out + 1.0) / 2.0, self.x).astype(np.float64)
+        return decoded_like(self.offset + self.scale * (out + 1.0) / 2.0, self.x).astype(np.float64)
 
     def network(self, op: SirenOp) -> tuple[bytes, bytes, np.ndarray]:
         """(coded weights, per-segment CRC-32s, decoded network values in data units) of

@@ -21,7 +21,7 @@ from .container import (
 from .errors import CtpressError, InputError
 from .io import atomic_path, check_output, format_from_path, read_scan, write_scan
 from .noise import NoiseModel, estimate_noise_model
-from .rate import RATE_MODES, RateControl
+from .rate import RATE_MODES, RateControl, option_names
 from .scan import Scan, as_scan
 
 PathLike = str | os.PathLike[str]
@@ -56,36 +56,27 @@ def make_codec(
     scan: Scan,
     codec: str | Codec = "zstd",
     *,
-    lossless: bool = False,
-    max_error: float | None = None,
-    bpp: float | None = None,
-    psnr: float | None = None,
-    noise_fraction: float | None = None,
     data_range: float | None = None,
     noise: NoiseModel | dict[str, Any] | None = None,
-    **codec_options: Any,
+    **options: Any,
 ) -> Codec:
     """Build the codec for ``scan``; its ``rate`` is the file's rate control.
 
-    PSNR targets use ``data_range`` (default: max - min of the whole scan) so that every
-    chunk aims at the same MSE.  The noise-bounded mode uses ``noise`` (default:
+    ``options`` holds the rate control (keywords named like the modes: ``lossless``,
+    ``max_error``, ``bpp``, ``psnr``, ``noise_fraction``) and the codec's settings.  PSNR
+    targets use ``data_range`` (default: max - min of the whole scan) so that every chunk
+    aims at the same MSE.  The noise-bounded mode uses ``noise`` (default:
     :func:`noise_model` of the scan).
     """
     if isinstance(codec, Codec):
         return codec
+    keywords = option_names()
+    rate_options = {k: options.pop(k) for k in list(options) if k in keywords}
+    codec_options = options
     model = None
-    if noise_fraction is not None:
+    if rate_options.get("noise_fraction") is not None:
         model = noise_model(scan) if noise is None else _as_noise_model(noise)
-    rate = resolve_rate(
-        codec,
-        lossless=lossless,
-        max_error=max_error,
-        bpp=bpp,
-        psnr=psnr,
-        noise_fraction=noise_fraction,
-        data_range=data_range,
-        noise=model,
-    )
+    rate = resolve_rate(codec, data_range=data_range, noise=model, **rate_options)
     if rate.mode == "psnr" and data_range is None:
         scan_range = float(scan.projections.max()) - float(scan.projections.min())
         rate = rate.with_data_range(scan_range or 1.0)

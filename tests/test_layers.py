@@ -16,7 +16,7 @@ ROOT = Path(ctpress.__file__).parent
 LAYERS: tuple[frozenset[str], ...] = tuple(
     frozenset(names.split())
     for names in (
-        "errors _version _compact frames",
+        "errors _version _compact _progress frames",
         "scan noise metrics bdrate",
         "rate io sim",
         "recon learned",  # learned: the torch engine; it imports no codec

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ._progress import progress_bar
 from .errors import CtpressError, InputError
 from .io import results_directory
 
@@ -263,11 +264,7 @@ def _run(
     """Run the compress tasks, handing each result to ``finish`` as it completes."""
     if not todo:
         return
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(todo), unit="scan", desc="batch")
+    bar = progress_bar(len(todo), "batch", "scan", progress)
 
     def task_args(source: Path) -> tuple[str, str, dict[str, Any], bool]:
         replace = str(targets[source].relative_to(out)) in manifest
@@ -281,8 +278,7 @@ def _run(
             futures = {client.submit(_compress_one, *task_args(s), pure=False): s for s in todo}
             for future in dask_completed(futures):
                 finish(futures[future], future.result())
-                if bar is not None:
-                    bar.update(1)
+                bar.update(1)
     else:
         with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
             pending: dict[Future[dict[str, Any]], Path] = {
@@ -290,10 +286,8 @@ def _run(
             }
             for future in as_completed(pending):
                 finish(pending[future], future.result())
-                if bar is not None:
-                    bar.update(1)
-    if bar is not None:
-        bar.close()
+                bar.update(1)
+    bar.close()
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:

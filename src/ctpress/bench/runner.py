@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from .._progress import progress_bar
 from ..errors import InputError
 from ..noise import NoiseModel, estimate_noise_model, robust_noise_std
 from ..rate import RateControl
@@ -315,9 +316,7 @@ def _execute(
     jobs: int,
     progress: bool,
 ) -> list[tuple[BenchRecord, Samples]]:
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(tasks), desc="bench", unit="run", disable=not progress)
+    bar = progress_bar(len(tasks), "bench", "run", progress)
     results = []
     if jobs <= 1:
         _WORKER.update(scans=scans, refs=refs, perceptual=perceptual)

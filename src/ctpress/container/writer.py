@@ -11,6 +11,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from .._progress import progress_bar
 from .._version import __version__
 from ..codecs import Codec, get_codec
 from ..codecs.context import ChunkContext
@@ -154,7 +155,7 @@ def write_ctpz(
     try:
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             encoded = pool.map(encode, contexts) if jobs > 1 else map(encode, contexts)
-            with _progress_bar(n_views, codec.codec_id, progress) as bar:
+            with progress_bar(n_views, codec.codec_id, "view", progress) as bar:
                 for context, (payload, digest) in zip(contexts, encoded, strict=True):
                     start, stop = context.start, min(context.start + chunk_views, n_views)
                     out.write(payload)
@@ -236,26 +237,3 @@ def encode_ctpz(scan: Scan, codec: Codec, **kwargs: Any) -> bytes:
     buffer = io.BytesIO()
     write_ctpz(buffer, scan, codec, **kwargs)
     return buffer.getvalue()
-
-
-class _NoBar:
-    """Stands in for a progress bar when none is shown (tqdm is then never imported)."""
-
-    def __enter__(self) -> _NoBar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def update(self, n: int) -> None:
-        return None
-
-
-def _progress_bar(total: int, desc: str, shown: bool) -> Any:
-    """A tqdm bar over ``total`` views, or a silent stand-in (``import ctpress`` and quiet
-    runs stay light)."""
-    if not shown:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="view", desc=desc)

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 #: Built-in codec id -> the module whose import registers it.
 BUILTIN_CODECS: dict[str, str] = {
     "blosc2": "ctpress.codecs.blosc",
+    "convlstm": "ctpress.codecs.convlstm",
     "htj2k": "ctpress.codecs.jpeg2000",
     "hyperprior": "ctpress.codecs.hyperprior",
     "jpeg2000": "ctpress.codecs.jpeg2000",

@@ -1,0 +1,392 @@
+"""The closed-loop predictive coder of :mod:`ctpress.codecs.convlstm`: one view at a time,
+one pixel at a time, in integer arithmetic (numba-compiled).
+
+Each pixel of view t (raster order) is predicted from values the decoder already has:
+its causal neighbours in view t (N, W, NW, NE), the previous decoded view T and, when
+given, an external prediction L of the whole view (the ConvLSTM's, computed from the
+previous views).  Sub-predictors (in units of 1/8):
+
+- spatial: MED (LOCO-I), N + W - NW, W + NE - N, (N + W)/2 + (NE - NW)/4;
+- previous view: T, T + (W - T_W), T + (N - T_N), T + mean of the four neighbours' changes;
+- learned: L, and L corrected by the neighbours as for T.
+
+They are blended with weights inversely proportional to each one's recent absolute
+error (at N, W, NW, NE of this view and at the same pixel of the previous view), as in
+JPEG XL's self-correcting predictor; a per-context bias is cancelled (LOCO-I).  The
+residual is quantised (step ``2 near + 1``: lossless at ``near = 0``, every value within
+``near`` otherwise) and binarised (zero, sign, Exp-Golomb class in unary, two top
+mantissa bits, raw low bits) into an adaptive binary range coder (LZMA's carry-less
+coder; probabilities mixed from a fast and a slow counter) whose contexts are the
+quantised activity (recent errors around the pixel) and, for the sign, the fractional
+part of the prediction.
+
+Every quantity is an integer, every operation exact (no floating point): encoder and
+decoder compute the same predictions on every machine by construction.  The encoder
+and the decoder are one function (:func:`code_view`, ``encoding`` true or false), so
+they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+#: Sub-predictor groups (bits of the ``groups`` mask).
+SPATIAL, PREVIOUS, PREVIOUS_PLUS, LEARNED = 1, 2, 4, 8
+#: Sub-predictors: 4 spatial, 1 previous view, 3 previous view + neighbours, 4 learned.
+N_PREDICTORS = 12
+_GROUP_OF = np.array([1, 1, 1, 1, 2, 4, 4, 4, 8, 8, 8, 8], dtype=np.int64)
+#: Activity contexts (half-octaves of the recent error).
+N_CONTEXTS = 48
+#: Exp-Golomb classes coded in unary (magnitudes below 2**MAX_CLASS).
+MAX_CLASS = 24
+#: Probability precision of the range coder (bits) and of the counters (16 bits).
+_PROB_BITS = 12
+_TOP = 1 << 24
+_BIAS_LIMIT = 256
+#: Blend weight numerator (weights are 2**28 / (error + 1)).
+_WEIGHT_ONE = 1 << 28
+_SOFT = 1
+_OLDW = 8
+#: Bytes the range coder appends when it is flushed.
+FLUSH_BYTES = 5
+
+
+@dataclass
+class CoderState:
+    """The adaptive state of one chunk: probability counters, bias tables, the blend's
+    error memory, and the range coder (encoder: output buffer; decoder: input)."""
+
+    probs: np.ndarray  # (n_bits, 2) uint16 counters (fast, slow), probability of a 0
+    bias: np.ndarray  # (N_CONTEXTS, 2) int64: sum and count of prediction errors
+    errors: np.ndarray  # (2, N_PREDICTORS + 1, rows + 2, cols + 2) int64: view t, t-1
+    coder: np.ndarray  # int64 [low, range, cache, cache_size, pos, code, overrun]
+    buffer: np.ndarray  # uint8
+
+    @classmethod
+    def new(cls, rows: int, cols: int, buffer: np.ndarray, encoding: bool) -> CoderState:
+        probs = np.full((_N_BITS, 2), 1 << 15, dtype=np.uint16)
+        errors = np.zeros((2, N_PREDICTORS + 1, rows + 2, cols + 2), dtype=np.int64)
+        coder = np.array([0, 0xFFFFFFFF, 0, 1, 0, 0, 0], dtype=np.int64)
+        state = cls(probs, np.zeros((N_CONTEXTS, 2), np.int64), errors, coder, buffer)
+        if not encoding:
+            _start_decoder(coder, buffer)
+        return state
+
+
+# layout of the probability table: zero flag, sign, unary class, mantissa tree
+_ZERO = 0
+_SIGN = _ZERO + N_CONTEXTS
+_CLASS = _SIGN + N_CONTEXTS * 8
+_MANTISSA = _CLASS + N_CONTEXTS * (MAX_CLASS + 1)
+_N_BITS = _MANTISSA + N_CONTEXTS * (MAX_CLASS + 1) * 3
+
+
+# ---------------------------------------------------------------- range coder
+@numba.njit(cache=True, nogil=True)
+def _shift_low(c: np.ndarray, out: np.ndarray) -> None:
+    low = c[0]
+    if low < 0xFF000000 or low >= (1 << 32):
+        carry = low >> 32
+        temp = c[2]
+        while True:
+            pos = c[4]
+            if pos < out.size:
+                out[pos] = (temp + carry) & 0xFF
+            else:
+                c[6] = 1  # out of space: the caller retries with a larger buffer
+            c[4] = pos + 1
+            temp = 0xFF
+            c[3] -= 1
+            if c[3] == 0:
+                break
+        c[2] = (low >> 24) & 0xFF
+    c[3] += 1
+    c[0] = (low & 0x00FFFFFF) << 8
+
+
+@numba.njit(cache=True, nogil=True)
+def _next_byte(c: np.ndarray, data: np.ndarray) -> int:
+    pos = c[4]
+    c[4] = pos + 1
+    if pos < data.size:
+        return int(data[pos])
+    c[6] += 1  # read past the end (a damaged stream)
+    return 0
+
+
+def _start_decoder(c: np.ndarray, data: np.ndarray) -> None:
+    for _ in range(FLUSH_BYTES):
+        c[5] = ((c[5] << 8) | _next_byte(c, data)) & 0xFFFFFFFFFF
+
+
+@numba.njit(cache=True, nogil=True)
+def _code_bit(
+    encoding: bool, bit: int, probs: np.ndarray, i: int, c: np.ndarray, buf: np.ndarray
+) -> int:
+    """Code one bit with the adaptive probability ``probs[i]``; returns the bit."""
+    p0 = (int(probs[i, 0]) + int(probs[i, 1])) >> (17 - _PROB_BITS)
+    p0 = min(max(p0, 16), (1 << _PROB_BITS) - 16)
+    bound = (c[1] >> _PROB_BITS) * p0
+    if encoding:
+        if bit == 0:
+            c[1] = bound
+        else:
+            c[0] += bound
+            c[1] -= bound
+        while c[1] < _TOP:
+            c[1] <<= 8
+            _shift_low(c, buf)
+    else:
+        if c[5] < bound:
+            c[1] = bound
+            bit = 0
+        else:
+            c[5] -= bound
+            c[1] -= bound
+            bit = 1
+        while c[1] < _TOP:
+            c[1] <<= 8
+            c[5] = ((c[5] << 8) | _next_byte(c, buf)) & 0xFFFFFFFF
+    fast, slow = int(probs[i, 0]), int(probs[i, 1])
+    if bit == 0:
+        probs[i, 0] = fast + ((65536 - fast) >> 4)
+        probs[i, 1] = slow + ((65536 - slow) >> 7)
+    else:
+        probs[i, 0] = fast - (fast >> 4)
+        probs[i, 1] = slow - (slow >> 7)
+    return bit
+
+
+@numba.njit(cache=True, nogil=True)
+def _code_raw(encoding: bool, value: int, n_bits: int, c: np.ndarray, buf: np.ndarray) -> int:
+    """Code the ``n_bits`` low bits of ``value`` at probability 1/2 (most significant first)."""
+    result = 0
+    for j in range(n_bits - 1, -1, -1):
+        c[1] >>= 1
+        if encoding:
+            if (value >> j) & 1:
+                c[0] += c[1]
+        else:
+            bit = 0
+            if c[5] >= c[1]:
+                c[5] -= c[1]
+                bit = 1
+            result |= bit << j
+        while c[1] < _TOP:
+            c[1] <<= 8
+            if encoding:
+                _shift_low(c, buf)
+            else:
+                c[5] = ((c[5] << 8) | _next_byte(c, buf)) & 0xFFFFFFFF
+    return value if encoding else result
+
+
+@numba.njit(cache=True, nogil=True)
+def flush(c: np.ndarray, buf: np.ndarray) -> int:
+    """Flush the encoder; returns the number of bytes written (or -1 if it ran out of space)."""
+    for _ in range(FLUSH_BYTES):
+        _shift_low(c, buf)
+    return -1 if c[6] else c[4]
+
+
+@numba.njit(cache=True, nogil=True)
+def _code_residual(encoding: bool, q: int, ctx: int, sign_ctx: int, probs: np.ndarray,
+                   c: np.ndarray, buf: np.ndarray) -> int:  # fmt: skip
+    """Code the signed quantised residual ``q``: zero flag, sign, Exp-Golomb class of
+    |q| in unary, two adaptive mantissa bits, raw low bits."""
+    if _code_bit(encoding, 1 if q == 0 else 0, probs, _ZERO + ctx, c, buf):
+        return 0
+    negative = _code_bit(encoding, 1 if q < 0 else 0, probs, _SIGN + sign_ctx, c, buf)
+    m = abs(q)  # >= 1; m = 2**k + rest
+    k = 0
+    if encoding:
+        while (m >> (k + 1)) != 0:
+            k += 1
+    n = 0
+    base = _CLASS + ctx * (MAX_CLASS + 1)
+    while n < MAX_CLASS:
+        more = _code_bit(encoding, 1 if n < k else 0, probs, base + n, c, buf)
+        if not more:
+            break
+        n += 1
+    k = n
+    rest = m - (1 << k) if encoding else 0
+    tree = _MANTISSA + (ctx * (MAX_CLASS + 1) + k) * 3
+    top = min(k, 2)
+    node = 0
+    value = 0
+    for j in range(top):
+        bit = _code_bit(encoding, (rest >> (k - 1 - j)) & 1, probs, tree + node, c, buf)
+        value = (value << 1) | bit
+        node = 1 + bit if j == 0 else node
+    low = _code_raw(encoding, rest, k - top, c, buf)
+    if not encoding:
+        m = (1 << k) + (value << (k - top)) + low
+    return -m if negative else m
+
+
+# ---------------------------------------------------------------- prediction
+@numba.njit(cache=True, nogil=True, inline="always")
+def _med(n: int, w: int, nw: int) -> int:
+    if nw >= max(n, w):
+        return min(n, w)
+    if nw <= min(n, w):
+        return max(n, w)
+    return n + w - nw
+
+
+@numba.njit(cache=True, nogil=True)
+def _neighbours(view: np.ndarray, r: int, col: int, first: int) -> tuple[int, int, int, int]:
+    """(N, W, NW, NE) of (r, col) in ``view`` with the border rules: no row above -> the
+    left value (or ``first`` at the first pixel); no column left -> the value above."""
+    cols = view.shape[1]
+    if r == 0:
+        w = int(view[0, col - 1]) if col > 0 else first
+        return w, w, w, w
+    n = int(view[r - 1, col])
+    w = int(view[r, col - 1]) if col > 0 else n
+    nw = int(view[r - 1, col - 1]) if col > 0 else n
+    ne = int(view[r - 1, col + 1]) if col + 1 < cols else n
+    return n, w, nw, ne
+
+
+@numba.njit(cache=True, nogil=True)
+def code_view(encoding: bool, view: np.ndarray, previous: np.ndarray, learned: np.ndarray,
+              groups: int, maxval: int, near: int, probs: np.ndarray, bias: np.ndarray,
+              errors: np.ndarray, c: np.ndarray, buf: np.ndarray) -> None:  # fmt: skip
+    """Code one view (rows, cols) int64 in place: encode it (``encoding``; ``view`` is
+    replaced by its reconstruction, equal to it when ``near`` is 0) or decode into it.
+
+    ``previous``: the previous decoded view (rows, cols) int64, or an empty array for the
+    first view of a chunk; ``learned``: the external prediction of this view in units of
+    1/8 (rows, cols) int64, or empty.  ``groups``: sub-predictor groups in use (bit mask);
+    ``maxval``: largest value; ``near``: the error bound (step ``2 near + 1``).
+    ``errors[0]`` holds this view's error memory, ``errors[1]`` the previous view's."""
+    rows, cols = view.shape
+    step = 2 * near + 1
+    has_previous = previous.size > 0
+    has_learned = learned.size > 0
+    use = np.zeros(N_PREDICTORS, dtype=np.bool_)
+    for k in range(N_PREDICTORS):
+        group = _GROUP_OF[k]
+        use[k] = (groups & group) != 0
+        if group != SPATIAL and not has_previous:
+            use[k] = False
+        if group == LEARNED and not has_learned:
+            use[k] = False
+    if not use.any():
+        use[0] = True
+    cur_err = errors[0]
+    old_err = errors[1]
+    cur_err[:] = 0
+    p = np.zeros(N_PREDICTORS, dtype=np.int64)
+    first = int(previous[0, 0]) if has_previous else (maxval + 1) // 2
+    for r in range(rows):
+        er = r + 1  # row of the error memory (row 0 is the border)
+        for col in range(cols):
+            ec = col + 1
+            n, w, nw, ne = _neighbours(view, r, col, first)
+            # sub-predictors, units of 1/8
+            p[0] = 8 * _med(n, w, nw)
+            p[1] = 8 * (n + w - nw)
+            p[2] = 8 * (w + ne - n)
+            p[3] = 4 * (n + w) + 2 * (ne - nw)
+            if has_previous:
+                first_t = int(previous[0, 0])
+                tn, tw, tnw, tne = _neighbours(previous, r, col, first_t)
+                t = int(previous[r, col])
+                p[4] = 8 * t
+                p[5] = 8 * (t + w - tw)
+                p[6] = 8 * (t + n - tn)
+                p[7] = 8 * t + 2 * ((n - tn) + (w - tw) + (ne - tne) + (nw - tnw))
+                if has_learned:
+                    lv = int(learned[r, col])
+                    ln, lw, lnw, lne = _learned_neighbours(learned, r, col)
+                    p[8] = lv
+                    p[9] = lv + 8 * w - lw
+                    p[10] = lv + 8 * n - ln
+                    p[11] = (
+                        lv + ((8 * n - ln) + (8 * w - lw) + (8 * ne - lne) + (8 * nw - lnw)) // 4
+                    )
+            # blend: weights inversely proportional to recent errors
+            total = 0
+            acc = 0
+            for k in range(N_PREDICTORS):
+                if not use[k]:
+                    continue
+                e = (cur_err[k, er - 1, ec] + cur_err[k, er, ec - 1] + cur_err[k, er - 1, ec - 1]
+                     + cur_err[k, er - 1, ec + 1] + old_err[k, er, ec])  # fmt: skip
+                weight = _WEIGHT_ONE // (e + _SOFT)
+                total += weight
+                acc += weight * p[k]
+            pred8 = (acc + total // 2) // total
+            # context: the blend's recent errors
+            f = N_PREDICTORS
+            activity = (
+                2 * (cur_err[f, er - 1, ec] + cur_err[f, er, ec - 1])
+                + cur_err[f, er - 1, ec - 1]
+                + cur_err[f, er - 1, ec + 1]
+            )
+            activity += (
+                _OLDW
+                * (
+                    old_err[f, er - 1, ec - 1]
+                    + old_err[f, er - 1, ec]
+                    + old_err[f, er - 1, ec + 1]
+                    + old_err[f, er, ec - 1]
+                    + old_err[f, er, ec]
+                    + old_err[f, er, ec + 1]
+                    + old_err[f, er + 1, ec - 1]
+                    + old_err[f, er + 1, ec]
+                    + old_err[f, er + 1, ec + 1]
+                )
+                // 4
+            )
+            ctx = _context(activity)
+            count = bias[ctx, 1]
+            corrected = pred8 + (bias[ctx, 0] // count if count > 0 else 0)
+            corrected = min(max(corrected, 0), 8 * maxval)
+            guess = (corrected + 4) >> 3
+            sign_ctx = ctx * 8 + (corrected - 8 * guess + 4)
+            if encoding:
+                residual = int(view[r, col]) - guess
+                q = (abs(residual) + near) // step
+                q = -q if residual < 0 else q
+                _code_residual(True, q, ctx, sign_ctx, probs, c, buf)
+            else:
+                q = _code_residual(False, 0, ctx, sign_ctx, probs, c, buf)
+            value = min(max(guess + q * step, 0), maxval)
+            view[r, col] = value
+            # update the error memory and the bias table
+            v8 = 8 * value
+            for k in range(N_PREDICTORS):
+                if use[k]:
+                    cur_err[k, er, ec] = min(abs(v8 - p[k]), 1 << 24)
+            cur_err[f, er, ec] = min(abs(v8 - pred8), 1 << 24)
+            bias[ctx, 0] += v8 - pred8
+            bias[ctx, 1] += 1
+            if bias[ctx, 1] >= _BIAS_LIMIT:
+                bias[ctx, 0] = bias[ctx, 0] // 2
+                bias[ctx, 1] = bias[ctx, 1] // 2
+    errors[1][:] = cur_err
+
+
+@numba.njit(cache=True, nogil=True)
+def _learned_neighbours(learned: np.ndarray, r: int, col: int) -> tuple[int, int, int, int]:
+    """(N, W, NW, NE) of the learned prediction with the coder's border rules (the
+    prediction exists everywhere, so no ``first`` value is needed)."""
+    return _neighbours(learned, r, col, int(learned[r, col]))
+
+
+@numba.njit(cache=True, nogil=True)
+def _context(activity: int) -> int:
+    """Half-octave bucket of the activity, 0..N_CONTEXTS - 1."""
+    a = activity + 1
+    b = 0
+    while (a >> (b + 1)) != 0:
+        b += 1
+    half = (a >> (b - 1)) & 1 if b >= 1 else 0
+    return min(2 * b + half, N_CONTEXTS - 1)

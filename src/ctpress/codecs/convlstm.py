@@ -1,0 +1,198 @@
+"""ConvLSTM closed-loop predictive coding: lossless, near-lossless (every value within E)
+and, through the noise-bounded mode, an error below a fraction of the quantum noise.
+
+A chunk is a run of views coded in order.  Before each view, a ConvLSTM (state carried
+along the views, restarted at every chunk) predicts the whole view from the views the
+decoder has already decoded (:mod:`ctpress.learned.predictor`, integer arithmetic);
+then every pixel is predicted from that, the previous decoded view and its own decoded
+neighbours, blended by their recent errors, and the quantised residual is entropy-coded
+with adaptive contexts (:mod:`ctpress.codecs._predictive`).  The residual step is 1
+(lossless) or ``2 E + 1`` (every value within E, integer data); the prediction always
+uses decoded values, so errors do not accumulate along the views.
+
+``predictor`` chooses the sub-predictors (the ablation of the benchmark): ``spatial``
+(causal neighbours of the view only, MED and gradients), ``previous`` (the previous
+view), ``both`` (spatial and previous view with its neighbours' changes), ``convlstm``
+(the learned prediction with its neighbours' corrections) and ``all`` (everything).
+
+Every prediction is an integer computed by exact integer operations, so the decoder
+reproduces the encoder's predictions on every machine by construction; the chunk's
+CRC-32 is only a safety net.
+
+Stream (after the chunk header), little-endian:
+
+- ``u8`` version (1), ``u8`` sub-predictor groups (bit mask), ``u16`` E, ``u32`` largest
+  value;
+- with the learned group: 8 bytes of the weights' SHA-256, ``u8`` n, then n ``u32``
+  normalisation integers of the predictor;
+- ``u32`` length of the range-coder payload, the payload.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import CorruptFileError, InputError
+from ..learned.store import WeightsMismatchError
+from . import _predictive as kernel
+from .base import Codec, Knob, _Encoded
+from .registry import register_codec
+
+if TYPE_CHECKING:
+    from ..learned.predictor import ViewPredictor
+
+#: ``predictor`` setting -> sub-predictor groups.
+PREDICTORS: dict[str, int] = {
+    "spatial": kernel.SPATIAL,
+    "previous": kernel.PREVIOUS,
+    "both": kernel.SPATIAL | kernel.PREVIOUS | kernel.PREVIOUS_PLUS,
+    "convlstm": kernel.LEARNED,
+    "all": kernel.SPATIAL | kernel.PREVIOUS | kernel.PREVIOUS_PLUS | kernel.LEARNED,
+}
+_VERSION = 1
+_HEAD = struct.Struct("<BBHI")
+#: Values one payload byte can hold at most (the coder spends at least
+#: -log2(4080/4096) bits on a value): a larger declared shape is a crafted stream.
+_VALUES_PER_BYTE = 1500
+
+
+def _predictor() -> ViewPredictor:
+    from ..learned.predictor import ViewPredictor
+
+    return ViewPredictor.load()
+
+
+@register_codec
+class ConvLstm(Codec):
+    """Closed-loop predictive coder of the view sequence (see the module docstring)."""
+
+    codec_id = "convlstm"
+    description = "ConvLSTM + context-model predictive coding: lossless / max error, integer data"
+    family = "learned"
+    exact_dtypes = ("uint8", "uint16")
+    has_native_lossy = True
+    #: The adaptive model restarts at every chunk: long chunks learn it once.
+    preferred_chunk_bytes = 8 << 20
+
+    def __init__(self, *, predictor: str = "all", **rate: Any) -> None:
+        super().__init__(**rate)
+        if predictor not in PREDICTORS:
+            raise InputError(
+                f"convlstm predictor must be one of {', '.join(PREDICTORS)}, got {predictor!r}"
+            )
+        self.predictor = predictor
+
+    def _options(self) -> dict[str, Any]:
+        return {"predictor": self.predictor}
+
+    # ------------------------------------------------------------------ encode
+    def _lossy_work(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, Any]] | None:
+        if x.dtype.name not in self.exact_dtypes:
+            return None  # floats and wider integers: quantised onto a grid, coded lossless
+        return x, {"t": "none", "w": x.dtype.str}
+
+    def _knob(self, work: np.ndarray) -> Knob:
+        span = float(work.max()) - float(work.min())
+        return Knob(lo=0.0, hi=max(2.0, min(span / 2, 65535.0)), log=False, is_error_bound=True)
+
+    def _encode_exact(self, work: np.ndarray) -> bytes:
+        return self._code(work, 0)[0]
+
+    def _encode_lossy(self, work: np.ndarray, knob: float) -> bytes:
+        return self._code(work, math.floor(knob))[0]
+
+    def _encode_max_error(self, x: np.ndarray, bound: float) -> _Encoded:
+        """Integer data in ``exact_dtypes``: the closed loop meets the bound by
+        construction and returns its reconstruction (no decoding to check it)."""
+        if x.dtype.name not in self.exact_dtypes or bound < 1:
+            return super()._encode_max_error(x, bound)
+        near = math.floor(bound)
+        stream, decoded = self._code(x, near)
+        info = {"t": "none", "w": x.dtype.str, "k": float(near)}
+        return _Encoded(stream, info, decoded.astype(x.dtype))
+
+    def _code(self, work: np.ndarray, near: int) -> tuple[bytes, np.ndarray]:
+        """Stream and reconstruction (int64, work's shape) of ``work`` (n, rows, cols) at
+        error bound ``near``."""
+        groups = PREDICTORS[self.predictor]
+        maxval = int(work.max())
+        head = _HEAD.pack(_VERSION, groups, near, maxval)
+        model, norm = None, ()
+        if groups & kernel.LEARNED:
+            model = _predictor()
+            norm = model.normalisation(work)
+            head += model.weights_id + struct.pack(f"<B{len(norm)}I", len(norm), *norm)
+        capacity = work.size * 3 + 1024
+        while True:  # rarely more than once: the buffer holds 24 bits per value
+            sequence = None if model is None else model.sequence(*work.shape[1:], norm)
+            buffer = np.zeros(capacity, dtype=np.uint8)
+            state = kernel.CoderState.new(work.shape[1], work.shape[2], buffer, encoding=True)
+            decoded = np.array(work, dtype=np.int64)
+            self._run(True, decoded, groups, maxval, near, state, sequence)
+            n_bytes = kernel.flush(state.coder, buffer)
+            if n_bytes >= 0:
+                break
+            capacity *= 2
+        payload = buffer[:n_bytes].tobytes()
+        return head + struct.pack("<I", len(payload)) + payload, decoded
+
+    @staticmethod
+    def _run(encoding: bool, views: np.ndarray, groups: int, maxval: int, near: int,
+             state: kernel.CoderState, sequence: Any) -> None:  # fmt: skip
+        """Code ``views`` (n, rows, cols) int64 in place, view by view."""
+        empty = np.zeros((0, 0), dtype=np.int64)
+        previous = empty
+        learned = empty
+        for t in range(views.shape[0]):
+            view = views[t]
+            kernel.code_view(
+                encoding, view, previous, learned, groups, maxval, near,
+                state.probs, state.bias, state.errors, state.coder, state.buffer,
+            )  # fmt: skip
+            previous = view
+            if sequence is not None and t + 1 < views.shape[0]:
+                learned = sequence.next(view)[0]
+
+    # ------------------------------------------------------------------ decode
+    def _decode_stream(self, stream: bytes, shape: tuple[int, ...], work_dtype: str) -> np.ndarray:
+        if len(stream) < _HEAD.size + 4:
+            raise CorruptFileError("convlstm stream is truncated")
+        version, groups, near, maxval = _HEAD.unpack_from(stream)
+        dtype = np.dtype(work_dtype)
+        if version != _VERSION or groups not in PREDICTORS.values():
+            raise CorruptFileError(f"convlstm stream version {version} / predictors {groups}")
+        if dtype.name not in self.exact_dtypes or maxval > np.iinfo(dtype).max:
+            raise CorruptFileError(f"convlstm stream declares values up to {maxval} in {dtype}")
+        pos = _HEAD.size
+        sequence = None
+        if groups & kernel.LEARNED:
+            model = _predictor()
+            if stream[pos : pos + 8] != model.weights_id:
+                raise WeightsMismatchError(
+                    "this convlstm stream was made with other predictor weights than the "
+                    "installed ones; decode it with the ctpress version that wrote it"
+                )
+            n_norm = stream[pos + 8] if len(stream) > pos + 8 else 0
+            pos += 9
+            norm = struct.unpack_from(f"<{n_norm}I", stream, pos)
+            pos += 4 * n_norm
+            try:
+                sequence = model.sequence(shape[1], shape[2], tuple(norm))
+            except ValueError as exc:
+                raise CorruptFileError(f"convlstm stream: {exc}") from None
+        (n_payload,) = struct.unpack_from("<I", stream, pos)
+        payload = np.frombuffer(stream, dtype=np.uint8, count=n_payload, offset=pos + 4).copy()
+        if pos + 4 + n_payload != len(stream):
+            raise CorruptFileError("convlstm payload length differs from the stream's")
+        if math.prod(shape) > (n_payload + 16) * _VALUES_PER_BYTE:
+            raise CorruptFileError(f"convlstm payload of {n_payload} bytes cannot hold {shape}")
+        views = np.zeros(shape, dtype=np.int64)
+        state = kernel.CoderState.new(shape[1], shape[2], payload, encoding=False)
+        self._run(False, views, groups, maxval, near, state, sequence)
+        if state.coder[6] > kernel.FLUSH_BYTES:
+            raise CorruptFileError("convlstm payload ended before the chunk was decoded")
+        return views.astype(dtype)

@@ -23,7 +23,7 @@ HEAVY = (
     "torch torchvision piq scipy h5py zarr blosc2 tqdm matplotlib pydicom tifffile astra odl "
     "skimage"
 ).split()
-LEARNED = {"hyperprior", "vqvae", "siren"}
+LEARNED = {"hyperprior", "vqvae", "siren", "convlstm"}
 
 _REPORT = f"""
 import json, sys
@@ -66,7 +66,7 @@ def test_listing_codec_ids_imports_no_codec_module() -> None:
     assert _heavy_after(code) == []
 
 
-@pytest.mark.parametrize("codec", ["jpegls", "zstd"])
+@pytest.mark.parametrize("codec", ["jpegls", "zstd", "convlstm"])
 def test_classical_round_trip_imports_no_heavy_library(codec: str) -> None:
     """A quiet classical round trip loads neither torch nor the libraries it does not use
     (tqdm only draws progress bars; blosc2 only serves its own codec)."""

@@ -36,8 +36,8 @@ import numpy as np
 #: Sub-predictor groups (bits of the ``groups`` mask).
 SPATIAL, PREVIOUS, PREVIOUS_PLUS, LEARNED = 1, 2, 4, 8
 #: Sub-predictors: 4 spatial, 1 previous view, 3 previous view + neighbours, 4 learned.
-N_PREDICTORS = 12
-_GROUP_OF = np.array([1, 1, 1, 1, 2, 4, 4, 4, 8, 8, 8, 8], dtype=np.int64)
+N_PREDICTORS = 14
+_GROUP_OF = np.array([1, 1, 1, 1, 2, 4, 4, 4, 8, 8, 8, 8, 4, 4], dtype=np.int64)
 #: Activity contexts (half-octaves of the recent error).
 N_CONTEXTS = 48
 #: Exp-Golomb classes coded in unary (magnitudes below 2**MAX_CLASS).
@@ -48,8 +48,8 @@ _TOP = 1 << 24
 _BIAS_LIMIT = 256
 #: Blend weight numerator (weights are 2**28 / (error + 1)).
 _WEIGHT_ONE = 1 << 28
-_SOFT = 1
-_OLDW = 8
+#: Adaptation shifts of the fast and the slow probability counter.
+_FAST_SHIFT, _SLOW_SHIFT = 6, 8
 #: Bytes the range coder appends when it is flushed.
 FLUSH_BYTES = 5
 
@@ -152,11 +152,11 @@ def _code_bit(
             c[5] = ((c[5] << 8) | _next_byte(c, buf)) & 0xFFFFFFFF
     fast, slow = int(probs[i, 0]), int(probs[i, 1])
     if bit == 0:
-        probs[i, 0] = fast + ((65536 - fast) >> 4)
-        probs[i, 1] = slow + ((65536 - slow) >> 7)
+        probs[i, 0] = fast + ((65536 - fast) >> _FAST_SHIFT)
+        probs[i, 1] = slow + ((65536 - slow) >> _SLOW_SHIFT)
     else:
-        probs[i, 0] = fast - (fast >> 4)
-        probs[i, 1] = slow - (slow >> 7)
+        probs[i, 0] = fast - (fast >> _FAST_SHIFT)
+        probs[i, 1] = slow - (slow >> _SLOW_SHIFT)
     return bit
 
 
@@ -284,6 +284,7 @@ def code_view(encoding: bool, view: np.ndarray, previous: np.ndarray, learned: n
     cur_err[:] = 0
     p = np.zeros(N_PREDICTORS, dtype=np.int64)
     first = int(previous[0, 0]) if has_previous else (maxval + 1) // 2
+    smooth = _box3(previous) if has_previous else previous
     for r in range(rows):
         er = r + 1  # row of the error memory (row 0 is the border)
         for col in range(cols):
@@ -302,9 +303,13 @@ def code_view(encoding: bool, view: np.ndarray, previous: np.ndarray, learned: n
                 p[5] = 8 * (t + w - tw)
                 p[6] = 8 * (t + n - tn)
                 p[7] = 8 * t + 2 * ((n - tn) + (w - tw) + (ne - tne) + (nw - tnw))
+                sv = int(smooth[r, col])
+                sn, sw, snw, sne = _full_neighbours(smooth, r, col)
+                p[12] = sv
+                p[13] = sv + ((8 * n - sn) + (8 * w - sw) + (8 * ne - sne) + (8 * nw - snw)) // 4
                 if has_learned:
                     lv = int(learned[r, col])
-                    ln, lw, lnw, lne = _learned_neighbours(learned, r, col)
+                    ln, lw, lnw, lne = _full_neighbours(learned, r, col)
                     p[8] = lv
                     p[9] = lv + 8 * w - lw
                     p[10] = lv + 8 * n - ln
@@ -319,7 +324,7 @@ def code_view(encoding: bool, view: np.ndarray, previous: np.ndarray, learned: n
                     continue
                 e = (cur_err[k, er - 1, ec] + cur_err[k, er, ec - 1] + cur_err[k, er - 1, ec - 1]
                      + cur_err[k, er - 1, ec + 1] + old_err[k, er, ec])  # fmt: skip
-                weight = _WEIGHT_ONE // (e + _SOFT)
+                weight = _WEIGHT_ONE // (e + 1)
                 total += weight
                 acc += weight * p[k]
             pred8 = (acc + total // 2) // total
@@ -329,21 +334,7 @@ def code_view(encoding: bool, view: np.ndarray, previous: np.ndarray, learned: n
                 2 * (cur_err[f, er - 1, ec] + cur_err[f, er, ec - 1])
                 + cur_err[f, er - 1, ec - 1]
                 + cur_err[f, er - 1, ec + 1]
-            )
-            activity += (
-                _OLDW
-                * (
-                    old_err[f, er - 1, ec - 1]
-                    + old_err[f, er - 1, ec]
-                    + old_err[f, er - 1, ec + 1]
-                    + old_err[f, er, ec - 1]
-                    + old_err[f, er, ec]
-                    + old_err[f, er, ec + 1]
-                    + old_err[f, er + 1, ec - 1]
-                    + old_err[f, er + 1, ec]
-                    + old_err[f, er + 1, ec + 1]
-                )
-                // 4
+                + old_err[f, er - 1 : er + 2, ec - 1 : ec + 2].sum()
             )
             ctx = _context(activity)
             count = bias[ctx, 1]
@@ -375,10 +366,26 @@ def code_view(encoding: bool, view: np.ndarray, previous: np.ndarray, learned: n
 
 
 @numba.njit(cache=True, nogil=True)
-def _learned_neighbours(learned: np.ndarray, r: int, col: int) -> tuple[int, int, int, int]:
-    """(N, W, NW, NE) of the learned prediction with the coder's border rules (the
-    prediction exists everywhere, so no ``first`` value is needed)."""
-    return _neighbours(learned, r, col, int(learned[r, col]))
+def _full_neighbours(values: np.ndarray, r: int, col: int) -> tuple[int, int, int, int]:
+    """(N, W, NW, NE) of a prediction known everywhere (learned, smoothed previous view)
+    with the coder's border rules."""
+    return _neighbours(values, r, col, int(values[r, col]))
+
+
+@numba.njit(cache=True, nogil=True)
+def _box3(view: np.ndarray) -> np.ndarray:
+    """Mean of the 3 x 3 neighbourhood (borders replicated), units of 1/8, floored."""
+    rows, cols = view.shape
+    out = np.empty((rows, cols), dtype=np.int64)
+    for r in range(rows):
+        for col in range(cols):
+            total = 0
+            for dr in range(-1, 2):
+                rr = min(max(r + dr, 0), rows - 1)
+                for dc in range(-1, 2):
+                    total += int(view[rr, min(max(col + dc, 0), cols - 1)])
+            out[r, col] = (8 * total) // 9
+    return out
 
 
 @numba.njit(cache=True, nogil=True)

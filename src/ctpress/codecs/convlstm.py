@@ -22,7 +22,7 @@ CRC-32 is only a safety net.
 Stream (after the chunk header), little-endian:
 
 - ``u8`` version (1), ``u8`` sub-predictor groups (bit mask), ``u16`` E, ``u32`` largest
-  value;
+  value, ``u32`` views, ``u32`` rows, ``u32`` columns;
 - with the learned group: 8 bytes of the weights' SHA-256, ``u8`` n, then n ``u32``
   normalisation integers of the predictor;
 - ``u32`` length of the range-coder payload, the payload.
@@ -54,7 +54,7 @@ PREDICTORS: dict[str, int] = {
     "all": kernel.SPATIAL | kernel.PREVIOUS | kernel.PREVIOUS_PLUS | kernel.LEARNED,
 }
 _VERSION = 1
-_HEAD = struct.Struct("<BBHI")
+_HEAD = struct.Struct("<BBHIIII")
 #: Values one payload byte can hold at most (the coder spends at least
 #: -log2(4080/4096) bits on a value): a larger declared shape is a crafted stream.
 _VALUES_PER_BYTE = 1500
@@ -78,7 +78,7 @@ class ConvLstm(Codec):
     #: The adaptive model restarts at every chunk: long chunks learn it once.
     preferred_chunk_bytes = 8 << 20
 
-    def __init__(self, *, predictor: str = "all", **rate: Any) -> None:
+    def __init__(self, *, predictor: str = "both", **rate: Any) -> None:
         super().__init__(**rate)
         if predictor not in PREDICTORS:
             raise InputError(
@@ -120,7 +120,7 @@ class ConvLstm(Codec):
         error bound ``near``."""
         groups = PREDICTORS[self.predictor]
         maxval = int(work.max())
-        head = _HEAD.pack(_VERSION, groups, near, maxval)
+        head = _HEAD.pack(_VERSION, groups, near, maxval, *work.shape)
         model, norm = None, ()
         if groups & kernel.LEARNED:
             model = _predictor()
@@ -161,7 +161,9 @@ class ConvLstm(Codec):
     def _decode_stream(self, stream: bytes, shape: tuple[int, ...], work_dtype: str) -> np.ndarray:
         if len(stream) < _HEAD.size + 4:
             raise CorruptFileError("convlstm stream is truncated")
-        version, groups, near, maxval = _HEAD.unpack_from(stream)
+        version, groups, near, maxval, *dims = _HEAD.unpack_from(stream)
+        if tuple(dims) != tuple(shape):
+            raise CorruptFileError(f"convlstm stream holds {tuple(dims)} values, not {shape}")
         dtype = np.dtype(work_dtype)
         if version != _VERSION or groups not in PREDICTORS.values():
             raise CorruptFileError(f"convlstm stream version {version} / predictors {groups}")

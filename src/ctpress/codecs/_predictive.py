@@ -7,7 +7,9 @@ given, an external prediction L of the whole view (the ConvLSTM's, computed from
 previous views).  Sub-predictors (in units of 1/8):
 
 - spatial: MED (LOCO-I), N + W - NW, W + NE - N, (N + W)/2 + (NE - NW)/4;
-- previous view: T, T + (W - T_W), T + (N - T_N), T + mean of the four neighbours' changes;
+- previous view: T; T + (W - T_W), T + (N - T_N), T + mean of the four neighbours' changes,
+  the 3 x 3 mean S of T and S + the neighbours' mean deviation from S, and T moved by one
+  column either way (T_W + (W - T_WW), T_E + (W - T));
 - learned: L, and L corrected by the neighbours as for T.
 
 They are blended with weights inversely proportional to each one's recent absolute
@@ -35,9 +37,10 @@ import numpy as np
 
 #: Sub-predictor groups (bits of the ``groups`` mask).
 SPATIAL, PREVIOUS, PREVIOUS_PLUS, LEARNED = 1, 2, 4, 8
-#: Sub-predictors: 4 spatial, 1 previous view, 3 previous view + neighbours, 4 learned.
-N_PREDICTORS = 14
-_GROUP_OF = np.array([1, 1, 1, 1, 2, 4, 4, 4, 8, 8, 8, 8, 4, 4], dtype=np.int64)
+#: Sub-predictors (index: group): 0-3 spatial, 4 previous view, 5-7 and 12-15 previous view
+#: with neighbours, 8-11 learned.
+N_PREDICTORS = 16
+_GROUP_OF = np.array([1, 1, 1, 1, 2, 4, 4, 4, 8, 8, 8, 8, 4, 4, 4, 4], dtype=np.int64)
 #: Activity contexts (half-octaves of the recent error).
 N_CONTEXTS = 48
 #: Exp-Golomb classes coded in unary (magnitudes below 2**MAX_CLASS).
@@ -307,6 +310,11 @@ def code_view(encoding: bool, view: np.ndarray, previous: np.ndarray, learned: n
                 sn, sw, snw, sne = _full_neighbours(smooth, r, col)
                 p[12] = sv
                 p[13] = sv + ((8 * n - sn) + (8 * w - sw) + (8 * ne - sne) + (8 * nw - snw)) // 4
+                # the previous view moved by one column either way
+                te = int(previous[r, min(col + 1, cols - 1)])
+                tww = int(previous[r, max(col - 2, 0)])
+                p[14] = 8 * (tw + w - tww)
+                p[15] = 8 * (te + w - t)
                 if has_learned:
                     lv = int(learned[r, col])
                     ln, lw, lnw, lne = _full_neighbours(learned, r, col)

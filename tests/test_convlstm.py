@@ -1,0 +1,163 @@
+"""The ConvLSTM closed-loop predictive codec: exact round trips, error bounds on every
+value, identical bytes and values across processes, thread counts and instruction sets,
+and damage confined to the chunk it hits."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ctpress
+from conftest import SHARED_DATA
+from ctpress.codecs.convlstm import PREDICTORS, ConvLstm
+from ctpress.codecs.framing import chunk_header, parse_chunk_header
+from ctpress.errors import CorruptFileError, InputError
+from ctpress.noise import NoiseModel
+
+SAVU = SHARED_DATA / "projections" / "savu_i12_raw_projections_91x135x160_uint16.npy"
+
+
+def _counts(n: int = 6, rows: int = 12, cols: int = 40, seed: int = 0) -> np.ndarray:
+    """Poisson counts of a smooth object rotating over the views, with 0 and 65535 in it."""
+    rng = np.random.default_rng(seed)
+    view = np.arange(n)[:, None, None] * 0.2
+    col = np.linspace(-1, 1, cols)[None, None, :]
+    row = np.linspace(-1, 1, rows)[None, :, None]
+    mean = 40000 * np.exp(-3 * np.clip(1 - (col - 0.3 * np.sin(view)) ** 2 - row**2 / 4, 0, 1))
+    x = np.clip(rng.poisson(mean), 0, 65535).astype(np.uint16)
+    x[0, 0, 0], x[-1, -1, -1], x[2, 5, 7] = 0, 65535, 65535
+    return x
+
+
+@pytest.mark.parametrize("predictor", sorted(PREDICTORS))
+def test_lossless_round_trip_is_bit_exact(predictor: str) -> None:
+    x = _counts()
+    codec = ConvLstm(predictor=predictor)
+    data = codec.encode(x)
+    np.testing.assert_array_equal(codec.decode(data), x)
+    assert len(data) < x.nbytes  # it compresses
+
+
+@pytest.mark.skipif(not SAVU.is_file(), reason="needs ../shared/data")
+def test_lossless_on_real_counts_beats_jpegls() -> None:
+    x = np.load(SAVU)[60:]  # the views the predictor never trained on
+    data = ConvLstm().encode(x)
+    np.testing.assert_array_equal(ConvLstm().decode(data), x)
+    jpegls = ctpress.codecs.get_codec("jpegls").encode(x)
+    assert len(data) < len(jpegls)
+
+
+@pytest.mark.parametrize("bound", [1, 3, 8])
+@pytest.mark.parametrize("predictor", ["both", "all"])
+def test_max_error_holds_on_every_value(bound: int, predictor: str) -> None:
+    x = _counts(seed=bound)
+    codec = ConvLstm(predictor=predictor, mode="max_error", value=bound)
+    data, reconstruction = codec.compress(x)
+    decoded = codec.decode(data)
+    np.testing.assert_array_equal(decoded, reconstruction)
+    assert np.abs(decoded.astype(np.int64) - x).max() <= bound
+    assert len(data) < len(ConvLstm(predictor=predictor).encode(x))
+
+
+def test_float_data_is_coded_on_its_quantisation_grid() -> None:
+    x = _counts().astype(np.float32) / 1000
+    codec = ConvLstm(mode="max_error", value=0.01)
+    assert np.abs(codec.decode(codec.encode(x)) - x).max() <= 0.01
+
+
+def test_noise_bound_holds_on_every_value() -> None:
+    x = _counts()
+    noise = NoiseModel(domain="counts", gain=1.0, read_noise=0.0)
+    codec = ConvLstm(mode="noise", value=0.5, noise=noise)
+    decoded = codec.decode(codec.encode(x)).astype(np.float64)
+    assert (np.abs(decoded - x) <= 0.5 * noise.sigma(x.astype(np.float64)) + 1e-9).all()
+
+
+def test_unknown_predictor_is_a_one_line_input_error() -> None:
+    with pytest.raises(InputError, match="predictor must be one of"):
+        ConvLstm(predictor="oracle")
+
+
+_ENCODE = """
+import hashlib, sys, numpy as np
+from ctpress.codecs.convlstm import ConvLstm
+x = np.load(sys.argv[1])
+codec = ConvLstm(mode=sys.argv[2], value=float(sys.argv[3]) or None)
+data = codec.encode(x)
+decoded = codec.decode(data)
+print(hashlib.sha256(data).hexdigest(), hashlib.sha256(decoded.tobytes()).hexdigest())
+"""
+
+
+@pytest.mark.parametrize("mode, value", [("lossless", 0), ("max_error", 2)])
+def test_bytes_and_values_are_identical_across_processes_threads_and_isa(
+    tmp_path: Path, mode: str, value: int
+) -> None:
+    """The encoder's stream (which embeds every prediction it made) and the decoded values
+    are the same bytes under every instruction-set level and thread count."""
+    path = tmp_path / "x.npy"
+    x = _counts(n=5, rows=16, cols=48, seed=7)
+    np.save(path, x)
+    package_root = str(Path(ctpress.__file__).resolve().parents[1])
+    results = set()
+    for isa, threads in [("default", "1"), ("avx2", "2"), ("avx512", "2"), (None, "1")]:
+        env = dict(os.environ, PYTHONPATH=package_root, OMP_NUM_THREADS=threads)
+        env["OPENBLAS_NUM_THREADS"] = env["MKL_NUM_THREADS"] = threads
+        env.pop("ATEN_CPU_CAPABILITY", None)
+        if isa is not None:
+            env["ATEN_CPU_CAPABILITY"] = isa
+        done = subprocess.run(
+            [sys.executable, "-c", _ENCODE, str(path), mode, str(value)],
+            env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        results.add(done.stdout.split()[0] + done.stdout.split()[1])
+    codec = ConvLstm(mode=mode, value=value or None)
+    here = codec.encode(x)
+    assert len(results) == 1
+    expected = (
+        hashlib.sha256(here).hexdigest() + hashlib.sha256(codec.decode(here).tobytes()).hexdigest()
+    )
+    assert results == {expected}
+
+
+def test_a_damaged_chunk_is_detected_and_the_others_still_decode(tmp_path: Path) -> None:
+    x = _counts(n=9)
+    path = tmp_path / "scan.ctpz"
+    ctpress.compress(x, path, codec="convlstm", lossless=True, chunk_views=3)
+    with ctpress.open(path) as f:
+        middle = f.chunks[1]
+    raw = bytearray(path.read_bytes())
+    raw[middle.offset + middle.length // 2] ^= 0x10
+    path.write_bytes(bytes(raw))
+    with ctpress.open(path) as f:
+        np.testing.assert_array_equal(f.read_views(0, 3), x[:3])
+        np.testing.assert_array_equal(f.read_views(6, 9), x[6:])
+        with pytest.raises(CorruptFileError):
+            f.read_views(3, 6)
+
+
+def test_stream_fields_are_checked_before_decoding() -> None:
+    """A stream whose CRC is right but whose fields lie (crafted) fails on one line."""
+    codec = ConvLstm(predictor="both")
+    chunk = codec.encode(_counts())
+    header, offset = parse_chunk_header(chunk)
+    stream = bytearray(chunk[offset:])
+    bad_max = bytearray(stream)
+    struct.pack_into("<I", bad_max, 4, 70000)  # largest value beyond uint16
+    bad_version = bytearray(stream)
+    bad_version[0] = 9
+    short_payload = bytearray(stream)
+    struct.pack_into("<I", short_payload, 20, 1)  # payload length disagrees with the stream
+    for crafted in (bad_max, bad_version, short_payload):
+        with pytest.raises(CorruptFileError):
+            body = bytes(crafted)
+            codec.decode(chunk_header(dict(header, n=len(body), crc=zlib.crc32(body))) + body)

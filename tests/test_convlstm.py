@@ -82,7 +82,7 @@ def test_noise_bound_holds_on_every_value() -> None:
 
 
 def test_unknown_predictor_is_a_one_line_input_error() -> None:
-    with pytest.raises(InputError, match="predictor must be one of"):
+    with pytest.raises(InputError, match="setting predictor='oracle': must be one of"):
         ConvLstm(predictor="oracle")
 
 
@@ -161,3 +161,12 @@ def test_stream_fields_are_checked_before_decoding() -> None:
         with pytest.raises(CorruptFileError):
             body = bytes(crafted)
             codec.decode(chunk_header(dict(header, n=len(body), crc=zlib.crc32(body))) + body)
+
+
+def test_float_data_on_a_stated_grid_are_lossless() -> None:
+    step = 2.0**-13
+    x = (_counts().astype(np.float64) * step + 0.5).astype(np.float32)
+    codec = ConvLstm(grid=step)
+    np.testing.assert_array_equal(codec.decode(codec.encode(x)), x)
+    with pytest.raises(InputError, match="not on the grid"):
+        codec.encode(x + np.float32(step / 3))

@@ -374,6 +374,8 @@ BAD_SETTINGS = [
     ("siren", {"quant_noise": 0}, "siren setting quant_noise=0: must be a number in (0, 100]"),
     ("siren", {"meta_init": "yes"}, "siren setting meta_init='yes': must be true or false"),
     ("siren", {"seed": "s"}, "siren setting seed='s': must be an integer from"),
+    ("convlstm", {"predictor": "x"}, "convlstm setting predictor='x': must be one of ('spatial',"),
+    ("convlstm", {"grid": 0}, "convlstm setting grid=0: must be a number > 0"),
     ("zstd", {"mode": "bpp", "value": "x"}, "rate control 'bpp' needs a finite value, got 'x'"),
     ("zstd", {"data_range": "x"}, "data_range must be > 0, got 'x'"),
 ]

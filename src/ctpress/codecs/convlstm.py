@@ -15,6 +15,10 @@ uses decoded values, so errors do not accumulate along the views.
 view), ``both`` (spatial and previous view with its neighbours' changes), ``convlstm``
 (the learned prediction with its neighbours' corrections) and ``all`` (everything).
 
+Lossless on float data needs their grid: ``grid=q`` codes values ``lo + k q`` exactly (and
+refuses data off the grid); without it float data take ``max_error`` (quantised onto a
+grid of step 2E, then coded losslessly).
+
 Every prediction is an integer computed by exact integer operations, so the decoder
 reproduces the encoder's predictions on every machine by construction; the chunk's
 CRC-32 is only a safety net.
@@ -41,6 +45,7 @@ from ..learned.store import WeightsMismatchError
 from . import _predictive as kernel
 from .base import Codec, Knob, _Encoded
 from .registry import register_codec
+from .settings import number_setting
 
 if TYPE_CHECKING:
     from ..learned.predictor import ViewPredictor
@@ -78,16 +83,38 @@ class ConvLstm(Codec):
     #: The adaptive model restarts at every chunk: long chunks learn it once.
     preferred_chunk_bytes = 8 << 20
 
-    def __init__(self, *, predictor: str = "both", **rate: Any) -> None:
+    def __init__(self, *, predictor: str = "both", grid: float | None = None, **rate: Any) -> None:
         super().__init__(**rate)
         if predictor not in PREDICTORS:
             raise InputError(
-                f"convlstm predictor must be one of {', '.join(PREDICTORS)}, got {predictor!r}"
+                f"convlstm setting predictor={predictor!r}: must be one of {tuple(PREDICTORS)}"
             )
         self.predictor = predictor
+        self.grid = None if grid is None else number_setting(self.codec_id, "grid", grid, 0.0)
 
     def _options(self) -> dict[str, Any]:
-        return {"predictor": self.predictor}
+        return {"predictor": self.predictor, "grid": self.grid}
+
+    def _encode_lossless(self, x: np.ndarray) -> _Encoded:
+        """Integer data as they are; float data on the stated ``grid`` (``lo + k grid``,
+        every value checked to come back exactly)."""
+        if x.dtype.kind != "f" or self.grid is None:
+            return super()._encode_lossless(x)
+        lo = float(x.min())
+        steps = np.rint((x.astype(np.float64) - lo) / self.grid)
+        info = {"t": "quant", "w": "<u2", "o": lo, "q": self.grid}
+        if steps.max() > np.iinfo(np.uint16).max:
+            raise InputError(
+                f"convlstm: the data span {steps.max():.0f} steps of grid {self.grid:g}, more "
+                "than the 65535 it codes; state the data's own grid step"
+            )
+        if not np.array_equal((steps * self.grid + lo).astype(x.dtype), x):
+            raise InputError(
+                f"convlstm: the data are not on the grid {lo:g} + k x {self.grid:g}; state the "
+                "step the values were stored with, or use --max-error"
+            )
+        work = steps.astype(np.uint16)
+        return _Encoded(self._encode_exact(work), info)
 
     # ------------------------------------------------------------------ encode
     def _lossy_work(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, Any]] | None:

@@ -82,6 +82,9 @@ CASES += [
     ("vqvae_max_error", "u16", "vqvae", {"max_error": 8}, {}),
     ("siren_psnr", "u16", "siren", {"psnr": 35}, {"steps": 60, "width": 16}),
     ("siren_max_error", "u16", "siren", {"max_error": 16}, {"steps": 60, "width": 16}),
+    ("convlstm_lossless", "u16", "convlstm", {"lossless": True}, {}),
+    ("convlstm_max_error", "u16", "convlstm", {"max_error": 3}, {}),
+    ("convlstm_bpp", "u16", "convlstm", {"bpp": 6}, {}),
 ]
 
 

@@ -80,11 +80,14 @@ class CoderState:
 
 
 # layout of the probability table: zero flag, sign, unary class, mantissa tree
+# (context N_CONTEXTS codes the corrections of the per-value bound; _ESCAPE its flags)
+_TABLES = N_CONTEXTS + 1
 _ZERO = 0
-_SIGN = _ZERO + N_CONTEXTS
-_CLASS = _SIGN + N_CONTEXTS * 8
-_MANTISSA = _CLASS + N_CONTEXTS * (MAX_CLASS + 1)
-_N_BITS = _MANTISSA + N_CONTEXTS * (MAX_CLASS + 1) * 3
+_SIGN = _ZERO + _TABLES
+_CLASS = _SIGN + _TABLES * 8
+_MANTISSA = _CLASS + _TABLES * (MAX_CLASS + 1)
+_ESCAPE = _MANTISSA + _TABLES * (MAX_CLASS + 1) * 3
+_N_BITS = _ESCAPE + N_CONTEXTS
 
 
 # ---------------------------------------------------------------- range coder
@@ -258,18 +261,23 @@ def _neighbours(view: np.ndarray, r: int, col: int, first: int) -> tuple[int, in
 
 @numba.njit(cache=True, nogil=True)
 def code_view(encoding: bool, view: np.ndarray, previous: np.ndarray, learned: np.ndarray,
-              groups: int, maxval: int, near: int, probs: np.ndarray, bias: np.ndarray,
-              errors: np.ndarray, c: np.ndarray, buf: np.ndarray) -> None:  # fmt: skip
+              groups: int, maxval: int, near: int, allowed: np.ndarray, probs: np.ndarray,
+              bias: np.ndarray, errors: np.ndarray, c: np.ndarray,
+              buf: np.ndarray) -> None:  # fmt: skip
     """Code one view (rows, cols) int64 in place: encode it (``encoding``; ``view`` is
     replaced by its reconstruction, equal to it when ``near`` is 0) or decode into it.
 
     ``previous``: the previous decoded view (rows, cols) int64, or an empty array for the
     first view of a chunk; ``learned``: the external prediction of this view in units of
     1/8 (rows, cols) int64, or empty.  ``groups``: sub-predictor groups in use (bit mask);
-    ``maxval``: largest value; ``near``: the error bound (step ``2 near + 1``).
+    ``maxval``: largest value; ``near``: the error bound (step ``2 near + 1``), or with
+    ``allowed`` (int64 (maxval + 1,), the error each value may take; empty otherwise) the
+    bound of each pixel: ``allowed[prediction]``, and where a value of the quantisation
+    bin may allow less (``allowed`` is unimodal, so the bin's ends tell), a flag and, if
+    set, the exact correction.
     ``errors[0]`` holds this view's error memory, ``errors[1]`` the previous view's."""
     rows, cols = view.shape
-    step = 2 * near + 1
+    has_allowed = allowed.size > 0
     has_previous = previous.size > 0
     has_learned = learned.size > 0
     use = np.zeros(N_PREDICTORS, dtype=np.bool_)
@@ -344,20 +352,36 @@ def code_view(encoding: bool, view: np.ndarray, previous: np.ndarray, learned: n
                 + cur_err[f, er - 1, ec + 1]
                 + old_err[f, er - 1 : er + 2, ec - 1 : ec + 2].sum()
             )
-            ctx = _context(activity)
+            if has_allowed:  # the bound of this pixel, from the blend's prediction
+                bound = int(allowed[min(max((pred8 + 4) >> 3, 0), maxval)])
+            else:
+                bound = near
+            step = 2 * bound + 1
+            ctx = _context((16 * activity) // step)  # the activity in steps
             count = bias[ctx, 1]
             corrected = pred8 + (bias[ctx, 0] // count if count > 0 else 0)
             corrected = min(max(corrected, 0), 8 * maxval)
             guess = (corrected + 4) >> 3
             sign_ctx = ctx * 8 + (corrected - 8 * guess + 4)
+            x = int(view[r, col]) if encoding else 0
             if encoding:
-                residual = int(view[r, col]) - guess
-                q = (abs(residual) + near) // step
+                residual = x - guess
+                q = (abs(residual) + bound) // step
                 q = -q if residual < 0 else q
                 _code_residual(True, q, ctx, sign_ctx, probs, c, buf)
             else:
                 q = _code_residual(False, 0, ctx, sign_ctx, probs, c, buf)
             value = min(max(guess + q * step, 0), maxval)
+            if has_allowed and bound > 0:
+                lo, hi = max(value - bound, 0), min(value + bound, maxval)
+                if min(allowed[lo], allowed[hi]) < bound:  # the bin may hold a stricter value
+                    miss = 1 if encoding and abs(value - x) > allowed[x] else 0
+                    if _code_bit(encoding, miss, probs, _ESCAPE + ctx, c, buf):
+                        fix = x - value if encoding else 0
+                        value += _code_residual(
+                            encoding, fix, N_CONTEXTS, N_CONTEXTS * 8, probs, c, buf
+                        )
+                        value = min(max(value, 0), maxval)
             view[r, col] = value
             # update the error memory and the bias table
             v8 = 8 * value

@@ -42,6 +42,7 @@ import numpy as np
 
 from ..errors import CorruptFileError, InputError
 from ..learned.store import WeightsMismatchError
+from ..noise import NoiseModel
 from . import _predictive as kernel
 from .base import Codec, Knob, _Encoded
 from .registry import register_codec
@@ -58,11 +59,31 @@ PREDICTORS: dict[str, int] = {
     "convlstm": kernel.LEARNED,
     "all": kernel.SPATIAL | kernel.PREVIOUS | kernel.PREVIOUS_PLUS | kernel.LEARNED,
 }
+#: Stream flag (with the sub-predictor groups): a bound per value from a noise model.
+PER_VALUE_BOUND = 16
 _VERSION = 1
 _HEAD = struct.Struct("<BBHIIII")
+_NOISE = struct.Struct("<5d")
 #: Values one payload byte can hold at most (the coder spends at least
 #: -log2(4080/4096) bits on a value): a larger declared shape is a crafted stream.
 _VALUES_PER_BYTE = 1500
+
+
+def bound_table(maxval: int, dtype_max: int, fraction: float, model: NoiseModel) -> np.ndarray:
+    """The error each value 0..maxval may take under the noise bound (int64): ``floor(f
+    sigma(x))`` with ``sigma^2 = gain max(x - dark, 0) + read_noise^2``, 0 for the values
+    kept exactly (0, the dtype's maximum, saturated values).  Only correctly rounded IEEE
+    operations (+, x, sqrt, floor), so encoder and decoder build the same table on every
+    machine; the table is 0, then non-decreasing, then 0 (unimodal)."""
+    x = np.arange(maxval + 1, dtype=np.float64)
+    variance = model.gain * np.maximum(x - model.dark, 0.0) + model.read_noise * model.read_noise
+    table = np.floor(fraction * np.sqrt(variance)).astype(np.int64)
+    table[0] = 0
+    if maxval >= dtype_max:
+        table[dtype_max] = 0
+    if model.saturation is not None:
+        table[x >= model.saturation] = 0
+    return table
 
 
 def _predictor() -> ViewPredictor:
@@ -142,10 +163,23 @@ class ConvLstm(Codec):
         info = {"t": "none", "w": x.dtype.str, "k": float(near)}
         return _Encoded(stream, info, decoded.astype(x.dtype))
 
-    def _code(self, work: np.ndarray, near: int) -> tuple[bytes, np.ndarray]:
+    def _encode_noise(self, x: np.ndarray) -> _Encoded:
+        """Raw counts (uint8/uint16 under a counts-domain model): the bound of each value
+        in the closed loop itself (no transform, no exceptions); else the generic mode."""
+        noise = self.rate.noise
+        if noise is None or noise.domain != "counts" or x.dtype.name not in self.exact_dtypes:
+            return super()._encode_noise(x)
+        assert self.value is not None
+        stream, decoded = self._code(x, 0, (self.value, noise))
+        return _Encoded(stream, {"t": "none", "w": x.dtype.str}, decoded.astype(x.dtype))
+
+    def _code(
+        self, work: np.ndarray, near: int, bound: tuple[float, NoiseModel] | None = None
+    ) -> tuple[bytes, np.ndarray]:
         """Stream and reconstruction (int64, work's shape) of ``work`` (n, rows, cols) at
-        error bound ``near``."""
-        groups = PREDICTORS[self.predictor]
+        error bound ``near``, or with ``bound`` = (fraction, counts-domain noise model) at
+        the noise bound of each value."""
+        groups = PREDICTORS[self.predictor] | (PER_VALUE_BOUND if bound else 0)
         maxval = int(work.max())
         head = _HEAD.pack(_VERSION, groups, near, maxval, *work.shape)
         model, norm = None, ()
@@ -153,13 +187,19 @@ class ConvLstm(Codec):
             model = _predictor()
             norm = model.normalisation(work)
             head += model.weights_id + struct.pack(f"<B{len(norm)}I", len(norm), *norm)
+        table = np.zeros(0, dtype=np.int64)
+        if bound is not None:
+            fraction, noise = bound
+            saturation = math.nan if noise.saturation is None else noise.saturation
+            head += _NOISE.pack(fraction, noise.gain, noise.read_noise, noise.dark, saturation)
+            table = bound_table(maxval, np.iinfo(work.dtype).max, fraction, noise)
         capacity = work.size * 3 + 1024
         while True:  # rarely more than once: the buffer holds 24 bits per value
             sequence = None if model is None else model.sequence(*work.shape[1:], norm)
             buffer = np.zeros(capacity, dtype=np.uint8)
             state = kernel.CoderState.new(work.shape[1], work.shape[2], buffer, encoding=True)
             decoded = np.array(work, dtype=np.int64)
-            self._run(True, decoded, groups, maxval, near, state, sequence)
+            self._run(True, decoded, groups, maxval, near, table, state, sequence)
             n_bytes = kernel.flush(state.coder, buffer)
             if n_bytes >= 0:
                 break
@@ -169,7 +209,7 @@ class ConvLstm(Codec):
 
     @staticmethod
     def _run(encoding: bool, views: np.ndarray, groups: int, maxval: int, near: int,
-             state: kernel.CoderState, sequence: Any) -> None:  # fmt: skip
+             table: np.ndarray, state: kernel.CoderState, sequence: Any) -> None:  # fmt: skip
         """Code ``views`` (n, rows, cols) int64 in place, view by view."""
         empty = np.zeros((0, 0), dtype=np.int64)
         previous = empty
@@ -177,8 +217,8 @@ class ConvLstm(Codec):
         for t in range(views.shape[0]):
             view = views[t]
             kernel.code_view(
-                encoding, view, previous, learned, groups, maxval, near,
-                state.probs, state.bias, state.errors, state.coder, state.buffer,
+                encoding, view, previous, learned, groups & ~PER_VALUE_BOUND, maxval, near,
+                table, state.probs, state.bias, state.errors, state.coder, state.buffer,
             )  # fmt: skip
             previous = view
             if sequence is not None and t + 1 < views.shape[0]:
@@ -192,7 +232,7 @@ class ConvLstm(Codec):
         if tuple(dims) != tuple(shape):
             raise CorruptFileError(f"convlstm stream holds {tuple(dims)} values, not {shape}")
         dtype = np.dtype(work_dtype)
-        if version != _VERSION or groups not in PREDICTORS.values():
+        if version != _VERSION or groups & ~PER_VALUE_BOUND not in PREDICTORS.values():
             raise CorruptFileError(f"convlstm stream version {version} / predictors {groups}")
         if dtype.name not in self.exact_dtypes or maxval > np.iinfo(dtype).max:
             raise CorruptFileError(f"convlstm stream declares values up to {maxval} in {dtype}")
@@ -213,6 +253,20 @@ class ConvLstm(Codec):
                 sequence = model.sequence(shape[1], shape[2], tuple(norm))
             except ValueError as exc:
                 raise CorruptFileError(f"convlstm stream: {exc}") from None
+        table = np.zeros(0, dtype=np.int64)
+        if groups & PER_VALUE_BOUND:
+            fraction, gain, read_noise, dark, saturation = _NOISE.unpack_from(stream, pos)
+            pos += _NOISE.size
+            try:
+                noise = NoiseModel(
+                    domain="counts", gain=gain, read_noise=read_noise, dark=dark,
+                    saturation=None if math.isnan(saturation) else saturation,
+                )  # fmt: skip
+                if not 0 < fraction < math.inf:
+                    raise ValueError(f"fraction {fraction}")
+            except (ValueError, InputError) as exc:
+                raise CorruptFileError(f"convlstm stream has a bad noise model: {exc}") from None
+            table = bound_table(maxval, np.iinfo(dtype).max, fraction, noise)
         (n_payload,) = struct.unpack_from("<I", stream, pos)
         payload = np.frombuffer(stream, dtype=np.uint8, count=n_payload, offset=pos + 4).copy()
         if pos + 4 + n_payload != len(stream):
@@ -221,7 +275,7 @@ class ConvLstm(Codec):
             raise CorruptFileError(f"convlstm payload of {n_payload} bytes cannot hold {shape}")
         views = np.zeros(shape, dtype=np.int64)
         state = kernel.CoderState.new(shape[1], shape[2], payload, encoding=False)
-        self._run(False, views, groups, maxval, near, state, sequence)
+        self._run(False, views, groups, maxval, near, table, state, sequence)
         if state.coder[6] > kernel.FLUSH_BYTES:
             raise CorruptFileError("convlstm payload ended before the chunk was decoded")
         return views.astype(dtype)

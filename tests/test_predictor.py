@@ -91,7 +91,16 @@ def test_exact_matmul_is_exact_up_to_the_bound_and_refuses_beyond() -> None:
 
 @pytest.mark.parametrize(
     "norm",
-    [(2**31, 10, 3), (0, 1, 3), (0, 35, 3), (0, 10, -1), (0, 10, 25), (0, 10), (-1, 10, 3)],
+    [
+        (2**31, 10, 3),
+        (2**31 - 1, 33, 3),
+        (0, 1, 3),
+        (0, 34, 3),
+        (0, 10, -1),
+        (0, 10, 25),
+        (0, 10),
+        (-1, 10, 3),
+    ],
 )
 def test_normalisation_out_of_range_is_refused(norm: tuple[int, ...]) -> None:
     with pytest.raises(ValueError, match="normalisation"):

@@ -63,7 +63,9 @@ TABLE_RANGE = 8
 #: Fraction bits of the sigmoid table's argument.
 TABLE_BITS = 10
 #: Valid ranges of the stored normalisation (offset code, level shift, difference shift).
-LEVEL_SHIFTS = (2, 34)
+LEVEL_SHIFTS = (2, 33)
+#: Largest magnitude of the offset (data units; any 32-bit data's offset is within it).
+OFFSET_LIMIT = 1 << 33
 DIFF_SHIFTS = (0, 24)
 #: The chunk's conditioning scalar is (level shift - difference shift) / 2**CONDITION_SHIFT.
 CONDITION_SHIFT = 4
@@ -124,7 +126,10 @@ class Normalisation:
             raise ValueError(f"normalisation level shift {level_shift} out of range")
         if not DIFF_SHIFTS[0] <= diff_shift <= DIFF_SHIFTS[1]:
             raise ValueError(f"normalisation difference shift {diff_shift} out of range")
-        return cls(_unzigzag(code) << level_shift, level_shift, diff_shift)
+        offset = _unzigzag(code) << level_shift
+        if abs(offset) > OFFSET_LIMIT:
+            raise ValueError(f"normalisation offset {offset} out of range")
+        return cls(offset, level_shift, diff_shift)
 
     @property
     def condition(self) -> float:
@@ -326,10 +331,10 @@ class ViewSequence:
         return np.clip(scaled, -limit, limit)
 
     def next(self, decoded_view: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Feed decoded view ``t`` (integers (rows, cols)); returns the prediction of view
-        ``t + 1`` (int64 (rows, cols), 2**-PRED_FRAC_BITS data units) and the predicted
-        log-scale of its error (int64 (rows, cols), ``round(4 log2 |error|)`` in data
-        units, clipped to :data:`LOG_SCALE_RANGE`)."""
+        """Feed decoded view ``t`` (integers (rows, cols) of magnitude below 2**32); returns
+        the prediction of view ``t + 1`` (int64 (rows, cols), 2**-PRED_FRAC_BITS data
+        units) and the predicted log-scale of its error (int64 (rows, cols),
+        ``round(4 log2 |error|)`` in data units, clipped to :data:`LOG_SCALE_RANGE`)."""
         x = np.asarray(decoded_view)
         if x.shape != self.shape or x.dtype.kind not in "iu":
             raise ValueError(f"decoded view must be integers of shape {self.shape}")

@@ -453,11 +453,11 @@ def train_view_predictor(
     train_files, held_files = DataFiles.find(data).split()
     say = print if log else (lambda *a, **k: None)
     scans = predictor_scans(train_files, seed, cache)
-    if not scans["multi"] and not scans["fan"]:
-        raise InputError("no simulated training data found (no volumes)")
-    for kind in ("multi", "fan"):  # real data only mixed into its own kind
+    for kind in ("multi", "fan"):  # real data is mixed into simulated data of its kind
         if not scans[kind]:
             scans[kind], scans[f"real_{kind}"] = scans[f"real_{kind}"], []
+    if not scans["multi"] or not scans["fan"]:
+        raise InputError("the view predictor needs multi-row and rows=1 training scans")
     say("view predictor training scans: " + ", ".join(f"{k} {len(v)}" for k, v in scans.items()))
     device = _device()
     model = ConvLSTMPredictor(PREDICTOR_HIDDEN).to(device)

@@ -71,3 +71,25 @@ def test_train_siren_writes_an_installable_initialisation(tmp_path, monkeypatch)
     finally:
         monkeypatch.delenv(zoo.ENV_DIR)
         zoo.clear_cache()
+
+
+def test_train_convlstm_writes_a_loadable_view_predictor(tmp_path):
+    from ctpress.learned.predictor import ViewPredictor
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "projections").mkdir()
+    cone = 20000 + np.cumsum(rng.integers(-50, 50, (24, 32, 64)), axis=2)
+    fan = 3000 + np.cumsum(rng.integers(-20, 20, (24, 300)), axis=1)
+    np.save(tmp_path / "projections" / "tiny_cone.npy", cone.astype(np.uint16))
+    np.save(tmp_path / "projections" / "tiny_fan.npy", fan.astype(np.uint16))
+    out = tmp_path / "convlstm.safetensors"
+    args = ["-q", "train", "convlstm", "--data", str(tmp_path), "--out", str(out)]
+    assert main([*args, "--steps", "2", "--seed", "1"]) == 0
+    meta = json.loads(zoo._safetensors_metadata(out.read_bytes())["metadata"])
+    assert meta["method"] == "convlstm" and meta["steps"] == 2 and meta["seed"] == 1
+    assert "--steps 2 --seed 1" in meta["reproduce"]
+    held = meta["held_out"]["tiny_cone[held-out views]"]
+    assert set(held) >= {"previous_view", "integer", "float"}
+    assert held["integer"]["mean_abs_error"] > 0
+    predictor = ViewPredictor.from_weights(out.read_bytes(), b"12345678")
+    assert predictor.hidden == meta["config"]["hidden"]

@@ -369,9 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train",
         help="train a learned codec's rate point (CPU, or GPU if present); for siren: "
-        "meta-learn the initialisation of one architecture",
+        "meta-learn the initialisation of one architecture; for convlstm: the inter-view "
+        "predictor",
     )
-    p.add_argument("method", choices=["hyperprior", "vqvae", "siren"])
+    p.add_argument("method", choices=["hyperprior", "vqvae", "siren", "convlstm"])
     p.add_argument("--data", nargs="+", type=Path, help="data root(s), directories or .npy files")
     p.add_argument("--out", type=Path, required=True, help="output weights (.safetensors)")
     p.add_argument("--rate-point", type=int, default=0, help="index of the rate point to train")

@@ -36,6 +36,8 @@ HELD_OUT_VOLUMES = ("totalseg_pulmonary_ct_cropped_1p5mm", "dcmqact_ge_human_hea
 EXCLUDED_VOLUMES = ("imageio_stent", "pyradplan_tg119")
 #: Incident photons per detector pixel of the simulated scans.
 DOSES = (2.5e4, 1e5, 4e5)
+#: Incident photons per detector pixel of the simulated raw-count scans (fit in uint16).
+COUNT_DOSES = (2e3, 8e3, 2.5e4, 6e4)
 #: Fraction of the views of each real projection file used for training (the rest is held out).
 TRAIN_VIEW_FRACTION = 2 / 3
 #: Voxel size (z, y, x) in mm of the volumes, after the in-plane subsampling below.
@@ -125,17 +127,23 @@ def load_volume(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
     return hu, voxel
 
 
-def _noisy(line_integrals: np.ndarray, i0: float, seed: int) -> np.ndarray:
-    """Poisson noise at ``i0`` counts and uint16 storage (as :func:`simulate_scan`)."""
-    counts = np.random.default_rng(seed).poisson(i0 * np.exp(-line_integrals.astype(np.float64)))
-    return quantise_uint16(-np.log(np.maximum(counts, 1) / i0))[0]
+def _noisy(line_integrals: np.ndarray, i0: float, seed: int, counts: bool) -> np.ndarray:
+    """Poisson noise at ``i0`` counts, stored as uint16 line integrals (as
+    :func:`simulate_scan`) or, with ``counts``, as the uint16 counts themselves."""
+    rng = np.random.default_rng(seed)
+    detected = rng.poisson(i0 * np.exp(-line_integrals.astype(np.float64)))
+    if counts:
+        return np.minimum(detected, 65535).astype(np.uint16)
+    return quantise_uint16(-np.log(np.maximum(detected, 1) / i0))[0]
 
 
 def simulated_scans(
-    path: Path, seed: int, cache: Path | None = None
+    path: Path, seed: int, cache: Path | None = None, counts: bool = False
 ) -> Iterator[tuple[str, np.ndarray]]:
     """Simulated uint16 scans (n_views, rows, cols) of one volume: cone beam (64 rows,
-    flat and cylindrical detector) and a rows=1 fan-beam sinogram, at every dose.
+    flat and cylindrical detector) and a rows=1 fan-beam sinogram, at every dose of
+    :data:`DOSES` as line integrals or, with ``counts``, of :data:`COUNT_DOSES` as raw
+    counts.
 
     Noise-free line integrals are cached in ``cache`` (they take seconds to minutes)."""
     hu, voxel = load_volume(path)
@@ -153,8 +161,9 @@ def simulated_scans(
             key = f"{path.stem}-{k}-{kind}-{rows}x{cols}x{views}-{detector}"
             project = functools.partial(_project, vol, voxel, kind, rows, cols, views, detector)
             clean = _cached(cache, key, project)
-            for d, i0 in enumerate(DOSES):
-                yield f"{key}-i0={i0:g}", _noisy(clean, i0, seed + 7919 * d + k)
+            for d, i0 in enumerate(COUNT_DOSES if counts else DOSES):
+                name = f"{key}-{'counts-' if counts else ''}i0={i0:g}"
+                yield name, _noisy(clean, i0, seed + 7919 * d + k, counts)
 
 
 def _project(

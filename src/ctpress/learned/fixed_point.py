@@ -14,7 +14,8 @@ Two tools, both numpy integers (no torch at import):
   activations to 2**-:data:`ACTIVATION_BITS`, every product and sum exact, every
   rescaling an integer shift.  Integer addition is associative, so the result does not
   depend on the SIMD level (``ATEN_CPU_CAPABILITY``), the thread count or the summation
-  order: the same bytes everywhere, by construction.
+  order: the same bytes everywhere, by construction.  Their matrix products run as
+  float64 BLAS GEMMs when that is provably exact (:func:`exact_matmul`), else in int64.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ WEIGHT_BITS = 16
 ACTIVATION_BITS = 16
 #: Largest magnitude an accumulator may reach (int64 with a bit of headroom).
 _ACCUMULATOR_LIMIT = 1 << 62
+#: float64 represents every integer of magnitude below this exactly.
+EXACT_FLOAT_LIMIT = 1 << 53
 
 
 # ---------------------------------------------------------------- output grid
@@ -68,12 +71,47 @@ def round_shift(acc: np.ndarray, bits: int) -> np.ndarray:
     return (acc + (1 << (bits - 1))) >> bits
 
 
-def _check_range(a: np.ndarray, weight: np.ndarray, fan_in_axes: tuple[int, ...]) -> None:
-    """ValueError unless every accumulator of ``a`` times ``weight`` fits in int64."""
-    largest_in = int(np.abs(a).max(initial=0))
-    largest_row = int(np.abs(weight).sum(axis=fan_in_axes).max(initial=0))
-    if largest_in * largest_row >= _ACCUMULATOR_LIMIT:
+def accumulator_bound(weight: np.ndarray, largest_column: int) -> int:
+    """``largest_column * max_n sum_k |weight[n, k]|``: a bound on every partial sum of
+    ``weight @ columns`` (``weight`` (N, K) integers, ``|columns| <= largest_column``)."""
+    return largest_column * int(np.abs(weight).sum(axis=1).max(initial=0))
+
+
+def _largest(a: np.ndarray) -> int:
+    return max(int(a.max(initial=0)), -int(a.min(initial=0)))
+
+
+def exact_matmul(
+    weight: np.ndarray, columns: np.ndarray, largest_column: int | None = None
+) -> np.ndarray:
+    """``weight @ columns`` (weight (N, K), columns (K, P), integer-valued) by a float64
+    GEMM: float64 (N, P) holding the exact integers.
+
+    Exact on every machine: if ``max|columns| * max_n sum_k |weight[n, k]| < 2**53``, every
+    product ``weight[n, k] * columns[k, p]`` and every partial sum over any subset of ``k``
+    is an integer of magnitude below 2**53, which float64 represents exactly, so no
+    floating-point operation of the GEMM rounds, whatever its order of summation,
+    blocking, FMA use or thread count: the result is the exact integer product.  The
+    bound is checked on every call (ValueError when it does not hold), with
+    ``max|columns|`` measured, or given as ``largest_column`` by a caller whose columns
+    are bounded by construction (clipped).
+    """
+    largest = _largest(columns) if largest_column is None else largest_column
+    if accumulator_bound(weight, largest) >= EXACT_FLOAT_LIMIT:
+        raise ValueError("fixed-point GEMM operands too large for exact float64 arithmetic")
+    return np.asarray(weight, dtype=np.float64) @ np.asarray(columns, dtype=np.float64)
+
+
+def integer_matmul(weight: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """``weight @ columns`` of int64 matrices, exact: a float64 GEMM where
+    :func:`exact_matmul` allows it, else int64 arithmetic (ValueError if an accumulator
+    could overflow int64)."""
+    bound = accumulator_bound(weight, _largest(columns))
+    if bound < EXACT_FLOAT_LIMIT:
+        return exact_matmul(weight, columns).astype(np.int64)
+    if bound >= _ACCUMULATOR_LIMIT:
         raise ValueError("fixed-point activations overflow int64: rescale the network input")
+    return weight @ columns
 
 
 @dataclass(frozen=True)
@@ -87,8 +125,9 @@ class FixedLinear:
     bias: np.ndarray
 
     def __call__(self, a: np.ndarray) -> np.ndarray:
-        _check_range(a, self.weight, (1,))
-        return round_shift(a @ self.weight.T, WEIGHT_BITS) + self.bias
+        flat = a.reshape(-1, a.shape[-1])
+        acc = integer_matmul(self.weight, flat.T).T.reshape(*a.shape[:-1], -1)
+        return round_shift(acc, WEIGHT_BITS) + self.bias
 
 
 @dataclass(frozen=True)
@@ -105,14 +144,15 @@ class FixedConv2d:
     padding: tuple[int, int]
 
     def __call__(self, a: np.ndarray) -> np.ndarray:
-        _check_range(a, self.weight, (1, 2, 3))
         (ph, pw), (sh, sw) = self.padding, self.stride
-        kh, kw = self.weight.shape[2:]
+        out_channels, in_channels, kh, kw = self.weight.shape
         padded = np.pad(a, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
         windows = np.lib.stride_tricks.sliding_window_view(padded, (kh, kw), axis=(2, 3))
-        windows = windows[:, :, ::sh, ::sw]  # (n, in, H', W', kh, kw)
-        acc = np.tensordot(windows, self.weight, axes=([1, 4, 5], [1, 2, 3]))  # (n, H', W', out)
-        out = round_shift(acc, WEIGHT_BITS) + self.bias
+        windows = windows[:, :, ::sh, ::sw].transpose(0, 2, 3, 1, 4, 5)  # (n, H', W', in, kh, kw)
+        n, h, w = windows.shape[:3]
+        columns = windows.reshape(n * h * w, in_channels * kh * kw)
+        acc = integer_matmul(self.weight.reshape(out_channels, -1), columns.T).T
+        out = round_shift(acc.reshape(n, h, w, out_channels), WEIGHT_BITS) + self.bias
         return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
 
 

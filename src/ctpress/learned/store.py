@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..errors import CorruptFileError, FormatError
+from ..errors import CorruptFileError, FormatError, InputError
 
 MANIFEST = "manifest.json"
 ENV_DIR = "CTPRESS_WEIGHTS_DIR"
@@ -70,6 +70,33 @@ def read_entry(directory: str, entry: dict[str, Any]) -> tuple[bytes, str]:
             f"{entry['sha256']}: the installation is damaged; reinstall ctpress"
         )
     return data, digest
+
+
+def install_entry(
+    method: str, index: int, name: str, data: bytes, record: dict[str, Any]
+) -> dict[str, Any]:
+    """Write ``data`` as ``name`` into :func:`weights_dir` and record it as entry ``index``
+    of ``method`` in the manifest (``record`` plus ``file`` and ``sha256``; replacing an
+    existing entry or appending the next one); returns the manifest entry."""
+    directory = weights_dir()
+    (directory / name).write_bytes(data)
+    manifest_path = directory / MANIFEST
+    content: dict[str, Any] = (
+        json.loads(manifest_path.read_text())
+        if manifest_path.is_file()
+        else {"format": 1, "methods": {}}
+    )
+    entries = content["methods"].setdefault(method, [])
+    entry = {"file": name, "sha256": hashlib.sha256(data).hexdigest(), **record}
+    if index < len(entries):
+        entries[index] = entry
+    elif index == len(entries):
+        entries.append(entry)
+    else:
+        raise InputError(f"install entry {len(entries)} of {method} first")
+    manifest_path.write_text(json.dumps(content, indent=1) + "\n")
+    clear_cache()
+    return entry
 
 
 def register_cache(clear: Callable[[], None]) -> None:

@@ -13,6 +13,8 @@ the same machine and thread count, within noise elsewhere).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import shlex
 import sys
@@ -81,7 +83,7 @@ def train(
 
     Parameters
     ----------
-    method : {"hyperprior", "vqvae", "siren"}
+    method : {"hyperprior", "vqvae", "siren", "convlstm"}
     rate_point : int
         Index into :data:`RATE_POINTS` (architecture and lambda), or for ``siren`` into
         :data:`SIREN_INITS` (the architecture whose initialisation is meta-learned).
@@ -106,6 +108,11 @@ def train(
     """
     if (steps is None) == (minutes is None):
         raise InputError("give exactly one of steps and minutes")
+    if method == "convlstm":
+        return train_view_predictor(
+            data, out, steps=steps, minutes=minutes, seed=seed, cache=cache, command=command,
+            log=log,
+        )  # fmt: skip
     if method == "siren":
         return train_siren_init(
             rate_point, data, out, steps=steps, minutes=minutes, seed=seed, cache=cache,
@@ -338,3 +345,258 @@ def train_siren_init(
     metadata["sha256"] = inr.save_meta_init(init, out, metadata)
     say(f"wrote {out}; held-out 200-step fits (dB): {held}")
     return metadata
+
+
+# ---------------------------------------------------------------- convlstm view predictor
+#: Views per training window, and the crop of multi-row (rows x cols) and fan (cols) scans.
+PREDICTOR_VIEWS = 16
+PREDICTOR_CROP = (32, 64)
+PREDICTOR_FAN_COLS = 256
+#: Windows per batch of multi-row and of fan (rows=1) scans; share of multi-row batches.
+PREDICTOR_BATCH = {"multi": 6, "fan": 24}
+PREDICTOR_MULTI_SHARE = 0.6
+#: Share of each batch drawn from the real projections (their training views).
+PREDICTOR_REAL_SHARE = 0.25
+PREDICTOR_HIDDEN = 6
+PREDICTOR_LEARNING_RATE = 3e-3
+
+
+def predictor_scans(files: DataFiles, seed: int, cache: Path | None) -> dict[str, list[np.ndarray]]:
+    """Training scans (n_views, rows, cols) uint16 of the view predictor by kind:
+    ``multi`` / ``fan`` simulated (line integrals at :data:`DOSES` and raw counts at
+    :data:`COUNT_DOSES`), ``real_multi`` / ``real_fan`` (first two thirds of the views of
+    the real projections)."""
+    scans: dict[str, list[np.ndarray]] = {"multi": [], "fan": [], "real_multi": [], "real_fan": []}
+    for path in files.volumes:
+        for counts in (False, True):
+            for _, scan in simulated_scans(path, seed, cache, counts=counts):
+                scans["fan" if scan.shape[1] == 1 else "multi"].append(scan)
+    for path in files.projections:
+        scan = real_scans(path, held_out=False)[1]
+        scans["real_fan" if scan.shape[1] == 1 else "real_multi"].append(scan)
+    return scans
+
+
+class ViewWindowSampler:
+    """Batches of view windows for the predictor: (inputs (B, T-1, 3, r, c), targets
+    (B, T-1, r, c), conditions (B,), difference shifts (B,)), float32, each window
+    normalised like a codec chunk (:func:`~ctpress.learned.predictor.chunk_normalisation`
+    on the full detector of its views), then cropped, flipped and possibly reversed in
+    view order."""
+
+    def __init__(self, scans: dict[str, list[np.ndarray]], seed: int) -> None:
+        self.scans = scans
+        self.rng = np.random.default_rng(seed)
+
+    def _window(
+        self, scan: np.ndarray, rows: int, cols: int
+    ) -> tuple[np.ndarray, np.ndarray, float, float]:
+        from .predictor import Normalisation, chunk_normalisation, float_inputs
+
+        rng = self.rng
+        views = min(PREDICTOR_VIEWS, scan.shape[0])
+        start = int(rng.integers(scan.shape[0] - views + 1))
+        window = scan[start : start + views]
+        if rng.random() < 0.5:
+            window = window[::-1]
+        norm = Normalisation.decode(chunk_normalisation(np.ascontiguousarray(window)))
+        r0 = int(rng.integers(window.shape[1] - rows + 1))
+        c0 = int(rng.integers(window.shape[2] - cols + 1))
+        crop = window[:, r0 : r0 + rows, c0 : c0 + cols]
+        if rng.random() < 0.5:
+            crop = crop[:, :, ::-1]
+        x = crop.astype(np.float64)
+        inputs = float_inputs(crop, norm)[:-1]
+        targets = (x[1:] - x[:-1]) * 2.0**-norm.diff_shift
+        return inputs, targets, norm.condition, float(norm.diff_shift)
+
+    def batch(self) -> tuple[torch.Tensor, ...]:
+        """A batch of multi-row windows (share :data:`PREDICTOR_MULTI_SHARE`) or of fan
+        windows, each from the real scans with probability :data:`PREDICTOR_REAL_SHARE`."""
+        multi = self.rng.random() < PREDICTOR_MULTI_SHARE
+        kind = "multi" if multi else "fan"
+        rows, cols = PREDICTOR_CROP if multi else (1, PREDICTOR_FAN_COLS)
+        parts = []
+        for _ in range(PREDICTOR_BATCH[kind]):
+            real = self.scans[f"real_{kind}"] and self.rng.random() < PREDICTOR_REAL_SHARE
+            pool = self.scans[f"real_{kind}" if real else kind]
+            scan = pool[int(self.rng.integers(len(pool)))]
+            parts.append(self._window(scan, min(rows, scan.shape[1]), min(cols, scan.shape[2])))
+        views = min(p[0].shape[0] for p in parts)
+        inputs = np.stack([p[0][:views] for p in parts])
+        targets = np.stack([p[1][:views] for p in parts])
+        conditions = np.array([p[2] for p in parts])
+        diff_shifts = np.array([p[3] for p in parts])
+        return tuple(
+            torch.from_numpy(a).float() for a in (inputs, targets, conditions, diff_shifts)
+        )
+
+
+def train_view_predictor(
+    data: list[Path],
+    out: Path,
+    *,
+    steps: int | None = None,
+    minutes: float | None = None,
+    seed: int = 0,
+    cache: Path | None = None,
+    command: str | None = None,
+    log: bool = True,
+) -> dict[str, Any]:
+    """Train the ConvLSTM view predictor (``ctpress train convlstm``) with the Laplace code
+    length of its errors, write it (float32 safetensors, provenance in the metadata) and
+    measure it on the held-out scans (:func:`evaluate_view_predictor`)."""
+    from .models.view_predictor import ConvLSTMPredictor, laplace_bits
+
+    t_start = time.perf_counter()
+    torch.manual_seed(seed)
+    train_files, held_files = DataFiles.find(data).split()
+    say = print if log else (lambda *a, **k: None)
+    scans = predictor_scans(train_files, seed, cache)
+    for kind in ("multi", "fan"):  # real data is mixed into simulated data of its kind
+        if not scans[kind]:
+            scans[kind], scans[f"real_{kind}"] = scans[f"real_{kind}"], []
+    if not scans["multi"] or not scans["fan"]:
+        raise InputError("the view predictor needs multi-row and rows=1 training scans")
+    say("view predictor training scans: " + ", ".join(f"{k} {len(v)}" for k, v in scans.items()))
+    device = _device()
+    model = ConvLSTMPredictor(PREDICTOR_HIDDEN).to(device)
+    sampler = ViewWindowSampler(scans, seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=PREDICTOR_LEARNING_RATE)
+    t_train = time.perf_counter()
+    total = steps if steps is not None else _TIMING_STEPS
+    step, running = 0, 0.0
+    while step < total:
+        inputs, targets, condition, diff_shift = (t.to(device) for t in sampler.batch())
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, total) * PREDICTOR_LEARNING_RATE / LEARNING_RATE
+        correction, log_scale = model(inputs, condition)
+        bits = laplace_bits(targets - correction, log_scale, diff_shift[:, None, None, None])
+        loss = bits.mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        step += 1
+        value = float(loss.detach())
+        running = value if step == 1 else 0.98 * running + 0.02 * value
+        if minutes is not None and step == _TIMING_STEPS:
+            per_step = (time.perf_counter() - t_train) / _TIMING_STEPS
+            total = max(_TIMING_STEPS, int(minutes * 60 / per_step))
+            say(f"{per_step * 1e3:.0f} ms/step on {device}: {total} steps")
+        if step % 200 == 0 or step == total:
+            say(f"step {step}/{total} bits/value (normalised, running mean) {running:.4f}")
+    train_s = time.perf_counter() - t_train
+    model = model.cpu().eval()
+    data_names = sorted({p.stem for p in (*train_files.volumes, *train_files.projections)})
+    metadata: dict[str, Any] = {
+        "method": "convlstm",
+        "config": model.config(),
+        "steps": total,
+        "seed": seed,
+        "train_seconds": round(train_s, 1),
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "train_data": data_names,
+        "held_out_volumes": list(HELD_OUT_VOLUMES),
+        "command": command or "",
+        "reproduce": reproduce_command("convlstm", 0, data, out, total, seed),
+        "ctpress": __version__,
+        "torch": torch.__version__,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sha = save_view_predictor(model, out, metadata)
+    held = evaluate_view_predictor(model, out, predictor_held_out(held_files, cache))
+    metadata["held_out"] = held
+    metadata["total_seconds"] = round(time.perf_counter() - t_start, 1)
+    sha = save_view_predictor(model, out, metadata)
+    metadata["sha256"] = sha
+    say(f"wrote {out} (sha256 {sha[:16]}...); held-out: {json.dumps(held, indent=1)}")
+    return metadata
+
+
+def save_view_predictor(model: torch.nn.Module, path: Path, metadata: dict[str, Any]) -> str:
+    """Write the predictor's float32 weights as safetensors (``method``, ``config`` and the
+    provenance ``metadata`` in the header); returns the SHA-256."""
+    import safetensors.torch
+
+    state = {k: v.detach().cpu().float().contiguous() for k, v in model.state_dict().items()}
+    header = {
+        "method": "convlstm",
+        "config": json.dumps(metadata["config"]),
+        "metadata": json.dumps(metadata),
+    }
+    safetensors.torch.save_file(state, str(path), metadata=header)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def predictor_held_out(files: DataFiles, cache: Path | None) -> dict[str, np.ndarray]:
+    """Held-out scans of the view predictor: the held-out views of the real projections and
+    the held-out volumes as 64-row cone-beam raw counts (i0 2.5e4) and line integrals
+    (i0 1e5)."""
+    scans: dict[str, np.ndarray] = {}
+    for path in files.projections:
+        name, scan = real_scans(path, held_out=True)
+        scans[name] = scan
+    for path in files.volumes:
+        for counts, dose in ((True, "i0=25000"), (False, "i0=100000")):
+            for name, scan in simulated_scans(path, seed=12345, cache=cache, counts=counts):
+                if scan.shape[1] > 1 and name.endswith(dose):
+                    scans[name] = scan
+    return scans
+
+
+def _entropy_bits(values: np.ndarray) -> float:
+    """Empirical order-0 entropy (bits/value) of integers."""
+    _, counts = np.unique(values, return_counts=True)
+    p = counts / counts.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+def evaluate_view_predictor(
+    model: torch.nn.Module, weights: Path, scans: dict[str, np.ndarray]
+) -> dict[str, Any]:
+    """Per held-out scan (one chunk each): mean |error| and empirical entropy (bits/value)
+    of the rounded residual of views 1.. for the previous view, the integer predictor (of
+    the weights file ``weights``) and the float model, and the integer predictor's ideal
+    Laplace code length with its predicted scales (bits/value)."""
+    from .predictor import PRED_FRAC_BITS, Normalisation, ViewPredictor, float_inputs
+
+    data = weights.read_bytes()
+    predictor = ViewPredictor.from_weights(data, hashlib.sha256(data).digest()[:8])
+    results: dict[str, Any] = {}
+    for name, scan in scans.items():
+        x = scan.astype(np.int64)
+        norm_ints = predictor.normalisation(scan)
+        norm = Normalisation.decode(norm_ints)
+        sequence = predictor.sequence(x.shape[1], x.shape[2], norm_ints)
+        integer = np.empty((x.shape[0] - 1, *x.shape[1:]), dtype=np.int64)
+        log_scale = np.empty_like(integer)
+        for t in range(x.shape[0] - 1):
+            prediction, log_scale[t] = sequence.next(x[t])
+            integer[t] = (prediction + (1 << (PRED_FRAC_BITS - 1))) >> PRED_FRAC_BITS
+        with torch.no_grad():
+            inputs = torch.from_numpy(float_inputs(scan, norm)[None, :-1]).float()
+            condition = torch.tensor([norm.condition], dtype=torch.float32)
+            correction = model(inputs, condition)[0][0].double().numpy()
+        floating = np.rint(x[:-1] + correction * 2.0**norm.diff_shift).astype(np.int64)
+        scale = np.maximum(2.0 ** (log_scale / 4), 0.5)
+        entry: dict[str, Any] = {}
+        for label, predicted in (
+            ("previous_view", x[:-1]),
+            ("integer", integer),
+            ("float", floating),
+        ):
+            residual = x[1:] - predicted
+            entry[label] = {
+                "mean_abs_error": round(float(np.abs(residual).mean()), 4),
+                "entropy_bits": round(_entropy_bits(residual), 4),
+            }
+        residual = np.abs(x[1:] - integer)
+        laplace = residual / scale / math.log(2) + np.log2(2 * scale)
+        entry["integer"]["laplace_bits"] = round(float(laplace.mean()), 4)
+        entry["integer_vs_float_mean_abs_difference"] = round(
+            float(np.abs(integer - floating).mean()), 4
+        )
+        results[name] = entry
+    return results

@@ -22,7 +22,15 @@ from .models.base import LearnedModel
 from .models.hyperprior import MeanScaleHyperprior
 from .models.vqvae import VQVAE
 from .store import ENV_DIR as ENV_DIR  # the zoo's public names, kept where callers use them
-from .store import MANIFEST, WeightsMismatchError, manifest, read_entry, register_cache, weights_dir
+from .store import MANIFEST as MANIFEST
+from .store import (
+    WeightsMismatchError,
+    install_entry,
+    manifest,
+    read_entry,
+    register_cache,
+    weights_dir,
+)
 from .store import clear_cache as clear_cache
 
 #: Model class of each method.
@@ -121,30 +129,11 @@ def install(path: Path, held_out: dict[str, Any] | None = None) -> dict[str, Any
     data = path.read_bytes()
     metadata = json.loads(_safetensors_metadata(data).get("metadata", "{}"))
     method, rate_point = metadata["method"], int(metadata["rate_point"])
-    directory = weights_dir()
-    name = f"{method}-rp{rate_point}.safetensors"
-    (directory / name).write_bytes(data)
-    manifest_path = directory / MANIFEST
-    content: dict[str, Any] = (
-        json.loads(manifest_path.read_text())
-        if manifest_path.is_file()
-        else {"format": 1, "methods": {}}
-    )
-    entries = content["methods"].setdefault(method, [])
     record = {
         "rate_point": rate_point,
-        "file": name,
-        "sha256": hashlib.sha256(data).hexdigest(),
         **{k: v for k, v in metadata.items() if k not in ("method", "rate_point", "history")},
     }
     if held_out is not None:
         record["held_out"] = held_out
-    if rate_point < len(entries):
-        entries[rate_point] = record
-    elif rate_point == len(entries):
-        entries.append(record)
-    else:
-        raise InputError(f"install rate point {len(entries)} of {method} first")
-    manifest_path.write_text(json.dumps(content, indent=1) + "\n")
-    clear_cache()
-    return record
+    name = f"{method}-rp{rate_point}.safetensors"
+    return install_entry(method, rate_point, name, data, record)

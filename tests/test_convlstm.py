@@ -152,12 +152,14 @@ def test_stream_fields_are_checked_before_decoding() -> None:
     header, offset = parse_chunk_header(chunk)
     stream = bytearray(chunk[offset:])
     bad_max = bytearray(stream)
-    struct.pack_into("<I", bad_max, 4, 70000)  # largest value beyond uint16
+    struct.pack_into("<I", bad_max, 8, 70000)  # largest value beyond uint16
     bad_version = bytearray(stream)
     bad_version[0] = 9
     short_payload = bytearray(stream)
-    struct.pack_into("<I", short_payload, 20, 1)  # payload length disagrees with the stream
-    for crafted in (bad_max, bad_version, short_payload):
+    struct.pack_into("<I", short_payload, 24, 1)  # payload length disagrees with the stream
+    bad_mix = bytearray(stream)
+    struct.pack_into("<I", bad_mix, 4, 1000)  # more views at E + 1 than the chunk has
+    for crafted in (bad_max, bad_version, short_payload, bad_mix):
         with pytest.raises(CorruptFileError):
             body = bytes(crafted)
             codec.decode(chunk_header(dict(header, n=len(body), crc=zlib.crc32(body))) + body)

@@ -51,6 +51,8 @@ _TOP = 1 << 24
 _BIAS_LIMIT = 256
 #: Blend weight numerator (weights are 2**28 / (error + 1)).
 _WEIGHT_ONE = 1 << 28
+#: NLMS step (2**-_MIXER_SHIFT), regulariser of its input power and bound of its weights.
+_MIXER_SHIFT, _MIXER_POWER, _MIXER_LIMIT = 7, 64, 1 << 18
 #: Adaptation shifts of the fast and the slow probability counter.
 _FAST_SHIFT, _SLOW_SHIFT = 6, 8
 #: Bytes the range coder appends when it is flushed.
@@ -65,6 +67,7 @@ class CoderState:
     probs: np.ndarray  # (n_bits, 2) uint16 counters (fast, slow), probability of a 0
     bias: np.ndarray  # (N_CONTEXTS, 2) int64: sum and count of prediction errors
     errors: np.ndarray  # (2, N_PREDICTORS + 1, rows + 2, cols + 2) int64: view t, t-1
+    mixer: np.ndarray  # (N_PREDICTORS,) int64: NLMS weights on the blend (units of 2**-16)
     coder: np.ndarray  # int64 [low, range, cache, cache_size, pos, code, overrun]
     buffer: np.ndarray  # uint8
 
@@ -73,7 +76,8 @@ class CoderState:
         probs = np.full((_N_BITS, 2), 1 << 15, dtype=np.uint16)
         errors = np.zeros((2, N_PREDICTORS + 1, rows + 2, cols + 2), dtype=np.int64)
         coder = np.array([0, 0xFFFFFFFF, 0, 1, 0, 0, 0], dtype=np.int64)
-        state = cls(probs, np.zeros((N_CONTEXTS, 2), np.int64), errors, coder, buffer)
+        mixer = np.zeros(N_PREDICTORS, dtype=np.int64)
+        state = cls(probs, np.zeros((N_CONTEXTS, 2), np.int64), errors, mixer, coder, buffer)
         if not encoding:
             _start_decoder(coder, buffer)
         return state
@@ -262,7 +266,7 @@ def _neighbours(view: np.ndarray, r: int, col: int, first: int) -> tuple[int, in
 @numba.njit(cache=True, nogil=True)
 def code_view(encoding: bool, view: np.ndarray, previous: np.ndarray, learned: np.ndarray,
               groups: int, maxval: int, near: int, allowed: np.ndarray, probs: np.ndarray,
-              bias: np.ndarray, errors: np.ndarray, c: np.ndarray,
+              bias: np.ndarray, errors: np.ndarray, mixer: np.ndarray, c: np.ndarray,
               buf: np.ndarray) -> None:  # fmt: skip
     """Code one view (rows, cols) int64 in place: encode it (``encoding``; ``view`` is
     replaced by its reconstruction, equal to it when ``near`` is 0) or decode into it.
@@ -343,7 +347,17 @@ def code_view(encoding: bool, view: np.ndarray, previous: np.ndarray, learned: n
                 weight = _WEIGHT_ONE // (e + 1)
                 total += weight
                 acc += weight * p[k]
-            pred8 = (acc + total // 2) // total
+            blend8 = (acc + total // 2) // total
+            # NLMS stage: a learned-online linear correction from the sub-predictors'
+            # deviations from the blend (weights carried along the chunk)
+            dot = 0
+            power = _MIXER_POWER
+            for k in range(N_PREDICTORS):
+                if use[k]:
+                    u = p[k] - blend8
+                    dot += mixer[k] * u
+                    power += u * u
+            pred8 = blend8 + (dot >> 16)
             # context: the blend's recent errors
             f = N_PREDICTORS
             activity = (
@@ -389,6 +403,13 @@ def code_view(encoding: bool, view: np.ndarray, previous: np.ndarray, learned: n
                 if use[k]:
                     cur_err[k, er, ec] = min(abs(v8 - p[k]), 1 << 24)
             cur_err[f, er, ec] = min(abs(v8 - pred8), 1 << 24)
+            miss8 = v8 - pred8
+            for k in range(N_PREDICTORS):
+                if use[k]:
+                    push = (miss8 * (p[k] - blend8)) << (16 - _MIXER_SHIFT)
+                    move = (abs(push) + power // 2) // power  # rounded symmetrically
+                    weight = mixer[k] + (move if push >= 0 else -move)
+                    mixer[k] = min(max(weight, -_MIXER_LIMIT), _MIXER_LIMIT)
             bias[ctx, 0] += v8 - pred8
             bias[ctx, 1] += 1
             if bias[ctx, 1] >= _BIAS_LIMIT:

@@ -103,6 +103,19 @@ class RateModel:
 MSE_PER_DB = -math.log(10) / 10
 
 
+def near_lossless_rate_model(
+    knob: Knob, target_mse: float | None, encode: Callable[[np.ndarray, float], bytes]
+) -> RateModel | None:
+    """The rate model of a near-lossless knob NEAR (every integer value within NEAR): a PSNR
+    target starts at the NEAR whose error, uniform on -NEAR..NEAR, has the target MSE
+    (``NEAR (NEAR + 1) / 3``); bpp targets (``target_mse`` None) are searched."""
+    if target_mse is None or target_mse <= 0:
+        return None
+    near = min(max((math.sqrt(1 + 12 * target_mse) - 1) / 2, knob.lo), knob.hi)
+    slope = (2 * near + 1) / max(near * (near + 1), 0.5)  # d ln(MSE) / d NEAR
+    return RateModel(knob, near, encode, slope)
+
+
 @dataclass
 class _Encoded:
     stream: bytes

@@ -25,8 +25,9 @@ CRC-32 is only a safety net.
 
 Stream (after the chunk header), little-endian:
 
-- ``u8`` version (1), ``u8`` sub-predictor groups (bit mask), ``u16`` E, ``u32`` largest
-  value, ``u32`` views, ``u32`` rows, ``u32`` columns;
+- ``u8`` version (1), ``u8`` flags (sub-predictor groups; a bound per value), ``u16`` E,
+  ``u32`` views coded at E + 1 (from the first), ``u32`` largest value, ``u32`` views,
+  rows, columns;
 - with the learned group: 8 bytes of the weights' SHA-256, ``u8`` n, then n ``u32``
   normalisation integers of the predictor;
 - ``u32`` length of the range-coder payload, the payload.
@@ -39,12 +40,13 @@ import struct
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from ..errors import CorruptFileError, InputError
 from ..learned.store import WeightsMismatchError
 from ..noise import NoiseModel
 from . import _predictive as kernel
-from .base import Codec, Knob, _Encoded
+from .base import Codec, Knob, RateModel, _Encoded, near_lossless_rate_model
 from .registry import register_codec
 from .settings import number_setting
 
@@ -62,7 +64,7 @@ PREDICTORS: dict[str, int] = {
 #: Stream flag (with the sub-predictor groups): a bound per value from a noise model.
 PER_VALUE_BOUND = 16
 _VERSION = 1
-_HEAD = struct.Struct("<BBHIIII")
+_HEAD = struct.Struct("<BBHIIIII")
 _NOISE = struct.Struct("<5d")
 #: Values one payload byte can hold at most (the coder spends at least
 #: -log2(4080/4096) bits on a value): a larger declared shape is a crafted stream.
@@ -101,10 +103,15 @@ class ConvLstm(Codec):
     family = "learned"
     exact_dtypes = ("uint8", "uint16")
     has_native_lossy = True
+    #: A knob E + f codes the first round(f n) views at E + 1: every rate between two
+    #: error bounds (the coder does not restart between them).
+    mixes_knob = True
+    #: Probe slabs deep enough for the prediction along the views.
+    probe_min_views = 8
     #: The adaptive model restarts at every chunk: long chunks learn it once.
     preferred_chunk_bytes = 8 << 20
 
-    def __init__(self, *, predictor: str = "both", grid: float | None = None, **rate: Any) -> None:
+    def __init__(self, *, predictor: str = "all", grid: float | None = None, **rate: Any) -> None:
         super().__init__(**rate)
         if predictor not in PREDICTORS:
             raise InputError(
@@ -147,11 +154,15 @@ class ConvLstm(Codec):
         span = float(work.max()) - float(work.min())
         return Knob(lo=0.0, hi=max(2.0, min(span / 2, 65535.0)), log=False, is_error_bound=True)
 
+    def _rate_model(self, work: np.ndarray, target_mse: float | None) -> RateModel | None:
+        return near_lossless_rate_model(self._knob(work), target_mse, self._encode_lossy)
+
     def _encode_exact(self, work: np.ndarray) -> bytes:
         return self._code(work, 0)[0]
 
     def _encode_lossy(self, work: np.ndarray, knob: float) -> bytes:
-        return self._code(work, math.floor(knob))[0]
+        near = math.floor(knob)
+        return self._code(work, near, coarser=round((knob - near) * work.shape[0]))[0]
 
     def _encode_max_error(self, x: np.ndarray, bound: float) -> _Encoded:
         """Integer data in ``exact_dtypes``: the closed loop meets the bound by
@@ -174,15 +185,20 @@ class ConvLstm(Codec):
         return _Encoded(stream, {"t": "none", "w": x.dtype.str}, decoded.astype(x.dtype))
 
     def _code(
-        self, work: np.ndarray, near: int, bound: tuple[float, NoiseModel] | None = None
+        self,
+        work: np.ndarray,
+        near: int,
+        bound: tuple[float, NoiseModel] | None = None,
+        coarser: int = 0,
     ) -> tuple[bytes, np.ndarray]:
         """Stream and reconstruction (int64, work's shape) of ``work`` (n, rows, cols) at
-        error bound ``near``, or with ``bound`` = (fraction, counts-domain noise model) at
-        the noise bound of each value."""
+        error bound ``near`` (the first ``coarser`` views at ``near + 1``), or with
+        ``bound`` = (fraction, counts-domain noise model) at the noise bound of each value."""
         groups = PREDICTORS[self.predictor] | (PER_VALUE_BOUND if bound else 0)
         maxval = int(work.max())
-        head = _HEAD.pack(_VERSION, groups, near, maxval, *work.shape)
-        model, norm = None, ()
+        head = _HEAD.pack(_VERSION, groups, near, coarser, maxval, *work.shape)
+        model: ViewPredictor | None = None
+        norm: tuple[int, ...] = ()
         if groups & kernel.LEARNED:
             model = _predictor()
             norm = model.normalisation(work)
@@ -195,11 +211,11 @@ class ConvLstm(Codec):
             table = bound_table(maxval, np.iinfo(work.dtype).max, fraction, noise)
         capacity = work.size * 3 + 1024
         while True:  # rarely more than once: the buffer holds 24 bits per value
-            sequence = None if model is None else model.sequence(*work.shape[1:], norm)
+            sequence = None if model is None else model.sequence(work.shape[1], work.shape[2], norm)
             buffer = np.zeros(capacity, dtype=np.uint8)
             state = kernel.CoderState.new(work.shape[1], work.shape[2], buffer, encoding=True)
             decoded = np.array(work, dtype=np.int64)
-            self._run(True, decoded, groups, maxval, near, table, state, sequence)
+            self._run(True, decoded, groups, maxval, (near, coarser), table, state, sequence)
             n_bytes = kernel.flush(state.coder, buffer)
             if n_bytes >= 0:
                 break
@@ -208,17 +224,27 @@ class ConvLstm(Codec):
         return head + struct.pack("<I", len(payload)) + payload, decoded
 
     @staticmethod
-    def _run(encoding: bool, views: np.ndarray, groups: int, maxval: int, near: int,
+    def _run(encoding: bool, views: np.ndarray, groups: int, maxval: int, near: tuple[int, int],
              table: np.ndarray, state: kernel.CoderState, sequence: Any) -> None:  # fmt: skip
-        """Code ``views`` (n, rows, cols) int64 in place, view by view."""
+        """Code ``views`` (n, rows, cols) int64 in place, view by view (the predictor's
+        small GEMMs on one BLAS thread: faster than two, and the same integers)."""
+        with threadpool_limits(limits=1, user_api="blas"):
+            ConvLstm._run_views(encoding, views, groups, maxval, near, table, state, sequence)
+
+    @staticmethod
+    def _run_views(encoding: bool, views: np.ndarray, groups: int, maxval: int,
+                   near: tuple[int, int], table: np.ndarray, state: kernel.CoderState,
+                   sequence: Any) -> None:  # fmt: skip
         empty = np.zeros((0, 0), dtype=np.int64)
         previous = empty
         learned = empty
         for t in range(views.shape[0]):
             view = views[t]
             kernel.code_view(
-                encoding, view, previous, learned, groups & ~PER_VALUE_BOUND, maxval, near,
-                table, state.probs, state.bias, state.errors, state.coder, state.buffer,
+                encoding, view, previous, learned, groups & ~PER_VALUE_BOUND, maxval,
+                near[0] + (t < near[1]),
+                table, state.probs, state.bias, state.errors, state.mixer, state.coder,
+                state.buffer,
             )  # fmt: skip
             previous = view
             if sequence is not None and t + 1 < views.shape[0]:
@@ -228,9 +254,11 @@ class ConvLstm(Codec):
     def _decode_stream(self, stream: bytes, shape: tuple[int, ...], work_dtype: str) -> np.ndarray:
         if len(stream) < _HEAD.size + 4:
             raise CorruptFileError("convlstm stream is truncated")
-        version, groups, near, maxval, *dims = _HEAD.unpack_from(stream)
+        version, groups, near, coarser, maxval, *dims = _HEAD.unpack_from(stream)
         if tuple(dims) != tuple(shape):
             raise CorruptFileError(f"convlstm stream holds {tuple(dims)} values, not {shape}")
+        if coarser > dims[0]:
+            raise CorruptFileError(f"convlstm stream codes {coarser} of {dims[0]} views coarser")
         dtype = np.dtype(work_dtype)
         if version != _VERSION or groups & ~PER_VALUE_BOUND not in PREDICTORS.values():
             raise CorruptFileError(f"convlstm stream version {version} / predictors {groups}")
@@ -275,7 +303,7 @@ class ConvLstm(Codec):
             raise CorruptFileError(f"convlstm payload of {n_payload} bytes cannot hold {shape}")
         views = np.zeros(shape, dtype=np.int64)
         state = kernel.CoderState.new(shape[1], shape[2], payload, encoding=False)
-        self._run(False, views, groups, maxval, near, table, state, sequence)
+        self._run(False, views, groups, maxval, (near, coarser), table, state, sequence)
         if state.coder[6] > kernel.FLUSH_BYTES:
             raise CorruptFileError("convlstm payload ended before the chunk was decoded")
         return views.astype(dtype)

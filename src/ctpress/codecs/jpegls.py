@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import struct
 
 import imagecodecs
 import numpy as np
 
 from ._image import ImageCodec
-from .base import Knob, RateModel
+from .base import Knob, RateModel, near_lossless_rate_model
 from .registry import register_codec
 
 
@@ -31,14 +30,7 @@ class JpegLs(ImageCodec):
         return Knob(lo=0.0, hi=max(2.0, min(span / 2, 255.0)), log=False, is_error_bound=True)
 
     def _rate_model(self, work: np.ndarray, target_mse: float | None) -> RateModel | None:
-        """PSNR targets start at the NEAR whose error, uniform on -NEAR..NEAR, has the
-        target MSE (NEAR (NEAR + 1) / 3); bpp targets are searched."""
-        if target_mse is None or target_mse <= 0:
-            return None
-        knob = self._knob(work)
-        near = min(max((math.sqrt(1 + 12 * target_mse) - 1) / 2, knob.lo), knob.hi)
-        slope = (2 * near + 1) / max(near * (near + 1), 0.5)  # d ln(MSE) / d NEAR
-        return RateModel(knob, near, self._encode_lossy, slope)
+        return near_lossless_rate_model(self._knob(work), target_mse, self._encode_lossy)
 
     def _encode_image(self, image: np.ndarray, knob: float | None) -> bytes:
         near = 0 if knob is None else min(255, int(np.floor(knob)))  # CharLS: NEAR <= 255

@@ -152,7 +152,9 @@ class ConvLstm(Codec):
 
     def _knob(self, work: np.ndarray) -> Knob:
         span = float(work.max()) - float(work.min())
-        return Knob(lo=0.0, hi=max(2.0, min(span / 2, 65535.0)), log=False, is_error_bound=True)
+        # searched in log space: bounds from a fraction of a count (some views at E = 1)
+        # to half the span take about as many probes each way
+        return Knob(lo=0.25, hi=max(2.0, min(span / 2, 65535.0)), is_error_bound=True)
 
     def _rate_model(self, work: np.ndarray, target_mse: float | None) -> RateModel | None:
         return near_lossless_rate_model(self._knob(work), target_mse, self._encode_lossy)

@@ -20,6 +20,7 @@ from conftest import SHARED_DATA
 from ctpress.codecs.convlstm import PREDICTORS, ConvLstm
 from ctpress.codecs.framing import chunk_header, parse_chunk_header
 from ctpress.errors import CorruptFileError, InputError
+from ctpress.learned.store import WeightsMismatchError
 from ctpress.noise import NoiseModel
 
 SAVU = SHARED_DATA / "projections" / "savu_i12_raw_projections_91x135x160_uint16.npy"
@@ -172,3 +173,14 @@ def test_float_data_on_a_stated_grid_are_lossless() -> None:
     np.testing.assert_array_equal(codec.decode(codec.encode(x)), x)
     with pytest.raises(InputError, match="not on the grid"):
         codec.encode(x + np.float32(step / 3))
+
+
+def test_a_stream_of_other_weights_is_refused() -> None:
+    codec = ConvLstm(predictor="all")
+    chunk = codec.encode(_counts())
+    header, offset = parse_chunk_header(chunk)
+    stream = bytearray(chunk[offset:])
+    stream[24:32] = bytes(8)  # the weights' hash follows the 24-byte head
+    body = bytes(stream)
+    with pytest.raises(WeightsMismatchError, match="other predictor weights"):
+        codec.decode(chunk_header(dict(header, n=len(body), crc=zlib.crc32(body))) + body)

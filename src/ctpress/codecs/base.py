@@ -44,7 +44,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..errors import CorruptFileError, InputError, RateControlError
+from ..errors import CorruptFileError, FormatError, InputError, RateControlError
 from ..noise import NoiseModel
 from ..rate import RateControl
 from ._isolate import own_streams
@@ -558,7 +558,7 @@ class Codec(ABC):
         CorruptFileError."""
         try:
             yield
-        except (CorruptFileError, RateControlError):
+        except (FormatError, RateControlError):  # damaged, or made with other weights
             raise
         except Exception as exc:
             raise CorruptFileError(f"{self.codec_id} stream could not be decoded: {exc}") from None

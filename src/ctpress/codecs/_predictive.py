@@ -302,6 +302,8 @@ def code_view(encoding: bool, view: np.ndarray, previous: np.ndarray, learned: n
     smooth = _box3(previous) if has_previous else previous
     for r in range(rows):
         er = r + 1  # row of the error memory (row 0 is the border)
+        # the errors "above" the first row: the previous view's first row
+        above, ar = (old_err, 1) if r == 0 and has_previous else (cur_err, er - 1)
         for col in range(cols):
             ec = col + 1
             n, w, nw, ne = _neighbours(view, r, col, first)
@@ -342,8 +344,8 @@ def code_view(encoding: bool, view: np.ndarray, previous: np.ndarray, learned: n
             for k in range(N_PREDICTORS):
                 if not use[k]:
                     continue
-                e = (cur_err[k, er - 1, ec] + cur_err[k, er, ec - 1] + cur_err[k, er - 1, ec - 1]
-                     + cur_err[k, er - 1, ec + 1] + old_err[k, er, ec])  # fmt: skip
+                e = (above[k, ar, ec] + cur_err[k, er, ec - 1] + above[k, ar, ec - 1]
+                     + above[k, ar, ec + 1] + old_err[k, er, ec])  # fmt: skip
                 weight = _WEIGHT_ONE // (e + 1)
                 total += weight
                 acc += weight * p[k]
@@ -361,9 +363,9 @@ def code_view(encoding: bool, view: np.ndarray, previous: np.ndarray, learned: n
             # context: the blend's recent errors
             f = N_PREDICTORS
             activity = (
-                2 * (cur_err[f, er - 1, ec] + cur_err[f, er, ec - 1])
-                + cur_err[f, er - 1, ec - 1]
-                + cur_err[f, er - 1, ec + 1]
+                2 * (above[f, ar, ec] + cur_err[f, er, ec - 1])
+                + above[f, ar, ec - 1]
+                + above[f, ar, ec + 1]
                 + old_err[f, er - 1 : er + 2, ec - 1 : ec + 2].sum()
             )
             if has_allowed:  # the bound of this pixel, from the blend's prediction

@@ -14,7 +14,9 @@ previous views).  Sub-predictors (in units of 1/8):
 
 They are blended with weights inversely proportional to each one's recent absolute
 error (at N, W, NW, NE of this view and at the same pixel of the previous view), as in
-JPEG XL's self-correcting predictor; a per-context bias is cancelled (LOCO-I).  The
+JPEG XL's self-correcting predictor; an NLMS stage (weights adapted along the chunk)
+corrects the blend by a linear combination of the sub-predictors' deviations from it, as
+in cascaded lossless audio coders; a per-context bias is cancelled (LOCO-I).  The
 residual is quantised (step ``2 near + 1``: lossless at ``near = 0``, every value within
 ``near`` otherwise) and binarised (zero, sign, Exp-Golomb class in unary, two top
 mantissa bits, raw low bits) into an adaptive binary range coder (LZMA's carry-less

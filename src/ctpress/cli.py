@@ -22,6 +22,7 @@ from typing import Any
 from . import api
 from ._version import __version__
 from .codecs import list_codec_ids, list_codecs
+from .convert import OUTPUT_FORMATS
 from .errors import CtpressError, InputError
 from .io import FORMATS, OutputExistsError, check_output, results_directory
 from .noise import DOMAINS
@@ -232,9 +233,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser(
-        "convert", help="write a Zarr v3 store coded by a ctpress codec (plain zarr reads it)"
+        "convert",
+        help="write a Zarr v3 store coded by a ctpress codec (plain zarr reads it), or a "
+        "JPEG-LS / HTJ2K compressed DICOM-CT-PD series (plain pydicom reads it)",
     )
-    _add_encode_options(p, "output .zarr store", "Zarr chunk")
+    _add_encode_options(p, "output .zarr store or DICOM-CT-PD directory", "Zarr chunk")
+    p.add_argument(
+        "--output-format",
+        choices=OUTPUT_FORMATS,
+        help="zarr (default for a .zarr output) or dicom-ctpd (codec jpegls, the default "
+        "here, or htj2k; --lossless, or --max-error E for jpegls)",
+    )
+    p.set_defaults(codec=None)
 
     p = sub.add_parser(
         "batch", help="compress many scans in parallel, resumably (summary CSV in OUT_DIR)"
@@ -408,9 +418,12 @@ def _cmd_convert(args: argparse.Namespace) -> None:
     from .convert import convert
 
     t0 = time.perf_counter()
-    convert(args.input, args.output, **_encode_keywords(args))
+    convert(args.input, args.output, output_format=args.output_format, **_encode_keywords(args))
     if not args.quiet:
-        print(f"{args.output}: Zarr v3 store, codec ctpress.{args.codec}, ", end="")
+        if args.output_format == "dicom-ctpd":
+            print(f"{args.output}: DICOM-CT-PD series, codec {args.codec or 'jpegls'}, ", end="")
+        else:
+            print(f"{args.output}: Zarr v3 store, codec ctpress.{args.codec or 'zstd'}, ", end="")
         print(f"{time.perf_counter() - t0:.2f} s")
 
 

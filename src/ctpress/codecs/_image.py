@@ -52,6 +52,39 @@ class ImageCodec(Codec):
         not describe one component of at most 16 bits.
         """
 
+    def encode_image(self, image: np.ndarray, knob: float | None = None) -> bytes:
+        """One 2-D image as the codec's bare codestream (what a DICOM file encapsulates):
+        exact when ``knob`` is None, else at that value of the codec's lossy knob."""
+        return self._encode_image(np.ascontiguousarray(image), knob)
+
+    def decode_image(self, data: bytes, shape: tuple[int, int], dtype: str) -> np.ndarray:
+        """One bare codestream from outside ctpress (a DICOM frame) as a ``shape`` array of
+        ``dtype``: its own header is checked against ``shape`` before anything is decoded,
+        and it is decoded in the worker process where the codec is :attr:`isolated`.
+
+        Raises CorruptFileError when the header disagrees or the stream does not decode.
+        """
+        try:
+            size = self._image_size(data)
+        except (ValueError, IndexError, struct.error) as exc:
+            raise CorruptFileError(f"{self.codec_id} image: {exc}") from None
+        if size != shape:
+            raise CorruptFileError(
+                f"{self.codec_id} image is {size[0]} x {size[1]}, but the file declares "
+                f"{shape[0]} x {shape[1]}"
+            )
+        if self.isolated:
+            return decode_isolated(self._decode_image, data, shape, dtype, self.codec_id)
+        try:
+            image = self._decode_image(data)
+        except (ValueError, RuntimeError) as exc:  # imagecodecs' errors derive from these
+            raise CorruptFileError(f"{self.codec_id} image could not be decoded: {exc}") from None
+        if image.dtype != np.dtype(dtype) or image.shape != shape:
+            raise CorruptFileError(
+                f"{self.codec_id} image decoded to {image.shape} {image.dtype}, not {shape} {dtype}"
+            )
+        return image
+
     def _mixing_restarts(self, shape: tuple[int, ...]) -> bool:
         """A mosaic split into two strips restarts the coder's adaptation (JPEG-LS: about
         0.2 bits/value on a 256 x 384 sinogram); views coded as their own frames do not."""

@@ -27,12 +27,26 @@ Every file's bytes except the pixel value are kept in ``aux["dicom_headers"]`` (
 prefixes and suffixes concatenated) indexed by ``aux["dicom_header_index"]`` (int64
 rows ``(start, prefix_len, suffix_len)``), so :func:`write_ctpd` can rewrite the series
 byte-identical except for the pixel data.
+
+Compressed transfer syntaxes
+----------------------------
+Files may also hold their one frame compressed (:data:`COMPRESSED_SYNTAXES`: JPEG-LS
+lossless and near-lossless, HTJ2K lossless and lossy).  The reader decodes the frame
+through the ctpress codec of the same name (its size checked against Rows x Columns
+first) and keeps the headers of the file re-encoded as explicit VR little endian with
+the decoded pixels (the Lossy Image Compression tags stay), so writing such a scan back
+gives uncompressed files.  The writer compresses when given a :class:`Compression`: each
+view's (Rows, Columns) image is one encapsulated frame (one fragment, a basic offset
+table), and a lossy syntax sets Lossy Image Compression (0028,2110) ``01``, its ratio
+(0028,2112: uncompressed over stored bytes of the frame) and method (0028,2114).
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from io import BytesIO
 from itertools import pairwise
 from pathlib import Path
@@ -43,19 +57,51 @@ import pydicom
 from pydicom.datadict import add_private_dict_entries
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pydicom.uid import (
+    HTJ2K,
+    UID,
+    ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    ImplicitVRLittleEndian,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    generate_uid,
+)
 from pydicom.valuerep import DSfloat
 
-from ..errors import FormatError, InputError
+from ..errors import CorruptFileError, FormatError, InputError
 from ..scan import Geometry, Scan
 from ._atomic import atomic_path
+from ._image_frames import decode_image
 
-__all__ = ["CREATOR", "PRIVATE_TAGS", "read_ctpd", "write_ctpd", "write_fresh", "write_into"]
+__all__ = [
+    "COMPRESSED_SYNTAXES",
+    "CREATOR",
+    "LOSSY_METHODS",
+    "PRIVATE_TAGS",
+    "Compression",
+    "read_ctpd",
+    "write_ctpd",
+    "write_fresh",
+    "write_into",
+]
 
 CREATOR = "CtProjectionData-MayoClinc-v1"
 RAW_DATA_STORAGE = UID("1.2.840.10008.5.1.4.1.1.66")
 _PIXEL_DATA = 0x7FE00010
+#: Compressed transfer syntax -> the ctpress codec that codes its frames.
+COMPRESSED_SYNTAXES: dict[UID, str] = {
+    JPEGLSLossless: "jpegls",
+    JPEGLSNearLossless: "jpegls",
+    HTJ2KLossless: "htj2k",
+    HTJ2KLosslessRPCL: "htj2k",
+    HTJ2K: "htj2k",
+}
+#: Lossy transfer syntax -> Lossy Image Compression Method (0028,2114).
+LOSSY_METHODS: dict[UID, str] = {JPEGLSNearLossless: "ISO_14495_1", HTJ2K: "ISO_15444_15"}
 _MAX_NAME_BYTES = 255
 
 #: DICOM-CT-PD dictionary keyword -> (tag, VR, VM).
@@ -183,16 +229,19 @@ def _parse(path: Path) -> dict[str, Any]:
     except (InvalidDicomError, EOFError, ValueError, OSError) as exc:
         raise FormatError(f"{path}: not a readable DICOM file ({exc})") from exc
     syntax = ds.file_meta.get("TransferSyntaxUID")
-    if syntax not in (ImplicitVRLittleEndian, ExplicitVRLittleEndian):
+    if syntax not in (ImplicitVRLittleEndian, ExplicitVRLittleEndian, *COMPRESSED_SYNTAXES):
         raise FormatError(
             f"{path}: transfer syntax {syntax} is not supported; DICOM-CT-PD files are "
-            "uncompressed little endian"
+            "little endian, uncompressed or JPEG-LS / HTJ2K compressed"
         )
     public = {k: _public(ds, k, path) for k in _REQUIRED_PUBLIC}
     if public["BitsAllocated"] != 16 or ds.get("PixelRepresentation", 0) != 0:
         raise FormatError(
             f"{path}: pixels must be unsigned 16 bit (BitsAllocated, PixelRepresentation)"
         )
+    if syntax in COMPRESSED_SYNTAXES:
+        data = _decompressed(path, ds, COMPRESSED_SYNTAXES[syntax])
+        ds = pydicom.dcmread(BytesIO(data))
     private = {k: _private(ds, k, path) for k in _REQUIRED_PRIVATE}
     shape = (int(public["Rows"]), int(public["Columns"]))
     det = (private["NumberofDetectorRows"], private["NumberofDetectorColumns"])
@@ -231,6 +280,30 @@ def _parse(path: Path) -> dict[str, Any]:
         "prefix": data[:start],
         "suffix": data[start + length :],
     }
+
+
+def _decompressed(path: Path, ds: Dataset, codec_id: str) -> bytes:
+    """The bytes of ``ds`` (a file of a compressed transfer syntax) as explicit VR little
+    endian, its one frame decoded by ``codec_id``."""
+    shape = (int(ds.Rows), int(ds.Columns))
+    if int(ds.get("NumberOfFrames", 1) or 1) != 1 or int(ds.get("SamplesPerPixel", 1)) != 1:
+        raise FormatError(f"{path}: a DICOM-CT-PD file holds one frame of one sample per pixel")
+    try:
+        frames = list(generate_frames(ds.PixelData, number_of_frames=1))
+    except (ValueError, KeyError, AttributeError, TypeError) as exc:
+        raise CorruptFileError(f"{path}: encapsulated pixel data is damaged ({exc})") from None
+    if len(frames) != 1:
+        raise CorruptFileError(f"{path}: encapsulated pixel data holds {len(frames)} frames, not 1")
+    try:
+        pixels = decode_image(codec_id, frames[0], shape, "uint16")
+    except CorruptFileError as exc:
+        raise CorruptFileError(f"{path}: {exc}") from None
+    del ds.PixelData
+    ds.add_new(_PIXEL_DATA, "OW", np.ascontiguousarray(pixels, "<u2").tobytes())
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    out = BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
 
 
 def _files(directory: Path) -> list[Path]:
@@ -408,14 +481,42 @@ def _filenames(scan: Scan) -> list[str]:
     return names
 
 
-def _view_bytes(scan: Scan, view: int) -> bytes:
+@dataclass(frozen=True)
+class Compression:
+    """How the writer compresses each view: a transfer syntax of
+    :data:`COMPRESSED_SYNTAXES` and the function that codes one (Rows, Columns) uint16
+    image as the bare codestream of that syntax."""
+
+    transfer_syntax: UID
+    encode: Callable[[np.ndarray], bytes]
+
+
+def _view_image(scan: Scan, view: int) -> np.ndarray:
+    """The (Rows, Columns) uint16 image of one view, as its file stores it."""
     pixels = scan.projections[view]
     if scan.metadata.get("dicom_transposed", True):
         pixels = pixels.T
-    return np.ascontiguousarray(pixels, dtype="<u2").tobytes()
+    return np.ascontiguousarray(pixels, dtype="<u2")
 
 
-def _write_back(scan: Scan, directory: Path) -> None:
+def _set_compressed_pixels(ds: Dataset, image: np.ndarray, compression: Compression) -> None:
+    """Put ``image`` into ``ds`` as one encapsulated frame of ``compression``'s syntax, with
+    the Lossy Image Compression tags where that syntax is lossy."""
+    frame = compression.encode(image)
+    ds.file_meta.TransferSyntaxUID = compression.transfer_syntax
+    if _PIXEL_DATA in ds:
+        del ds[_PIXEL_DATA]
+    ds.add_new(_PIXEL_DATA, "OB", encapsulate([frame]))
+    ds[_PIXEL_DATA].is_undefined_length = True
+    method = LOSSY_METHODS.get(compression.transfer_syntax)
+    if method is not None:
+        ds.LossyImageCompression = "01"
+        stored = len(frame) + len(frame) % 2  # fragments are padded to even length
+        ds.LossyImageCompressionRatio = DSfloat(image.nbytes / stored, auto_format=True)
+        ds.LossyImageCompressionMethod = method
+
+
+def _write_back(scan: Scan, directory: Path, compression: Compression | None) -> None:
     blob, index = scan.aux["dicom_headers"], scan.aux.get("dicom_header_index")
     n, rows, cols = scan.shape
     if index is None or index.shape != (n, 3) or blob.dtype != np.uint8 or blob.ndim != 1:
@@ -436,7 +537,13 @@ def _write_back(scan: Scan, directory: Path) -> None:
                 f"scan's views are {rows} x {cols} uint16 ({rows * cols * 2} bytes)"
             )
         suffix = raw[start + n_prefix : start + n_prefix + n_suffix]
-        (directory / name).write_bytes(prefix + _view_bytes(scan, view) + suffix)
+        image = _view_image(scan, view)
+        if compression is None:
+            (directory / name).write_bytes(prefix + image.tobytes() + suffix)
+            continue
+        ds = pydicom.dcmread(BytesIO(prefix + image.tobytes() + suffix))
+        _set_compressed_pixels(ds, image, compression)
+        ds.save_as(directory / name, enforce_file_format=True)
 
 
 def _uid(seed: int | None, *parts: object) -> UID:
@@ -455,13 +562,19 @@ def _add(ds: Dataset, keyword: str, value: Any) -> None:
 
 
 def write_fresh(
-    scan: Scan, directory: Path, *, implicit_vr: bool = False, seed: int | None = None
+    scan: Scan,
+    directory: Path,
+    *,
+    implicit_vr: bool = False,
+    seed: int | None = None,
+    compression: Compression | None = None,
 ) -> list[Path]:
     """Build new DICOM-CT-PD files for ``scan`` into ``directory`` (created if missing).
 
     Geometry, metadata and the aux arrays named like :func:`read_ctpd`'s produce the
     tags (``phi = (a - pi) mod 2 pi``; pixels stored as channels x rows unless metadata
-    ``dicom_transposed`` is False).  ``seed`` makes the UIDs reproducible.
+    ``dicom_transposed`` is False).  ``seed`` makes the UIDs reproducible;
+    ``compression`` codes the pixels (``implicit_vr`` then does not apply).
 
     Returns
     -------
@@ -528,15 +641,18 @@ def write_fresh(
                 _add(ds, keyword, corrections[keyword])
         if "mu_water_per_mm" in meta:
             _add(ds, "WaterAttenuationCoefficient", meta["mu_water_per_mm"])
-        ds.PixelData = _view_bytes(scan, view)
-        ds["PixelData"].VR = "OW"
+        if compression is None:
+            ds.PixelData = _view_image(scan, view).tobytes()
+            ds["PixelData"].VR = "OW"
+        else:
+            _set_compressed_pixels(ds, _view_image(scan, view), compression)
         path = directory / name
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
 
 
-def write_into(scan: Scan, directory: Path) -> None:
+def write_into(scan: Scan, directory: Path, compression: Compression | None = None) -> None:
     """:func:`write_ctpd` without the atomic replace: ``directory`` must not exist yet."""
     if scan.dtype != np.uint16:
         raise InputError(
@@ -545,18 +661,26 @@ def write_into(scan: Scan, directory: Path) -> None:
         )
     if "dicom_headers" in scan.aux:
         directory.mkdir()
-        _write_back(scan, directory)
+        _write_back(scan, directory, compression)
     else:
-        write_fresh(scan, directory)
+        write_fresh(scan, directory, compression=compression)
 
 
-def write_ctpd(scan: Scan, directory: str | Path, *, overwrite: bool = False) -> None:
+def write_ctpd(
+    scan: Scan,
+    directory: str | Path,
+    *,
+    overwrite: bool = False,
+    compression: Compression | None = None,
+) -> None:
     """Write ``scan`` as a DICOM-CT-PD series directory, atomically.
 
     A scan read by :func:`read_ctpd` (it carries ``aux["dicom_headers"]``) is written
     back as the original files, byte-identical except for the pixel data values (the
     stored headers are used verbatim: edits to its geometry or metadata are not
-    applied).  Any other scan gets freshly built files (see :func:`write_fresh`).
+    applied).  Any other scan gets freshly built files (see :func:`write_fresh`).  With
+    ``compression`` the pixel data is compressed (and the stored headers are re-encoded
+    in its transfer syntax).
 
     Parameters
     ----------
@@ -567,6 +691,8 @@ def write_ctpd(scan: Scan, directory: str | Path, *, overwrite: bool = False) ->
     overwrite : bool
         Replace an existing output directory (only one ctpress wrote: see
         :func:`~ctpress.io.check_output`).
+    compression : Compression, optional
+        Transfer syntax and frame encoder (default: uncompressed).
 
     Raises
     ------
@@ -575,4 +701,4 @@ def write_ctpd(scan: Scan, directory: str | Path, *, overwrite: bool = False) ->
         stored headers, unsafe file names, no usable geometry, or an existing output.
     """
     with atomic_path(directory, overwrite=overwrite) as tmp:
-        write_into(scan, tmp)
+        write_into(scan, tmp, compression)

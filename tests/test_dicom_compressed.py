@@ -11,7 +11,7 @@ import imagecodecs
 import numpy as np
 import pydicom
 import pytest
-from pydicom.encaps import generate_frames
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import HTJ2KLossless, JPEGLSLossless, JPEGLSNearLossless
 
 import ctpress
@@ -155,4 +155,17 @@ def test_frame_of_the_wrong_size_is_corrupt(tmp_path: Path) -> None:
     ds.Rows = COLS + 1
     ds.save_as(path)
     with pytest.raises(CorruptFileError, match=r"htj2k image is 64 x 16, but the file declares 65"):
+        ctpress.read_scan(out)
+
+
+@pytest.mark.parametrize("codec", ["jpegls", "htj2k"])
+def test_truncated_frame_is_corrupt(tmp_path: Path, codec: str) -> None:
+    out = tmp_path / "series"
+    ctpress.convert(scan(), out, output_format="dicom-ctpd", codec=codec)
+    path = next(out.glob("*.dcm"))
+    ds = pydicom.dcmread(path)
+    (frame,) = generate_frames(ds.PixelData, number_of_frames=1)
+    ds.PixelData = encapsulate([frame[: len(frame) // 2]])
+    ds.save_as(path)
+    with pytest.raises(CorruptFileError, match=rf"{path.name}: the {codec} frame ends without"):
         ctpress.read_scan(out)

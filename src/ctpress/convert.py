@@ -82,14 +82,14 @@ def convert(
         and codec settings.  A ``bpp`` target applies to each chunk's stream (Zarr's
         metadata is the store's own); PSNR targets use the scan's data range.
     """
-    if output_format is None and Path(output).suffix != ".zarr":
-        raise InputError(
-            f"{output}: convert writes Zarr v3 stores (.zarr) or, with output format "
-            "dicom-ctpd, DICOM-CT-PD series; for a .ctpz file use compress"
-        )
     if output_format not in (None, *OUTPUT_FORMATS):
         raise InputError(
             f"convert writes {' or '.join(OUTPUT_FORMATS)}, not output format {output_format!r}"
+        )
+    if output_format != "dicom-ctpd" and Path(output).suffix != ".zarr":
+        raise InputError(
+            f"{output}: convert writes Zarr v3 stores (.zarr) or, with output format "
+            "dicom-ctpd, DICOM-CT-PD series; for a .ctpz file use compress"
         )
     inputs: list[PathLike] = [data] if isinstance(data, str | os.PathLike) else []
     if dataset is not None and not inputs:

@@ -92,6 +92,8 @@ __all__ = [
 CREATOR = "CtProjectionData-MayoClinc-v1"
 RAW_DATA_STORAGE = UID("1.2.840.10008.5.1.4.1.1.66")
 _PIXEL_DATA = 0x7FE00010
+#: The last two bytes of a JPEG-LS (EOI) and a JPEG 2000 (EOC) codestream.
+_END_OF_IMAGE = b"\xff\xd9"
 #: Compressed transfer syntax -> the ctpress codec that codes its frames.
 COMPRESSED_SYNTAXES: dict[UID, str] = {
     JPEGLSLossless: "jpegls",
@@ -294,8 +296,13 @@ def _decompressed(path: Path, ds: Dataset, codec_id: str) -> bytes:
         raise CorruptFileError(f"{path}: encapsulated pixel data is damaged ({exc})") from None
     if len(frames) != 1:
         raise CorruptFileError(f"{path}: encapsulated pixel data holds {len(frames)} frames, not 1")
+    frame = frames[0][:-1] if frames[0].endswith(b"\xff\xd9\0") else frames[0]  # even padding
+    if not frame.endswith(_END_OF_IMAGE):  # OpenJPH decodes a truncated frame without a word
+        raise CorruptFileError(
+            f"{path}: the {codec_id} frame ends without its end-of-image marker (truncated)"
+        )
     try:
-        pixels = decode_image(codec_id, frames[0], shape, "uint16")
+        pixels = decode_image(codec_id, frame, shape, "uint16")
     except CorruptFileError as exc:
         raise CorruptFileError(f"{path}: {exc}") from None
     del ds.PixelData

@@ -5,6 +5,7 @@ read them back."""
 from __future__ import annotations
 
 import math
+from io import BytesIO
 from pathlib import Path
 
 import imagecodecs
@@ -12,7 +13,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.encaps import encapsulate, generate_frames
-from pydicom.uid import HTJ2KLossless, JPEGLSLossless, JPEGLSNearLossless
+from pydicom.uid import HTJ2K, HTJ2KLossless, JPEGLSLossless, JPEGLSNearLossless
 
 import ctpress
 from ctpress import CorruptFileError, Geometry, InputError, Scan
@@ -80,6 +81,20 @@ def test_lossless_round_trips_through_pydicom_and_ctpress(
     compressed = sum(p.stat().st_size for p in out.glob("*.dcm"))
     write_scan(back, tmp_path / "plain", format="dicom-ctpd")
     assert compressed < sum(p.stat().st_size for p in (tmp_path / "plain").glob("*.dcm"))
+
+
+def test_htj2k_frames_decode_with_openjpeg(tmp_path: Path) -> None:
+    """A second HTJ2K implementation (OpenJPEG, through Pillow, which matplotlib brings)
+    decodes the frames bit-exact: they are standard codestreams, not OpenJPH's dialect."""
+    image_module = pytest.importorskip("PIL.Image")
+    original = scan()
+    out = tmp_path / "series"
+    ctpress.convert(original, out, output_format="dicom-ctpd", codec="htj2k")
+    for path in out.glob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        (frame,) = generate_frames(ds.PixelData, number_of_frames=1)
+        image = np.asarray(image_module.open(BytesIO(frame)))
+        assert np.array_equal(image.T, original.projections[int(ds.InstanceNumber) - 1])
 
 
 def test_near_lossless_is_within_the_bound_and_flagged_lossy(tmp_path: Path) -> None:
@@ -169,3 +184,22 @@ def test_truncated_frame_is_corrupt(tmp_path: Path, codec: str) -> None:
     ds.save_as(path)
     with pytest.raises(CorruptFileError, match=rf"{path.name}: the {codec} frame ends without"):
         ctpress.read_scan(out)
+
+
+def test_reads_lossy_htj2k_written_elsewhere(tmp_path: Path) -> None:
+    """A lossy HTJ2K (.203) series, which convert does not write, reads back decoded."""
+    original = scan()
+    out = tmp_path / "series"
+    ctpress.convert(original, out, output_format="dicom-ctpd", codec="htj2k")
+    expected = {}
+    for path in out.glob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        view = int(ds.InstanceNumber) - 1
+        frame = imagecodecs.htj2k_encode(original.projections[view].T, level=1e-3, reversible=False)
+        expected[view] = imagecodecs.htj2k_decode(frame).T
+        ds.PixelData = encapsulate([bytes(frame)])
+        ds.file_meta.TransferSyntaxUID = HTJ2K
+        ds.save_as(path)
+    back = ctpress.read_scan(out).projections
+    assert np.array_equal(back, np.stack([expected[v] for v in range(N)]))
+    assert not np.array_equal(back, original.projections)

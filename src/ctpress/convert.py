@@ -142,7 +142,9 @@ def dicom_compression(
 
     from .io._dicom_ctpd import Compression
 
-    given = sorted(name for name, value in others.items() if value not in (None, False, [], {}))
+    given = sorted(
+        name for name, value in others.items() if value is not None and value is not False
+    )
     if given:
         raise InputError(f"{DICOM_SUPPORTED}; {', '.join(given)} do not apply")
     if codec not in ("jpegls", "htj2k"):

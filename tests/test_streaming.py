@@ -87,3 +87,92 @@ def test_memory_mapped_round_trip_never_holds_the_scan(tmp_path: Path, suffix: s
     decoded = np.load(back, mmap_mode="r")
     for first in range(0, shape[0], 64):
         np.testing.assert_array_equal(decoded[first : first + 64], original[first : first + 64])
+
+
+def _write_chunked_hdf5(path: Path, views: np.ndarray) -> None:
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f.create_dataset(
+            "projections", data=views, chunks=(4, *views.shape[1:]), compression="gzip"
+        )
+
+
+def _write_zarr(path: Path, views: np.ndarray) -> None:
+    import zarr
+
+    stored = zarr.create_array(
+        store=str(path), shape=views.shape, dtype=views.dtype, chunks=(4, *views.shape[1:])
+    )
+    stored[...] = views
+
+
+def _write_tiff_pages(path: Path, views: np.ndarray) -> None:
+    import tifffile
+
+    tifffile.imwrite(path, views, photometric="minisblack")
+
+
+LAZY_INPUTS = {
+    "chunked gzip HDF5": (".h5", _write_chunked_hdf5, (96, 16, 48), np.uint16),
+    "chunked gzip HDF5 sinograms": (".h5", _write_chunked_hdf5, (96, 48), np.float32),
+    "Zarr": (".zarr", _write_zarr, (96, 16, 48), np.float32),
+    "multi-page TIFF": (".tif", _write_tiff_pages, (96, 16, 48), np.uint16),
+}
+
+
+@pytest.mark.parametrize("name", LAZY_INPUTS)
+def test_lazy_input_is_compressed_a_few_views_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """With the lazy threshold forced to 0, read_scan gives LazyViews, and compressing
+    reads no slab larger than a chunk or a check block (never the whole scan), in two
+    passes over the views; the lossless output decodes to the input bit-exactly."""
+    from ctpress.io import LazyViews, _lazy
+
+    suffix, write, shape, dtype = LAZY_INPUTS[name]
+    rng = np.random.default_rng(1)
+    values = (1000 + 500 * rng.random(shape)).astype(dtype)
+    source = tmp_path / f"scan{suffix}"
+    write(source, values)
+
+    monkeypatch.setattr(_lazy, "LAZY_BYTES", 0)
+    view_bytes = values[0].nbytes
+    monkeypatch.setattr(ctpress.scan, "_CHECK_BLOCK_BYTES", 12 * view_bytes)  # 12-view passes
+    slabs: list[int] = []
+    read_views = LazyViews._views
+
+    def counted(self: LazyViews, start: int, stop: int) -> np.ndarray:
+        slabs.append(stop - start)
+        return read_views(self, start, stop)
+
+    monkeypatch.setattr(LazyViews, "_views", counted)
+    assert isinstance(ctpress.read_scan(source).projections, LazyViews)
+    slabs.clear()
+    ctpz = tmp_path / "scan.ctpz"
+    ctpress.compress(source, ctpz, codec="zstd", lossless=True, chunk_views=8, jobs=2)
+    assert slabs and max(slabs) <= 12, slabs  # 12-view passes, 8-view chunks
+    assert sum(slabs) == 2 * shape[0]  # one first pass (value range, NaN check), one coding
+    decoded = ctpress.decompress(ctpz)
+    np.testing.assert_array_equal(decoded.user_array(), values)
+
+
+def test_lazy_views_index_like_an_array() -> None:
+    """Indexes and slices of views read only what they cover and match NumPy's."""
+    from ctpress.io import LazyViews
+
+    values = np.arange(10 * 2 * 3, dtype=np.int32).reshape(10, 2, 3)
+    reads: list[tuple[int, int]] = []
+
+    def read(start: int, stop: int) -> np.ndarray:
+        reads.append((start, stop))
+        return values[start:stop]
+
+    views = LazyViews(read, values.shape, values.dtype, "test")
+    for key in (3, -1, slice(2, 5), slice(None, None, 3), slice(8, 1, -2), slice(5, 2)):
+        np.testing.assert_array_equal(views[key], values[key])
+    assert reads[:3] == [(3, 4), (9, 10), (2, 5)]
+    assert (len(views), views.nbytes, views.ndim) == (10, values.nbytes, 3)
+    np.testing.assert_array_equal(np.asarray(views), values)
+    with pytest.raises(IndexError):
+        views[10]

@@ -22,10 +22,12 @@ from ..errors import InputError
 from ..scan import Scan, as_scan
 from . import _npy
 from ._atomic import MARKER, OutputExistsError, atomic_path, check_output, results_directory
+from ._lazy import LazyViews
 
 __all__ = [
     "FORMATS",
     "MARKER",
+    "LazyViews",
     "OutputExistsError",
     "atomic_path",
     "check_output",

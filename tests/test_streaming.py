@@ -113,32 +113,39 @@ def _write_tiff_pages(path: Path, views: np.ndarray) -> None:
     tifffile.imwrite(path, views, photometric="minisblack")
 
 
+def _write_ctpd(path: Path, views: np.ndarray) -> None:
+    from ctpress.io.dicom_fixtures import make_ctpd_series
+
+    make_ctpd_series(path, views, ctpress.Geometry.circular("cone", len(views), 595.0, 1085.6))
+
+
 LAZY_INPUTS = {
     "chunked gzip HDF5": (".h5", _write_chunked_hdf5, (96, 16, 48), np.uint16),
     "chunked gzip HDF5 sinograms": (".h5", _write_chunked_hdf5, (96, 48), np.float32),
     "Zarr": (".zarr", _write_zarr, (96, 16, 48), np.float32),
     "multi-page TIFF": (".tif", _write_tiff_pages, (96, 16, 48), np.uint16),
+    "DICOM-CT-PD directory": ("_ctpd", _write_ctpd, (96, 16, 48), np.uint16),
 }
 
 
-@pytest.mark.parametrize("name", LAZY_INPUTS)
-def test_lazy_input_is_compressed_a_few_views_at_a_time(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
-) -> None:
-    """With the lazy threshold forced to 0, read_scan gives LazyViews, and compressing
-    reads no slab larger than a chunk or a check block (never the whole scan), in two
-    passes over the views; the lossless output decodes to the input bit-exactly."""
-    from ctpress.io import LazyViews, _lazy
-
+def _lazy_source(tmp_path: Path, name: str) -> tuple[Path, np.ndarray]:
+    """The input ``name`` of :data:`LAZY_INPUTS` written to ``tmp_path``, and its values."""
     suffix, write, shape, dtype = LAZY_INPUTS[name]
     rng = np.random.default_rng(1)
     values = (1000 + 500 * rng.random(shape)).astype(dtype)
     source = tmp_path / f"scan{suffix}"
     write(source, values)
+    return source, values
+
+
+@pytest.fixture
+def slab_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Views of every read of a LazyViews, with every input read lazily (threshold 0) and
+    block-wise first passes of one view at a time."""
+    from ctpress.io import LazyViews, _lazy
 
     monkeypatch.setattr(_lazy, "LAZY_BYTES", 0)
-    view_bytes = values[0].nbytes
-    monkeypatch.setattr(ctpress.scan, "_CHECK_BLOCK_BYTES", 12 * view_bytes)  # 12-view passes
+    monkeypatch.setattr(ctpress.scan, "_CHECK_BLOCK_BYTES", 1)
     slabs: list[int] = []
     read_views = LazyViews._views
 
@@ -147,14 +154,43 @@ def test_lazy_input_is_compressed_a_few_views_at_a_time(
         return read_views(self, start, stop)
 
     monkeypatch.setattr(LazyViews, "_views", counted)
+    return slabs
+
+
+@pytest.mark.parametrize("name", LAZY_INPUTS)
+def test_lazy_input_is_compressed_a_few_views_at_a_time(
+    tmp_path: Path, slab_reads: list[int], name: str
+) -> None:
+    """With the lazy threshold forced to 0, read_scan gives LazyViews, and compressing
+    reads no slab larger than a chunk (never the whole scan), in two passes over the
+    views; the lossless output decodes to the input bit-exactly."""
+    from ctpress.io import LazyViews
+
+    source, values = _lazy_source(tmp_path, name)
     assert isinstance(ctpress.read_scan(source).projections, LazyViews)
-    slabs.clear()
+    slab_reads.clear()
     ctpz = tmp_path / "scan.ctpz"
     ctpress.compress(source, ctpz, codec="zstd", lossless=True, chunk_views=8, jobs=2)
-    assert slabs and max(slabs) <= 12, slabs  # 12-view passes, 8-view chunks
-    assert sum(slabs) == 2 * shape[0]  # one first pass (value range, NaN check), one coding
+    assert slab_reads and max(slab_reads) == 8, slab_reads  # chunks of 8 views
+    assert sum(slab_reads) == 2 * len(values)  # one first pass (range, NaN check), one coding
     decoded = ctpress.decompress(ctpz)
     np.testing.assert_array_equal(decoded.user_array(), values)
+
+
+def test_convert_of_a_lazy_input_writes_the_store_block_by_block(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slab_reads: list[int]
+) -> None:
+    """``convert`` copies a lazily read scan into the Zarr store a block of whole chunks
+    at a time (16 views here), and the store reads back exactly."""
+    from ctpress.io import _zarr
+
+    source, values = _lazy_source(tmp_path, "chunked gzip HDF5")
+    monkeypatch.setattr(_zarr, "_WRITE_BLOCK_BYTES", 16 * values[0].nbytes)
+    store = tmp_path / "scan.zarr"
+    ctpress.convert(source, store, codec="zstd", lossless=True, chunk_views=8)
+    assert slab_reads and max(slab_reads) <= 16, slab_reads
+    back = ctpress.read_scan(store).projections
+    np.testing.assert_array_equal(np.asarray(back), values)
 
 
 def test_lazy_views_index_like_an_array() -> None:
@@ -176,3 +212,19 @@ def test_lazy_views_index_like_an_array() -> None:
     np.testing.assert_array_equal(np.asarray(views), values)
     with pytest.raises(IndexError):
         views[10]
+
+
+def test_noise_model_of_a_lazy_scan_reads_one_run_of_views(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slab_reads: list[int]
+) -> None:
+    """The noise model of the noise-bounded mode is estimated from a run of views of at
+    most NOISE_SAMPLE_BYTES (16 views here), read once, not from the whole scan."""
+    from ctpress import api
+
+    source, values = _lazy_source(tmp_path, "chunked gzip HDF5")
+    monkeypatch.setattr(api, "NOISE_SAMPLE_BYTES", 16 * values[0].nbytes)
+    scan = ctpress.read_scan(source)
+    slab_reads.clear()
+    model = api.noise_model(scan)
+    assert slab_reads == [16]
+    assert model.domain == "counts"

@@ -74,6 +74,6 @@ def write_tiff(scan: Scan, path: Path) -> None:
     big = scan.projections.nbytes + sum(a.nbytes for a in scan.aux.values()) > 2**31
     with tifffile.TiffWriter(path, bigtiff=big) as tif:
         meta = {_header.KEY: _header.encode(scan)}
-        tif.write(scan.projections, photometric="minisblack", metadata=meta)
+        tif.write(scan.array(), photometric="minisblack", metadata=meta)
         for name, arr in scan.aux.items():
             tif.write(np.asarray(arr), photometric="minisblack", metadata={_AUX: name})

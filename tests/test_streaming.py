@@ -228,3 +228,24 @@ def test_noise_model_of_a_lazy_scan_reads_one_run_of_views(
     model = api.noise_model(scan)
     assert slab_reads == [16]
     assert model.domain == "counts"
+
+
+def test_lazy_views_read_whole_source_blocks_once() -> None:
+    """With blocks of 4 views, neighbouring reads that share a block decode it once, and
+    a read is a copy (the kept block is not changed through it)."""
+    from ctpress.io import LazyViews
+
+    values = np.arange(10 * 2 * 3, dtype=np.int32).reshape(10, 2, 3)
+    reads: list[tuple[int, int]] = []
+
+    def read(start: int, stop: int) -> np.ndarray:
+        reads.append((start, stop))
+        return values[start:stop].copy()
+
+    views = LazyViews(read, values.shape, values.dtype, "test", block_views=4)
+    first, second = views[0:3], views[3:10]
+    np.testing.assert_array_equal(np.concatenate([first, second]), values)
+    assert reads == [(0, 4), (4, 8), (8, 10)]
+    first[:] = -1
+    np.testing.assert_array_equal(views[1], values[1])
+    assert len(reads) == 3

@@ -84,8 +84,9 @@ def _mapped(ds: h5py.Dataset, path: Path) -> np.ndarray:
 
 def _lazy_frames(ds: h5py.Dataset, path: Path, first: int, stop: int) -> LazyViews:
     """Frames ``first:stop`` of ``ds`` read view by view: each read opens the file and
-    reads one slab ``ds[a:b]`` (h5py decompresses only the HDF5 chunks it covers).  A 2-D
-    dataset (views, cols) reads as (views, 1, cols)."""
+    reads one slab ``ds[a:b]`` of whole HDF5 chunks (h5py decompresses only the chunks it
+    covers; :class:`LazyViews` keeps the last ones).  A 2-D dataset (views, cols) reads
+    as (views, 1, cols)."""
     name, two_d = ds.name, ds.ndim == 2
     rows, cols = (1, ds.shape[1]) if two_d else ds.shape[1:]
 
@@ -94,8 +95,11 @@ def _lazy_frames(ds: h5py.Dataset, path: Path, first: int, stop: int) -> LazyVie
             views = np.asarray(f[name][first + start : first + end])
         return views[:, None, :] if two_d else views
 
+    # HDF5 chunks along the views, where they line up with view 0 of the stack
+    block = ds.chunks[0] if ds.chunks and first % ds.chunks[0] == 0 else 1
+    shape = (stop - first, rows, cols)
     return LazyViews(
-        read, (stop - first, rows, cols), ds.dtype, f"{path}:{name}", source_ndim=ds.ndim
+        read, shape, ds.dtype, f"{path}:{name}", source_ndim=ds.ndim, block_views=block
     )
 
 

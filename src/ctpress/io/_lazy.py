@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +16,9 @@ from ..errors import InputError
 #: Inputs larger than this (bytes of projections) are read view by view
 #: (:class:`LazyViews`); smaller ones are read into memory, as plain arrays.
 LAZY_BYTES = 256 << 20
+
+#: Most bytes of whole source blocks a :class:`LazyViews` keeps (at least one block).
+CACHE_BYTES = 128 << 20
 
 #: ``read(start, stop)``: views ``start:stop`` as an array of shape
 #: (stop - start, det_rows, det_cols).
@@ -48,6 +53,11 @@ class LazyViews:
     source_ndim : int
         2 where the source stores a sinogram stack (n_views, det_cols), which ``read``
         returns as (k, 1, det_cols); else 3.
+    block_views : int
+        Views per chunk of the source (HDF5 chunk, Zarr chunk), which it decodes whole
+        for any view in it.  Above 1, ``read`` is called for whole blocks only and the
+        last blocks read (up to :data:`CACHE_BYTES`) are kept, so that reads of
+        neighbouring views that share a block decode it once.
     """
 
     def __init__(
@@ -57,6 +67,7 @@ class LazyViews:
         dtype: Any,
         source: str,
         source_ndim: int = 3,
+        block_views: int = 1,
     ) -> None:
         if len(shape) != 3:
             raise InputError(f"{source}: a view stack has shape (views, rows, cols), got {shape}")
@@ -65,6 +76,9 @@ class LazyViews:
         self.dtype = np.dtype(dtype)
         self.source = source
         self.source_ndim = source_ndim
+        self.block_views = max(1, int(block_views))
+        self._blocks: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
 
     @property
     def ndim(self) -> int:
@@ -110,10 +124,38 @@ class LazyViews:
     def _views(self, start: int, stop: int) -> np.ndarray:
         if stop <= start:
             return np.empty((0, *self.shape[1:]), self.dtype)
-        views = np.asarray(self._read(start, stop), dtype=self.dtype)
+        if self.block_views == 1:
+            return self._checked(start, stop, self._read(start, stop))
+        size = self.block_views
+        pieces = [
+            self._block(block)[max(start, block * size) - block * size : stop - block * size]
+            for block in range(start // size, (stop - 1) // size + 1)
+        ]
+        return np.concatenate(pieces)  # a copy: the cached blocks stay as read
+
+    def _checked(self, start: int, stop: int, views: np.ndarray) -> np.ndarray:
+        views = np.asarray(views, dtype=self.dtype)
         expected = (stop - start, *self.shape[1:])
         if views.shape != expected:
             raise InputError(f"{self.source}: read views of shape {views.shape}, not {expected}")
+        return views
+
+    def _block(self, block: int) -> np.ndarray:
+        """Views of source block ``block`` (``block_views`` views from
+        ``block * block_views``), from the cache or read whole."""
+        with self._lock:
+            if block in self._blocks:
+                self._blocks.move_to_end(block)
+                return self._blocks[block]
+        start = block * self.block_views
+        stop = min(start + self.block_views, self.shape[0])
+        views = self._checked(start, stop, self._read(start, stop))
+        with self._lock:
+            self._blocks[block] = views
+            while len(self._blocks) > 1 and sum(b.nbytes for b in self._blocks.values()) > (
+                CACHE_BYTES
+            ):
+                self._blocks.popitem(last=False)
         return views
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:

@@ -41,8 +41,9 @@ def _finish_on_interrupt(function: Callable[[], _T]) -> _T:
 
 
 def _lazy_views(path: Path, stored: zarr.Array) -> LazyViews:
-    """The array read view by view: each read decodes the Zarr chunks of its views only.
-    A 2-D array (views, cols) reads as (views, 1, cols)."""
+    """The array read view by view: each read decodes the Zarr chunks of its views only
+    (:class:`LazyViews` keeps the last ones).  A 2-D array (views, cols) reads as
+    (views, 1, cols)."""
     two_d = stored.ndim == 2
     n_views, rows, cols = (stored.shape[0], 1, stored.shape[1]) if two_d else stored.shape
 
@@ -53,7 +54,14 @@ def _lazy_views(path: Path, stored: zarr.Array) -> LazyViews:
             raise _unreadable(path, exc) from exc
         return views[:, None, :] if two_d else views
 
-    return LazyViews(read, (n_views, rows, cols), stored.dtype, str(path), source_ndim=stored.ndim)
+    return LazyViews(
+        read,
+        (n_views, rows, cols),
+        stored.dtype,
+        str(path),
+        source_ndim=stored.ndim,
+        block_views=stored.chunks[0],
+    )
 
 
 def read_zarr(path: Path, dataset: str | None) -> Scan:

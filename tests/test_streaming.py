@@ -249,3 +249,29 @@ def test_lazy_views_read_whole_source_blocks_once() -> None:
     first[:] = -1
     np.testing.assert_array_equal(views[1], values[1])
     assert len(reads) == 3
+
+
+def test_an_open_hdf5_dataset_is_compressed_without_reading_it_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An h5py dataset is a ViewStack: a Scan keeps it, ``compress`` slices it a chunk
+    (8 views) or a one-view check block at a time, and the stream decodes to its values."""
+    import h5py
+
+    source, values = _lazy_source(tmp_path, "chunked gzip HDF5")
+    monkeypatch.setattr(ctpress.scan, "_CHECK_BLOCK_BYTES", 1)
+    keys: list[object] = []
+    read = h5py.Dataset.__getitem__
+
+    def recorded(self: h5py.Dataset, key: object, **kwargs: object) -> object:
+        keys.append(key)
+        return read(self, key, **kwargs)
+
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", recorded)
+    with h5py.File(source, "r") as f:
+        dataset = f["projections"]
+        scan = ctpress.Scan(dataset)
+        assert scan.projections is dataset
+        data = ctpress.compress(scan, codec="zstd", lossless=True, chunk_views=8)
+    assert keys and all(isinstance(k, slice) and k.stop - k.start <= 8 for k in keys), keys
+    np.testing.assert_array_equal(ctpress.decompress(data).projections, values)

@@ -258,6 +258,12 @@ class ViewStack(Protocol):
 Projections = np.ndarray | ViewStack
 
 
+def _is_view_stack(data: object) -> bool:
+    """Whether ``data`` is an ndarray or a :class:`ViewStack` of a NumPy dtype (an h5py
+    dataset, a Zarr array, a :class:`ctpress.io.LazyViews`), kept as it is."""
+    return isinstance(data, ViewStack) and isinstance(data.dtype, np.dtype)
+
+
 def is_lazy(projections: Projections) -> bool:
     """Whether ``projections`` is a :class:`ViewStack` read on demand (not an ndarray)."""
     return not isinstance(projections, np.ndarray)
@@ -297,7 +303,7 @@ class Scan:
 
     def __post_init__(self) -> None:
         arr = self.projections
-        if not isinstance(arr, ViewStack):  # a list, a scalar, an array-like
+        if not _is_view_stack(arr):  # a list, a scalar, an array-like
             arr = np.asarray(arr)
         if isinstance(arr, np.ndarray) and arr.ndim == 2:
             arr = arr[:, None, :]
@@ -411,8 +417,9 @@ def validate_projections(arr: Projections) -> tuple[float, float] | None:
     return lo, hi
 
 
-def as_scan(data: Scan | np.ndarray) -> Scan:
-    """Wrap a bare array as a :class:`Scan` with no geometry; pass a Scan through."""
+def as_scan(data: Scan | Projections) -> Scan:
+    """Wrap a bare array (or :class:`ViewStack`) as a :class:`Scan` with no geometry;
+    pass a Scan through."""
     if isinstance(data, Scan):
         return data
-    return Scan(data if isinstance(data, ViewStack) else np.asarray(data))
+    return Scan(data)

@@ -18,7 +18,7 @@ from ..errors import InputError
 LAZY_BYTES = 256 << 20
 
 #: Most bytes of whole source blocks a :class:`LazyViews` keeps (at least one block).
-CACHE_BYTES = 128 << 20
+CACHE_BYTES = 32 << 20
 
 #: ``read(start, stop)``: views ``start:stop`` as an array of shape
 #: (stop - start, det_rows, det_cols).

@@ -275,3 +275,16 @@ def test_an_open_hdf5_dataset_is_compressed_without_reading_it_whole(
         data = ctpress.compress(scan, codec="zstd", lossless=True, chunk_views=8)
     assert keys and all(isinstance(k, slice) and k.stop - k.start <= 8 for k in keys), keys
     np.testing.assert_array_equal(ctpress.decompress(data).projections, values)
+
+
+def test_a_lazily_read_series_cut_short_after_reading_is_a_format_error(
+    tmp_path: Path, slab_reads: list[int]
+) -> None:
+    """A DICOM-CT-PD file truncated between read_scan and compressing: FormatError naming
+    it (no garbage views)."""
+    source, _ = _lazy_source(tmp_path, "DICOM-CT-PD directory")
+    scan = ctpress.read_scan(source)
+    victim = sorted(source.iterdir())[0]
+    victim.write_bytes(victim.read_bytes()[:100])
+    with pytest.raises(ctpress.FormatError, match="PixelData was cut short"):
+        ctpress.compress(scan, codec="zstd", lossless=True)

@@ -232,7 +232,8 @@ def test_noise_model_of_a_lazy_scan_reads_one_run_of_views(
 
 def test_lazy_views_read_whole_source_blocks_once() -> None:
     """With blocks of 4 views, neighbouring reads that share a block decode it once, and
-    a read is a copy (the kept block is not changed through it)."""
+    a read is a copy (the kept block is not changed through it); a huge block is not
+    read whole."""
     from ctpress.io import LazyViews
 
     values = np.arange(10 * 2 * 3, dtype=np.int32).reshape(10, 2, 3)
@@ -249,6 +250,10 @@ def test_lazy_views_read_whole_source_blocks_once() -> None:
     first[:] = -1
     np.testing.assert_array_equal(views[1], values[1])
     assert len(reads) == 3
+    reads.clear()  # a block over CACHE_BYTES (chunked across the views) is never read whole
+    across = LazyViews(read, values.shape, values.dtype, "test", block_views=2**40)
+    np.testing.assert_array_equal(across[2:4], values[2:4])
+    assert reads == [(2, 4)]
 
 
 def test_an_open_hdf5_dataset_is_compressed_without_reading_it_whole(

@@ -57,7 +57,9 @@ class LazyViews:
         Views per chunk of the source (HDF5 chunk, Zarr chunk), which it decodes whole
         for any view in it.  Above 1, ``read`` is called for whole blocks only and the
         last blocks read (up to :data:`CACHE_BYTES`) are kept, so that reads of
-        neighbouring views that share a block decode it once.
+        neighbouring views that share a block decode it once.  A block larger than
+        :data:`CACHE_BYTES` (a source chunked across the views) is not read whole: then
+        ``read`` is called for the views asked.
     """
 
     def __init__(
@@ -76,7 +78,9 @@ class LazyViews:
         self.dtype = np.dtype(dtype)
         self.source = source
         self.source_ndim = source_ndim
-        self.block_views = max(1, int(block_views))
+        view_bytes = self.nbytes // max(1, self.shape[0])
+        fits = block_views * view_bytes <= CACHE_BYTES  # else views are read as asked
+        self.block_views = max(1, int(block_views)) if fits else 1
         self._blocks: OrderedDict[int, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 

@@ -355,8 +355,9 @@ class Scan:
         return found
 
 
-#: Bytes of projections checked at a time (views of a memory-mapped scan are read in blocks).
-_CHECK_BLOCK_BYTES = 64 << 20
+#: Bytes of views read at a time by a block-wise pass (NaN/inf check, value range) over a
+#: memory-mapped or lazily read scan.
+_CHECK_BLOCK_BYTES = 16 << 20
 
 
 def view_blocks(

@@ -80,7 +80,8 @@ def build(
             raise FormatError(f"{source}: header says 2-D but data has shape {arr.shape}")
         if isinstance(arr, np.ndarray):
             arr = arr[:, 0, :]
-    return Scan(arr, geometry=geometry, metadata=metadata, aux=aux, original_ndim=ndim)
+    original_ndim = 2 if ndim == 2 else 3  # a LazyViews of a 2-D scan stays 3-D
+    return Scan(arr, geometry=geometry, metadata=metadata, aux=aux, original_ndim=original_ndim)
 
 
 def _stored_ndim(arr: np.ndarray | LazyViews) -> int:

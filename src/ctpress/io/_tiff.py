@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -23,18 +25,23 @@ def _unreadable(path: Path, exc: Exception) -> FormatError:
 
 
 def _lazy_pages(path: Path, shape: tuple[int, int, int], dtype: np.dtype) -> LazyViews:
-    """The first series, one page per view, read page by page: each read opens the file
-    and reads the pages of its views only."""
+    """The first series, one page per view, read page by page: the file stays open while
+    the views are in use (its page index is parsed once) and each read reads the pages of
+    its views only, one read at a time."""
+    tif = tifffile.TiffFile(path)
+    lock = threading.Lock()
 
     def read(start: int, stop: int) -> np.ndarray:
         try:
-            with tifffile.TiffFile(path) as tif:
+            with lock:
                 pages = tif.series[0].asarray(key=slice(start, stop))
         except _UNREADABLE as exc:
             raise _unreadable(path, exc) from exc
         return pages.reshape(stop - start, *shape[1:])  # one page comes without its axis
 
-    return LazyViews(read, shape, dtype, str(path))
+    views = LazyViews(read, shape, dtype, str(path))
+    weakref.finalize(views, tif.close)
+    return views
 
 
 def read_tiff(path: Path) -> Scan:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -83,24 +84,27 @@ def _mapped(ds: h5py.Dataset, path: Path) -> np.ndarray:
 
 
 def _lazy_frames(ds: h5py.Dataset, path: Path, first: int, stop: int) -> LazyViews:
-    """Frames ``first:stop`` of ``ds`` read view by view: each read opens the file and
-    reads one slab ``ds[a:b]`` of whole HDF5 chunks (h5py decompresses only the chunks it
-    covers; :class:`LazyViews` keeps the last ones).  A 2-D dataset (views, cols) reads
-    as (views, 1, cols)."""
-    name, two_d = ds.name, ds.ndim == 2
+    """Frames ``first:stop`` of ``ds`` read view by view: the file stays open while the
+    views are in use, and each read is one slab ``ds[a:b]`` of whole HDF5 chunks (h5py
+    decompresses only the chunks it covers; :class:`LazyViews` keeps the last ones).  A
+    2-D dataset (views, cols) reads as (views, 1, cols)."""
+    two_d = ds.ndim == 2
     rows, cols = (1, ds.shape[1]) if two_d else ds.shape[1:]
+    f = h5py.File(path, "r")
+    kept = f[ds.name]
 
     def read(start: int, end: int) -> np.ndarray:
-        with h5py.File(path, "r") as f:
-            views = np.asarray(f[name][first + start : first + end])
+        views = np.asarray(kept[first + start : first + end])
         return views[:, None, :] if two_d else views
 
     # HDF5 chunks along the views, where they line up with view 0 of the stack
     block = ds.chunks[0] if ds.chunks and first % ds.chunks[0] == 0 else 1
     shape = (stop - first, rows, cols)
-    return LazyViews(
-        read, shape, ds.dtype, f"{path}:{name}", source_ndim=ds.ndim, block_views=block
+    views = LazyViews(
+        read, shape, ds.dtype, f"{path}:{ds.name}", source_ndim=ds.ndim, block_views=block
     )
+    weakref.finalize(views, f.close)
+    return views
 
 
 def _is_lazy(ds: h5py.Dataset) -> bool:

@@ -83,6 +83,24 @@ def test_lossless_round_trips_through_pydicom_and_ctpress(
     assert compressed < sum(p.stat().st_size for p in (tmp_path / "plain").glob("*.dcm"))
 
 
+@pytest.mark.parametrize("codec", ["jpegls", "htj2k"])
+def test_a_large_compressed_series_is_read_view_by_view(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, codec: str
+) -> None:
+    """Above the lazy threshold a compressed series is read lazily: each view's frame is
+    decoded again when it is read (not its compressed bytes taken as pixels)."""
+    from ctpress.io import LazyViews, _lazy
+
+    original = scan()
+    out = tmp_path / "series"
+    ctpress.convert(original, out, output_format="dicom-ctpd", codec=codec, lossless=True)
+    monkeypatch.setattr(_lazy, "LAZY_BYTES", 0)
+    back = ctpress.read_scan(out)
+    assert isinstance(back.projections, LazyViews)
+    assert np.array_equal(back.projections[1:3], original.projections[1:3])
+    assert np.array_equal(back.array(), original.projections)
+
+
 def test_htj2k_frames_decode_with_openjpeg(tmp_path: Path) -> None:
     """A second HTJ2K implementation (OpenJPEG, through Pillow, which matplotlib brings)
     decodes the frames bit-exact: they are standard codestreams, not OpenJPH's dialect."""

@@ -64,9 +64,9 @@ def make_codec(
 
     ``options`` holds the rate control (keywords named like the modes: ``lossless``,
     ``max_error``, ``bpp``, ``psnr``, ``noise_fraction``) and the codec's settings.  PSNR
-    targets use ``data_range`` (default: max - min of the whole scan) so that every chunk
-    aims at the same MSE.  The noise-bounded mode uses ``noise`` (default:
-    :func:`noise_model` of the scan).
+    targets use ``data_range`` (default: max - min of the whole scan, from a block-wise
+    first pass, :meth:`Scan.value_range`) so that every chunk aims at the same MSE.  The
+    noise-bounded mode uses ``noise`` (default: :func:`noise_model` of the scan).
     """
     if isinstance(codec, Codec):
         return codec
@@ -78,8 +78,8 @@ def make_codec(
         model = noise_model(scan) if noise is None else _as_noise_model(noise)
     rate = resolve_rate(codec, data_range=data_range, noise=model, **rate_options)
     if rate.mode == "psnr" and data_range is None:
-        scan_range = float(scan.projections.max()) - float(scan.projections.min())
-        rate = rate.with_data_range(scan_range or 1.0)
+        lo, hi = scan.value_range()  # a block-wise first pass over the scan
+        rate = rate.with_data_range(hi - lo or 1.0)
     cls = get_codec_class(codec)
     allowed = set(cls.settings()) - {"mode", "value", "data_range", "noise"}
     unknown = sorted(set(codec_options) - allowed)
@@ -118,7 +118,8 @@ def noise_model(
     detector columns and along the views, keeping the smaller of each (a detector that
     blurs columns reads low along them; the smaller sigma is the safe side of the bound);
     where the data cannot be fitted, the ideal Poisson counter (gain 1, no read noise).
-    The header states which.
+    The header states which.  The estimate reads :func:`noise_sample` of the scan, not
+    all of it.
     """
     metadata = scan.metadata
     if domain is None:
@@ -139,7 +140,7 @@ def noise_model(
     if dark is None and domain == "counts" and "dark" in scan.aux:
         dark = float(np.mean(scan.aux["dark"]))
     if gain is None and read_noise is None:
-        estimated = _estimated_noise(scan.projections, domain, dark or 0.0, i0_value)
+        estimated = _estimated_noise(noise_sample(scan), domain, dark or 0.0, i0_value)
         if estimated is not None:
             return estimated
     user = gain is not None or read_noise is not None
@@ -151,6 +152,23 @@ def noise_model(
         i0=i0_value,
         source="user" if user else "ideal Poisson",
     )
+
+
+#: Most bytes of projections the noise model is estimated from.
+NOISE_SAMPLE_BYTES = 64 << 20
+
+
+def noise_sample(scan: Scan) -> np.ndarray:
+    """The views the noise model is estimated from: the whole scan up to
+    :data:`NOISE_SAMPLE_BYTES`, else a run of consecutive views (at least 8) from its
+    middle, shape (k, det_rows, det_cols): a large or lazily read scan is not read whole."""
+    n_views = scan.shape[0]
+    view_bytes = scan.projections.nbytes // n_views
+    keep = max(8, NOISE_SAMPLE_BYTES // max(1, view_bytes))
+    if keep >= n_views:
+        return scan.array()
+    first = (n_views - keep) // 2
+    return np.asarray(scan.projections[first : first + keep])
 
 
 def _estimated_noise(

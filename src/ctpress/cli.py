@@ -626,9 +626,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
 
     original, decoded = _read_any(args.original), _read_any(args.decoded)
     result: dict[str, object] = {
-        "projection": metrics.projection_metrics(
-            original.projections, decoded.projections, args.data_range
-        )
+        "projection": metrics.projection_metrics(original.array(), decoded.array(), args.data_range)
     }
     if args.recon:
         from .bench import prepare_recon

@@ -9,9 +9,9 @@ so that they survive compress/decompress exactly (floats round-trip through JSON
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -231,16 +231,57 @@ WELL_KNOWN_METADATA: tuple[str, ...] = (
 )
 
 
+@runtime_checkable
+class ViewStack(Protocol):
+    """Projections of shape (n_views, det_rows, det_cols) read on demand, view by view:
+    ``stack[a:b]`` (or ``stack[i]``) returns a NumPy array of only those views, and
+    ``np.asarray(stack)`` reads the whole stack (only where a caller needs it all).
+    :class:`ctpress.io.LazyViews` is the one the readers make."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+    @property
+    def dtype(self) -> np.dtype: ...
+    @property
+    def ndim(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def nbytes(self) -> int: ...
+    def __len__(self) -> int: ...
+    def __getitem__(self, key: int | slice) -> np.ndarray: ...
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray: ...
+
+
+#: What :attr:`Scan.projections` holds: an array (in memory or memory-mapped), or a
+#: :class:`ViewStack` read view by view.
+Projections = np.ndarray | ViewStack
+
+
+def _is_view_stack(data: object) -> bool:
+    """Whether ``data`` is an ndarray or a :class:`ViewStack` of a NumPy dtype (an h5py
+    dataset, a Zarr array, a :class:`ctpress.io.LazyViews`), kept as it is."""
+    return isinstance(data, ViewStack) and isinstance(data.dtype, np.dtype)
+
+
+def is_lazy(projections: Projections) -> bool:
+    """Whether ``projections`` is a :class:`ViewStack` read on demand (not an ndarray)."""
+    return not isinstance(projections, np.ndarray)
+
+
 @dataclass
 class Scan:
     """A stack of CT projections with its geometry and metadata.
 
     Parameters
     ----------
-    projections : ndarray, shape (n_views, det_rows, det_cols)
+    projections : ndarray or ViewStack, shape (n_views, det_rows, det_cols)
         Detector images in acquisition order: line integrals (float) or raw counts
         (integer).  A 2-D sinogram (n_views, det_cols) is accepted and kept with
-        ``det_rows = 1``; :attr:`original_ndim` remembers it.
+        ``det_rows = 1``; :attr:`original_ndim` remembers it.  A :class:`ViewStack`
+        (a large HDF5, Zarr or TIFF input) is kept as it is and read view by view:
+        compressing it holds a few chunks in memory, never the scan; code that needs the
+        whole array calls :meth:`array`.
     geometry : Geometry or None
         How the views were acquired; None when unknown (a bare ``.npy``).
     metadata : dict
@@ -250,19 +291,27 @@ class Scan:
         of shape (n_frames, det_rows, det_cols).
     """
 
-    projections: np.ndarray
+    projections: Projections
     geometry: Geometry | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     aux: dict[str, np.ndarray] = field(default_factory=dict)
     original_ndim: int = 3
+    #: (projections, their (min, max)) once a pass over a lazily read stack has found it
+    _range: tuple[Projections, tuple[float, float]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
-        arr = np.asarray(self.projections)
-        if arr.ndim == 2:
+        arr = self.projections
+        if not _is_view_stack(arr):  # a list, a scalar, an array-like
+            arr = np.asarray(arr)
+        if isinstance(arr, np.ndarray) and arr.ndim == 2:
             arr = arr[:, None, :]
             self.original_ndim = 2
         self.projections = arr
-        validate_projections(arr)
+        found = validate_projections(arr)
+        if found is not None and is_lazy(arr):  # kept: a lazily read file does not change
+            self._range = (arr, found)
         if self.geometry is not None and self.geometry.n_views not in (0, arr.shape[0]):
             raise InputError(
                 f"geometry has {self.geometry.n_views} view angles but the projections have "
@@ -283,19 +332,73 @@ class Scan:
         """Data type of the projections."""
         return self.projections.dtype
 
+    def array(self) -> np.ndarray:
+        """The projections as an array, shape (n_views, det_rows, det_cols): read whole
+        from a :class:`ViewStack` (only where the caller needs every view at once)."""
+        return np.asarray(self.projections)
+
     def user_array(self) -> np.ndarray:
-        """Projections in the shape the user gave: (views, cols) for 2-D input."""
+        """Projections in the shape the user gave: (views, cols) for 2-D input (read whole
+        from a :class:`ViewStack`)."""
         if self.original_ndim == 2:
-            return self.projections[:, 0, :]
-        return self.projections
+            return self.array()[:, 0, :]
+        return self.array()
+
+    def value_range(self) -> tuple[float, float]:
+        """(min, max) of the projections, from a block-wise pass (:func:`value_range`);
+        for a :class:`ViewStack` the pass is made once (float data: while validating)."""
+        if self._range is not None and self._range[0] is self.projections:
+            return self._range[1]
+        found = value_range(self.projections)
+        if is_lazy(self.projections):
+            self._range = (self.projections, found)
+        return found
 
 
-#: Bytes of projections checked at a time (views of a memory-mapped scan are read in blocks).
-_CHECK_BLOCK_BYTES = 64 << 20
+#: Bytes of views read at a time by a block-wise pass (NaN/inf check, value range) over a
+#: memory-mapped or lazily read scan.
+_CHECK_BLOCK_BYTES = 16 << 20
 
 
-def validate_projections(arr: np.ndarray) -> None:
-    """Raise :class:`InputError` unless ``arr`` is a usable (n_views, rows, cols) stack."""
+def view_blocks(
+    projections: Projections, block_bytes: int | None = None
+) -> Iterator[tuple[int, np.ndarray]]:
+    """``(first_view, views)`` over ``projections`` (shape (n_views, ...)) in blocks of
+    about ``block_bytes`` (default :data:`_CHECK_BLOCK_BYTES`) of whole views: a
+    memory-mapped or :class:`ViewStack` scan is never read whole."""
+    n_views = projections.shape[0]
+    view_bytes = projections.nbytes // max(1, n_views)
+    step = max(1, (block_bytes or _CHECK_BLOCK_BYTES) // max(1, view_bytes))
+    for first in range(0, n_views, step):
+        yield first, np.asarray(projections[first : first + step])
+
+
+def value_statistics(projections: Projections) -> tuple[int, float, float]:
+    """(number of NaN/inf values, min, max) of ``projections`` from one block-wise pass
+    (:func:`view_blocks`); min and max are NaN where a NaN is present."""
+    bad, lo, hi = 0, math.inf, -math.inf
+    for _, block in view_blocks(projections):
+        if block.dtype.kind == "f":
+            bad += int(block.size - np.count_nonzero(np.isfinite(block)))
+        lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
+    return bad, lo, hi
+
+
+def value_range(projections: Projections) -> tuple[float, float]:
+    """(min, max) of ``projections`` as floats, from a block-wise pass
+    (:func:`value_statistics`): the scan-wide statistic of PSNR targets and chunk
+    contexts."""
+    _, lo, hi = value_statistics(projections)
+    return lo, hi
+
+
+def validate_projections(arr: Projections) -> tuple[float, float] | None:
+    """Raise :class:`InputError` unless ``arr`` is a usable (n_views, rows, cols) stack.
+
+    Float data are looked through for NaN/inf in blocks of views
+    (:func:`value_statistics`); the (min, max) that pass found is returned (None for
+    integer data, which is not read), so that a lazily read scan is not read twice.
+    """
     if arr.ndim != 3:
         raise InputError(
             f"projections must have shape (views, rows, cols) or (views, cols), got {arr.ndim}-D "
@@ -305,21 +408,19 @@ def validate_projections(arr: np.ndarray) -> None:
         raise InputError(f"projections are empty (shape {arr.shape})")
     if arr.dtype.name not in SUPPORTED_DTYPES:
         raise InputError(f"unsupported dtype {arr.dtype}; supported: {', '.join(SUPPORTED_DTYPES)}")
-    if arr.dtype.kind == "f":
-        # in blocks of views: a memory-mapped scan larger than memory is never read whole
-        step = max(1, _CHECK_BLOCK_BYTES // max(1, arr[0].nbytes))
-        bad = sum(
-            int(block.size - np.count_nonzero(np.isfinite(block)))
-            for block in (arr[i : i + step] for i in range(0, arr.shape[0], step))
+    if arr.dtype.kind != "f":
+        return None
+    bad, lo, hi = value_statistics(arr)
+    if bad:
+        raise InputError(
+            f"projections contain {bad} NaN/inf value(s); clean or mask them before compressing"
         )
-        if bad:
-            raise InputError(
-                f"projections contain {bad} NaN/inf value(s); clean or mask them before compressing"
-            )
+    return lo, hi
 
 
-def as_scan(data: Scan | np.ndarray) -> Scan:
-    """Wrap a bare array as a :class:`Scan` with no geometry; pass a Scan through."""
+def as_scan(data: Scan | Projections) -> Scan:
+    """Wrap a bare array (or :class:`ViewStack`) as a :class:`Scan` with no geometry;
+    pass a Scan through."""
     if isinstance(data, Scan):
         return data
-    return Scan(np.asarray(data))
+    return Scan(data)

@@ -261,7 +261,7 @@ def measure_codec(
         t2 = time.perf_counter()
         decoded_scan = decompress(data)
         t3 = time.perf_counter()
-    reference, decoded = scan.projections, decoded_scan.projections
+    reference, decoded = scan.array(), decoded_scan.array()
     raw_mb = reference.nbytes / 1e6
     record.n_bytes = _bytes_on_disk(data)
     record.bits_per_value = metrics.bits_per_value(record.n_bytes, reference.size)

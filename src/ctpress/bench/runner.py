@@ -81,14 +81,14 @@ def benchmark_scan(cache_dir: Path, shape: tuple[int, int, int]) -> tuple[Scan, 
         detector_shape="cylindrical",
     )
     cache_dir.mkdir(parents=True, exist_ok=True)
-    np.save(cache, scan.projections)
+    np.save(cache, scan.array())
     return scan, f"simulate_scan (cone, i0=1e5, uint16) in {time.perf_counter() - t0:.0f} s"
 
 
 def default_rates(scan: Scan, codec_modes: tuple[str, ...]) -> list[RateControl]:
     """A small sweep of rate controls a codec supports: lossless, an error bound about a
     quarter of the quantum noise, and two bit rates."""
-    reference = scan.projections
+    reference = scan.array()
     span = float(reference.max()) - float(reference.min())
     bound = max(robust_noise_std(reference) / 4, span * 1e-5)
     if reference.dtype.kind in "ui":
@@ -105,18 +105,18 @@ def scan_noise_model(scan: Scan) -> NoiseModel:
     InputError where neither applies (rescaled line integrals, line integrals without i0)."""
     meta = scan.metadata
     if meta.get("units") != "line_integral":
-        return estimate_noise_model(scan.projections, dark=float(meta.get("dark", 0.0)))
+        return estimate_noise_model(scan.array(), dark=float(meta.get("dark", 0.0)))
     if meta.get("rescale_slope", 1.0) != 1.0 or meta.get("rescale_intercept", 0.0) != 0.0:
         raise InputError("no noise model for rescaled line integrals (stored values are not p)")
     if not meta.get("i0"):
         raise InputError("no noise model for line integrals without i0 in the metadata")
-    return estimate_noise_model(scan.projections, "line_integral", i0=meta["i0"])
+    return estimate_noise_model(scan.array(), "line_integral", i0=meta["i0"])
 
 
 def scan_checksum(scan: Scan) -> str:
     """SHA-256 (first 16 hex digits) of the projections' bytes, dtype and shape."""
     h = hashlib.sha256(f"{scan.dtype.str}{scan.shape}".encode())
-    h.update(np.ascontiguousarray(scan.projections).data)
+    h.update(np.ascontiguousarray(scan.array()).data)
     return h.hexdigest()[:16]
 
 
@@ -164,7 +164,7 @@ def run_bench(
     tasks: list[Task] = []
     for name, scan in scans.items():
         ref = refs.get(name)
-        sample_images[f"{name}|original"] = samples(scan.projections, ref.volume if ref else None)
+        sample_images[f"{name}|original"] = samples(scan.array(), ref.volume if ref else None)
         for codec in codecs:
             modes = get_codec_class(codec).rate_modes()
             for rate in _codec_rates(rates, codec, scan, modes):
@@ -245,7 +245,7 @@ def _rate_labels(rates: RatePlan) -> Any:
 def _scan_info(
     scan: Scan, checksum: str, ref: ReconReference | None, noise: NoiseModel | str | None
 ) -> dict[str, Any]:
-    p = scan.projections
+    p = scan.array()
     info: dict[str, Any] = {
         "shape": list(scan.shape),
         "dtype": scan.dtype.name,

@@ -90,9 +90,10 @@ def encode_aux(array: np.ndarray) -> bytes:
 
 def chunk_contexts(scan: Scan, chunk_views: int) -> list[ChunkContext]:
     """The :class:`~ctpress.codecs.context.ChunkContext` of every chunk of ``scan``: its view
-    range and angles, the geometry, the scan's value range and metadata."""
+    range and angles, the geometry, the scan's value range (from a block-wise first pass,
+    :meth:`~ctpress.scan.Scan.value_range`) and metadata."""
     n_views = scan.shape[0]
-    lo, hi = float(scan.projections.min()), float(scan.projections.max())
+    lo, hi = scan.value_range()
     geometry = scan.geometry
     angles = geometry.angles() if geometry is not None and geometry.n_views else None
     return [

@@ -6,6 +6,11 @@ Every format but ``.npy`` and ``dicom-ctpd`` stores the geometry, metadata,
 header named ``ctpress_scan``; ``dicom-ctpd`` maps them to DICOM tags (see
 :mod:`ctpress.io._dicom_ctpd`).  Writes are atomic and never replace an existing output
 unless asked to (see :mod:`ctpress.io._atomic`).
+
+Large inputs are not read whole: a ``.npy``, or a contiguous unfiltered HDF5 dataset, is
+memory-mapped; a chunked or compressed HDF5 dataset, a Zarr array, a TIFF stack of one
+page per view or a DICOM-CT-PD series of more than :data:`~ctpress.io._lazy.LAZY_BYTES`
+(256 MiB) comes as a :class:`LazyViews` that reads only the views it is sliced for.
 """
 
 from __future__ import annotations
@@ -22,10 +27,12 @@ from ..errors import InputError
 from ..scan import Scan, as_scan
 from . import _npy
 from ._atomic import MARKER, OutputExistsError, atomic_path, check_output, results_directory
+from ._lazy import LazyViews
 
 __all__ = [
     "FORMATS",
     "MARKER",
+    "LazyViews",
     "OutputExistsError",
     "atomic_path",
     "check_output",

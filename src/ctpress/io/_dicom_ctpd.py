@@ -74,8 +74,10 @@ from pydicom.valuerep import DSfloat
 
 from ..errors import CorruptFileError, FormatError, InputError
 from ..scan import Geometry, Scan
+from . import _lazy
 from ._atomic import atomic_path
 from ._image_frames import decode_image
+from ._lazy import LazyViews
 
 __all__ = [
     "COMPRESSED_SYNTAXES",
@@ -223,8 +225,9 @@ def _public(ds: Dataset, keyword: str, path: Path) -> Any:
     return value
 
 
-def _parse(path: Path) -> dict[str, Any]:
-    """Everything read from one file: header bytes, pixels, series-wide and per-view values."""
+def _parse(path: Path, keep_pixels: bool = True) -> dict[str, Any]:
+    """Everything read from one file: header bytes, pixels (None unless ``keep_pixels``;
+    ``pixel_offset`` says where they start), series-wide and per-view values."""
     data = path.read_bytes()
     try:
         ds = pydicom.dcmread(BytesIO(data))
@@ -278,7 +281,12 @@ def _parse(path: Path) -> dict[str, Any]:
         "angle": private["DetectorFocalCenterAngularPosition"],
         "z": private["DetectorFocalCenterAxialPosition"],
         "views": views,
-        "pixels": np.frombuffer(data, "<u2", shape[0] * shape[1], start).reshape(shape),
+        "pixels": (
+            np.frombuffer(data, "<u2", shape[0] * shape[1], start).reshape(shape)
+            if keep_pixels
+            else None
+        ),
+        "pixel_offset": None if syntax in COMPRESSED_SYNTAXES else start,
         "prefix": data[:start],
         "suffix": data[start + length :],
     }
@@ -401,7 +409,9 @@ def read_ctpd(directory: str | Path) -> Scan:
         Mixed series, views that disagree on the detector or geometry, or no files.
     """
     directory = Path(directory)
-    parsed = [_parse(path) for path in _files(directory)]
+    files = _files(directory)
+    lazy = _lazy.wanted((sum(path.stat().st_size for path in files),), np.dtype(np.uint8))
+    parsed = [_parse(path, keep_pixels=not lazy) for path in files]
     _check_one_series(directory, parsed)
     parsed.sort(key=lambda p: p["key"])
     _check_consistent(parsed)
@@ -449,8 +459,40 @@ def read_ctpd(directory: str | Path) -> Scan:
         b"".join(p["prefix"] + p["suffix"] for p in parsed), np.uint8
     ).copy()
     aux["dicom_header_index"] = np.column_stack([starts, lengths])
-    stack = np.stack([p["pixels"].T if transposed else p["pixels"] for p in parsed])
-    return Scan(stack, geometry=geometry, metadata=metadata, aux=aux)
+    if lazy:
+        locations = [(p["path"], p["pixel_offset"]) for p in parsed]
+        stack = _lazy_views(directory, locations, (n_rows, n_cols), transposed)
+        return Scan(stack, geometry=geometry, metadata=metadata, aux=aux)
+    views = np.stack([p["pixels"].T if transposed else p["pixels"] for p in parsed])
+    return Scan(views, geometry=geometry, metadata=metadata, aux=aux)
+
+
+def _lazy_views(
+    directory: Path,
+    locations: list[tuple[Path, int | None]],
+    detector: tuple[int, int],
+    transposed: bool,
+) -> LazyViews:
+    """The series' views read file by file: view ``v``'s uint16 pixels start at byte
+    ``locations[v][1]`` of file ``locations[v][0]`` (already parsed and checked), or, for
+    a file of a compressed transfer syntax (offset None), come from decoding its frame
+    again; ``detector`` is (det_rows, det_cols), stored (det_cols, det_rows) if
+    ``transposed``."""
+    stored = detector[::-1] if transposed else detector
+
+    def read(start: int, stop: int) -> np.ndarray:
+        views = np.empty((stop - start, *detector), np.uint16)
+        for view, (path, offset) in zip(views, locations[start:stop], strict=True):
+            if offset is None:
+                pixels = _parse(path, keep_pixels=True)["pixels"].reshape(-1)
+            else:
+                pixels = np.fromfile(path, "<u2", stored[0] * stored[1], offset=offset)
+            if pixels.size != stored[0] * stored[1]:
+                raise FormatError(f"{path}: PixelData was cut short since the series was read")
+            view[...] = pixels.reshape(stored).T if transposed else pixels.reshape(stored)
+        return views
+
+    return LazyViews(read, (len(locations), *detector), np.uint16, str(directory))
 
 
 def _is_safe_filename(name: object) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,9 @@ import h5py
 import numpy as np
 
 from ..errors import FormatError, InputError
-from ..scan import Geometry, Scan
-from . import _header
+from ..scan import Geometry, Projections, Scan, view_blocks
+from . import _header, _lazy
+from ._lazy import LazyViews
 
 with contextlib.suppress(ImportError):  # registers Blosc/LZ4/bitshuffle filters if present
     import hdf5plugin  # noqa: F401
@@ -81,6 +83,37 @@ def _mapped(ds: h5py.Dataset, path: Path) -> np.ndarray:
     return np.asarray(ds[()])
 
 
+def _lazy_frames(ds: h5py.Dataset, path: Path, first: int, stop: int) -> LazyViews:
+    """Frames ``first:stop`` of ``ds`` read view by view: the file stays open while the
+    views are in use, and each read is one slab ``ds[a:b]`` of whole HDF5 chunks (h5py
+    decompresses only the chunks it covers; :class:`LazyViews` keeps the last ones).  A
+    2-D dataset (views, cols) reads as (views, 1, cols)."""
+    two_d = ds.ndim == 2
+    rows, cols = (1, ds.shape[1]) if two_d else ds.shape[1:]
+    f = h5py.File(path, "r")
+    kept = f[ds.name]
+
+    def read(start: int, end: int) -> np.ndarray:
+        views = np.asarray(kept[first + start : first + end])
+        return views[:, None, :] if two_d else views
+
+    # HDF5 chunks along the views, where they line up with view 0 of the stack
+    block = ds.chunks[0] if ds.chunks and first % ds.chunks[0] == 0 else 1
+    shape = (stop - first, rows, cols)
+    views = LazyViews(
+        read, shape, ds.dtype, f"{path}:{ds.name}", source_ndim=ds.ndim, block_views=block
+    )
+    weakref.finalize(views, f.close)
+    return views
+
+
+def _is_lazy(ds: h5py.Dataset) -> bool:
+    """Read view by view: a chunked or filtered (not memory-mappable) 2-D or 3-D dataset
+    larger than :data:`~ctpress.io._lazy.LAZY_BYTES`."""
+    mappable = ds.chunks is None and not ds.compression and ds.dtype.isnative
+    return not mappable and ds.ndim in (2, 3) and _lazy.wanted(ds.shape, ds.dtype)
+
+
 def read_hdf5(path: Path, dataset: str | None) -> Scan:
     """Read projections from ``dataset`` (default: auto-detected, see :func:`_find_dataset`).
 
@@ -88,6 +121,11 @@ def read_hdf5(path: Path, dataset: str | None) -> Scan:
     projections, keys 1 and 2 give ``aux["flat"]`` and ``aux["dark"]``, and without a
     ctpress header the geometry is parallel beam with the projections' rotation angles
     (degrees unless the ``units`` attribute says radians).
+
+    The projections are memory-mapped where the dataset is contiguous and unfiltered; a
+    chunked or compressed dataset larger than :data:`~ctpress.io._lazy.LAZY_BYTES` is read
+    view by view (:class:`~ctpress.io.LazyViews`; NXtomo projections must then be one run
+    of frames, else they are read whole); a smaller one is read into memory.
     """
     try:
         f = h5py.File(path, "r")
@@ -99,23 +137,29 @@ def read_hdf5(path: Path, dataset: str | None) -> Scan:
         if not isinstance(ds, h5py.Dataset):
             raise InputError(f"{path}: no dataset {name!r}; check the dataset path")
         header = _text(ds.attrs.get(_header.KEY))
-        arr = _mapped(ds, path)
+        lazy = _is_lazy(ds)
+        arr: np.ndarray | LazyViews = (
+            _lazy_frames(ds, path, 0, ds.shape[0]) if lazy else _mapped(ds, path)
+        )
         group = ds.parent
         aux_group = group.get(_AUX_GROUP)
         aux = {} if aux_group is None else {k: v[()] for k, v in aux_group.items()}
         geometry = None
         if isinstance(group.get("image_key"), h5py.Dataset):
             keys = np.asarray(group["image_key"][()])
-            if keys.shape != arr.shape[:1]:
+            if keys.shape != ds.shape[:1]:
                 raise FormatError(f"{path}: image_key length differs from {name} frames")
             for aux_name, key in _KEY_OF_AUX.items():
                 if np.any(keys == key):
-                    aux[aux_name] = arr[keys == key]
+                    aux[aux_name] = ds[np.flatnonzero(keys == key)]
             frames = np.flatnonzero(keys == PROJECTION)
-            if frames.size and frames[-1] - frames[0] + 1 == frames.size:
-                arr = arr[frames[0] : frames[-1] + 1]  # one run of frames: a view, no copy
-            else:
-                arr = arr[keys == PROJECTION]
+            one_run = frames.size and frames[-1] - frames[0] + 1 == frames.size
+            if one_run and lazy:
+                arr = _lazy_frames(ds, path, int(frames[0]), int(frames[-1]) + 1)
+            elif one_run:
+                arr = arr[frames[0] : frames[-1] + 1]  # a view, no copy
+            else:  # scattered frames: read whole
+                arr = ds[frames]
             geometry = None if header else _nxtomo_angles(ds, keys == PROJECTION)
     return _header.build(arr, header, aux, path, geometry)
 
@@ -130,7 +174,7 @@ def _write_nxtomo(f: h5py.File, scan: Scan) -> h5py.Dataset:
     """NXtomo entry: darks, flats then projections in one ``data`` with ``image_key``."""
     proj = scan.projections
     blocks = [(DARK, "dark"), (FLAT, "flat")]
-    frames = [
+    frames: list[tuple[int, Projections]] = [
         (key, scan.aux[name])
         for key, name in blocks
         if name in scan.aux
@@ -147,7 +191,8 @@ def _write_nxtomo(f: h5py.File, scan: Scan) -> h5py.Dataset:
     keys = np.concatenate([np.full(len(block), key, np.int8) for key, block in frames])
     start = 0
     for _, block in frames:
-        data[start : start + len(block)] = block
+        for first, views in view_blocks(block):  # a lazily read scan is never held whole
+            data[start + first : start + first + len(views)] = views
         start += len(block)
     detector["image_key"] = keys
     stored = {name for key, name in blocks if key in keys}

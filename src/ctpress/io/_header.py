@@ -10,6 +10,7 @@ import numpy as np
 
 from ..errors import FormatError, InputError
 from ..scan import Geometry, Scan
+from ._lazy import LazyViews
 
 #: Name of the attribute / entry holding the JSON header in every format but ``.npy``.
 KEY = "ctpress_scan"
@@ -40,7 +41,7 @@ def encode(scan: Scan) -> str:
 
 
 def build(
-    arr: np.ndarray,
+    arr: np.ndarray | LazyViews,
     header: str | None,
     aux: dict[str, np.ndarray],
     source: Path,
@@ -50,8 +51,9 @@ def build(
 
     Parameters
     ----------
-    arr : ndarray, shape (n_views, det_rows, det_cols) or (n_views, det_cols)
-        Projections as stored.
+    arr : ndarray, shape (n_views, det_rows, det_cols) or (n_views, det_cols), or LazyViews
+        Projections as stored (a :class:`~ctpress.io.LazyViews` is kept unread; a 2-D
+        scan's come as (n_views, 1, det_cols)).
     header : str or None
         Output of :func:`encode`, or None for a file not written by ctpress.
     aux : dict of str to ndarray
@@ -62,7 +64,7 @@ def build(
         Geometry found in the file's own layout, used only when there is no header.
     """
     if header is None:
-        return Scan(arr, geometry=geometry, aux=aux)
+        return Scan(arr, geometry=geometry, aux=aux, original_ndim=_stored_ndim(arr))
     try:
         info = json.loads(header)
         if info.get("version", VERSION) > VERSION:
@@ -70,11 +72,18 @@ def build(
         geo = info.get("geometry")
         geometry = None if geo is None else Geometry.from_dict(geo)
         metadata = dict(info.get("metadata") or {})
-        ndim = int(info.get("original_ndim", arr.ndim))
+        ndim = int(info.get("original_ndim", _stored_ndim(arr)))
     except (ValueError, TypeError, AttributeError) as exc:  # InputError is a ValueError
         raise FormatError(f"{source}: damaged {KEY} header ({exc}); rewrite the file") from exc
     if ndim == 2 and arr.ndim == 3:
         if arr.shape[1] != 1:
             raise FormatError(f"{source}: header says 2-D but data has shape {arr.shape}")
-        arr = arr[:, 0, :]
-    return Scan(arr, geometry=geometry, metadata=metadata, aux=aux)
+        if isinstance(arr, np.ndarray):
+            arr = arr[:, 0, :]
+    original_ndim = 2 if ndim == 2 else 3  # a LazyViews of a 2-D scan stays 3-D
+    return Scan(arr, geometry=geometry, metadata=metadata, aux=aux, original_ndim=original_ndim)
+
+
+def _stored_ndim(arr: np.ndarray | LazyViews) -> int:
+    """Dimensions of the stored projections (a LazyViews remembers a 2-D source)."""
+    return arr.source_ndim if isinstance(arr, LazyViews) else arr.ndim

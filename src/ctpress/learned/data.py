@@ -175,7 +175,7 @@ def _project(
         voxel_size_mm=voxel if vol.ndim == 3 else voxel[1], i0=None, dtype="float32",
         detector_shape=detector,
     )  # fmt: skip
-    return scan.projections
+    return scan.array()
 
 
 def _cached(cache: Path | None, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:

@@ -104,7 +104,7 @@ def rebin_helical(scan: Scan, slice_positions_mm: np.ndarray | list[float]) -> l
     step = float(np.mean(np.abs(np.diff(angles))))
     per_rotation = round(2 * math.pi / step)
     short = math.ceil((math.pi + _fan_angle(g, n_cols)) / step) + 2
-    data = scan.projections.astype(np.float32, copy=False)
+    data = scan.array().astype(np.float32, copy=False)
     fan_geometry = Geometry(
         kind="fan",
         source_isocenter_mm=g.source_isocenter_mm,

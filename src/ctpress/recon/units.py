@@ -95,7 +95,7 @@ def line_integrals(scan: Scan, i0: float | None = None) -> np.ndarray:
     are taken as line integrals already.
     """
     meta = scan.metadata
-    values = scan.projections.astype(np.float64)
+    values = scan.array().astype(np.float64)
     if "rescale_slope" in meta or "rescale_intercept" in meta:
         slope = float(meta.get("rescale_slope", 1.0))
         intercept = float(meta.get("rescale_intercept", 0.0))

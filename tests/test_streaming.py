@@ -293,3 +293,38 @@ def test_a_lazily_read_series_cut_short_after_reading_is_a_format_error(
     victim.write_bytes(victim.read_bytes()[:100])
     with pytest.raises(ctpress.FormatError, match="PixelData was cut short"):
         ctpress.compress(scan, codec="zstd", lossless=True)
+
+
+@pytest.mark.parametrize("name", ["scan.zarr", "scan.h5", "series"])
+def test_a_large_scan_decompresses_to_a_block_wise_writer_chunk_by_chunk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """Decompressing to Zarr, HDF5 or DICOM-CT-PD decodes a few chunks per read (never the
+    whole scan) when the scan is large (threshold 0 here), and writes exact values."""
+    from ctpress.container import CtpzFile
+    from ctpress.io import _lazy, _zarr
+
+    rng = np.random.default_rng(5)
+    values = rng.integers(0, 4000, (48, 4, 20)).astype(np.uint16)
+    geometry = ctpress.Geometry.circular("cone", 48, 500.0, 1000.0)
+    ctpz = tmp_path / "scan.ctpz"
+    ctpress.compress(ctpress.Scan(values, geometry), ctpz, codec="zstd", lossless=True,
+                     chunk_views=8)  # fmt: skip
+    monkeypatch.setattr(_lazy, "LAZY_BYTES", 0)
+    monkeypatch.setattr(_zarr, "CHUNK_BYTES", 8 * values[0].nbytes)
+    monkeypatch.setattr(_zarr, "_WRITE_BLOCK_BYTES", 16 * values[0].nbytes)
+    monkeypatch.setattr(ctpress.scan, "_CHECK_BLOCK_BYTES", 16 * values[0].nbytes)
+    reads: list[int] = []
+    read_views = CtpzFile.read_views
+
+    def counted(self: CtpzFile, start: int = 0, stop: int | None = None, out: object = None):  # type: ignore[no-untyped-def]
+        reads.append((self.shape[0] if stop is None else stop) - start)
+        return read_views(self, start, stop, out)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(CtpzFile, "read_views", counted)
+    output = tmp_path / name
+    fmt = "dicom-ctpd" if name == "series" else None
+    back = ctpress.decompress(ctpz, output, output_format=fmt)
+    assert reads and max(reads) <= 16, reads
+    np.testing.assert_array_equal(np.asarray(back.projections), values)
+    np.testing.assert_array_equal(ctpress.read_scan(output).array(), values)

@@ -20,6 +20,7 @@ from .container import (
 )
 from .errors import CtpressError, InputError
 from .io import atomic_path, check_output, format_from_path, read_scan, write_scan
+from .io._lazy import wanted as lazy_wanted
 from .noise import NoiseModel, estimate_noise_model
 from .rate import RATE_MODES, RateControl, option_names
 from .scan import Scan, as_scan
@@ -391,18 +392,35 @@ def decompress(
     must not be the input, and an existing one is replaced only with ``overwrite`` (a
     directory only if ctpress wrote it).  ``max_output_bytes`` caps the memory the decoded
     data may take (InputError beyond it; see :class:`~ctpress.container.CtpzFile`);
-    ``jobs`` threads decode chunks in parallel (default: every core).
+    ``jobs`` threads decode chunks in parallel (default: every core).  A large scan (over
+    :data:`ctpress.io._lazy.LAZY_BYTES`) written to ``.npy`` or to a format of
+    :data:`STREAMING_WRITERS` is decoded chunk by chunk into the output, never whole, and
+    the Scan returned reads the output.
     """
     if output is not None:
         check_output(output, overwrite=overwrite, inputs=[source])
     with CtpzFile(source, max_output_bytes=max_output_bytes, jobs=jobs) as f:
         start, stop = views if views is not None else (0, f.shape[0])
-        if output is not None and format_from_path(output, output_format) == "npy":
+        fmt = None if output is None else format_from_path(output, output_format)
+        if output is not None and fmt == "npy":
             return _decompress_to_npy(f, start, stop, output, overwrite, source)
+        if (
+            output is not None
+            and fmt in STREAMING_WRITERS
+            and lazy_wanted((stop - start, *f.shape[1:]), f.dtype)
+        ):
+            # a large scan goes to a block-wise writer a few chunks at a time; the result
+            # is the written output, read back (lazily, being large)
+            write_scan(f.lazy_scan(start, stop), output, format=fmt, overwrite=overwrite)
+            return read_scan(output, format=fmt)
         scan = f.read_scan(start, stop)
     if output is not None:
         write_scan(scan, output, format=output_format, overwrite=overwrite)
     return scan
+
+
+#: Output formats whose writers take a scan a block of views at a time.
+STREAMING_WRITERS = ("zarr", "hdf5", "dicom-ctpd")
 
 
 def _decompress_to_npy(

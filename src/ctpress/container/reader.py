@@ -26,6 +26,7 @@ from ..codecs.framing import (
     read_chunk_header,
 )
 from ..errors import CorruptFileError, FormatError, InputError
+from ..io import LazyViews
 from ..rate import RateControl
 from ..scan import Geometry, Scan
 from .format import (
@@ -476,6 +477,26 @@ class CtpzFile:
         if geometry is not None and geometry.n_views:
             geometry = geometry.select_views(start, stop)
         scan = Scan(projections, geometry, self.metadata, self.read_aux())
+        scan.original_ndim = int(self.header.get("original_ndim", 3))
+        return scan
+
+    def lazy_scan(self, start: int = 0, stop: int | None = None) -> Scan:
+        """Views ``start:stop`` as a Scan whose projections decode on demand
+        (:class:`~ctpress.io.LazyViews`: each slice decodes only the chunks it covers),
+        with geometry, metadata and aux; valid while the file is open.  Writing it to a
+        format whose writer works in blocks of views (Zarr, HDF5/NeXus, DICOM-CT-PD) holds
+        a few chunks in memory, not the scan."""
+        start, stop = self._view_range(start, stop)
+        self._check_output(self._aux_bytes(), "reading the auxiliary arrays")
+
+        def read(first: int, last: int) -> np.ndarray:
+            return self.read_views(start + first, start + last)
+
+        views = LazyViews(read, (stop - start, *self.shape[1:]), self.dtype, self.name)
+        geometry = self.geometry
+        if geometry is not None and geometry.n_views:
+            geometry = geometry.select_views(start, stop)
+        scan = Scan(views, geometry, self.metadata, self.read_aux())
         scan.original_ndim = int(self.header.get("original_ndim", 3))
         return scan
 

@@ -213,6 +213,17 @@ def _write_nxtomo(f: h5py.File, scan: Scan) -> h5py.Dataset:
     return data
 
 
+def _write_views(f: h5py.File, name: str, scan: Scan) -> h5py.Dataset:
+    """The projections as users see them (a sinogram stack as (views, cols)) in dataset
+    ``name``, written a block of views at a time (a lazily read scan is never held whole)."""
+    two_d = scan.original_ndim == 2
+    n_views, _, cols = scan.shape
+    data = f.create_dataset(name, shape=(n_views, cols) if two_d else scan.shape, dtype=scan.dtype)
+    for first, views in view_blocks(scan.projections):
+        data[first : first + len(views)] = views[:, 0, :] if two_d else views
+    return data
+
+
 def write_hdf5(scan: Scan, path: Path, dataset: str | None) -> None:
     """Write an NXtomo entry or a plain dataset, with the JSON header as an attribute.
 
@@ -231,7 +242,7 @@ def write_hdf5(scan: Scan, path: Path, dataset: str | None) -> None:
         if nxtomo:
             data = _write_nxtomo(f, scan)
         else:
-            data = f.create_dataset(dataset or "projections", data=scan.user_array())
+            data = _write_views(f, dataset or "projections", scan)
             if scan.aux:
                 data.parent.create_group(_AUX_GROUP).update(scan.aux)
         data.attrs[_header.KEY] = text

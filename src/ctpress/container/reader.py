@@ -472,7 +472,11 @@ class CtpzFile:
             self._output_bytes(stop - start) + self._aux_bytes(),
             f"reading views {start}:{stop} and the auxiliary arrays",
         )
-        projections = self.read_views(start, stop, out)
+        return self._scan_of(self.read_views(start, stop, out), start, stop)
+
+    def _scan_of(self, projections: np.ndarray | LazyViews, start: int, stop: int) -> Scan:
+        """A Scan of views ``start:stop`` with these projections: the geometry of those
+        views, the metadata and the aux arrays."""
         geometry = self.geometry
         if geometry is not None and geometry.n_views:
             geometry = geometry.select_views(start, stop)
@@ -493,12 +497,7 @@ class CtpzFile:
             return self.read_views(start + first, start + last)
 
         views = LazyViews(read, (stop - start, *self.shape[1:]), self.dtype, self.name)
-        geometry = self.geometry
-        if geometry is not None and geometry.n_views:
-            geometry = geometry.select_views(start, stop)
-        scan = Scan(views, geometry, self.metadata, self.read_aux())
-        scan.original_ndim = int(self.header.get("original_ndim", 3))
-        return scan
+        return self._scan_of(views, start, stop)
 
     def verify(self, decode: bool = False) -> str:
         """Check the file; nothing is written.

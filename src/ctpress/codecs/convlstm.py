@@ -30,7 +30,13 @@ Stream (after the chunk header), little-endian:
   rows, columns;
 - with the learned group: 8 bytes of the weights' SHA-256, ``u8`` n, then n ``u32``
   normalisation integers of the predictor;
+- with a bound per value (the noise-bounded mode on raw counts): ``f64`` fraction, gain,
+  read noise, dark, saturation (NaN: none) of the noise model;
 - ``u32`` length of the range-coder payload, the payload.
+
+In the noise-bounded mode on raw counts (uint8/uint16 under a counts-domain model) the
+bound of each value is applied inside the loop (:func:`bound_table`); other data take the
+generic mode (:mod:`ctpress.codecs.noise_bound`).
 """
 
 from __future__ import annotations

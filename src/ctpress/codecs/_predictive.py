@@ -21,8 +21,9 @@ residual is quantised (step ``2 near + 1``: lossless at ``near = 0``, every valu
 ``near`` otherwise) and binarised (zero, sign, Exp-Golomb class in unary, two top
 mantissa bits, raw low bits) into an adaptive binary range coder (LZMA's carry-less
 coder; probabilities mixed from a fast and a slow counter) whose contexts are the
-quantised activity (recent errors around the pixel) and, for the sign, the fractional
-part of the prediction.
+quantised activity (recent errors around the pixel), mixed for the zero flag and the
+class with a model of the prediction's level (its octave: the noise of counts grows with
+it), and, for the sign, the fractional part of the prediction.
 
 Every quantity is an integer, every operation exact (no floating point): encoder and
 decoder compute the same predictions on every machine by construction.  The encoder
@@ -93,7 +94,9 @@ _SIGN = _ZERO + _TABLES
 _CLASS = _SIGN + _TABLES * 8
 _MANTISSA = _CLASS + _TABLES * (MAX_CLASS + 1)
 _ESCAPE = _MANTISSA + _TABLES * (MAX_CLASS + 1) * 3
-_N_BITS = _ESCAPE + N_CONTEXTS
+#: The level model (the octave of the prediction) repeats the zero and class tables.
+_LEVEL = _ESCAPE + N_CONTEXTS
+_N_BITS = _LEVEL + _CLASS + _TABLES * (MAX_CLASS + 1)
 
 
 # ---------------------------------------------------------------- range coder
@@ -136,11 +139,15 @@ def _start_decoder(c: np.ndarray, data: np.ndarray) -> None:
 
 @numba.njit(cache=True, nogil=True)
 def _code_bit(
-    encoding: bool, bit: int, probs: np.ndarray, i: int, c: np.ndarray, buf: np.ndarray
-) -> int:
-    """Code one bit with the adaptive probability ``probs[i]``; returns the bit."""
-    p0 = (int(probs[i, 0]) + int(probs[i, 1])) >> (17 - _PROB_BITS)
-    p0 = min(max(p0, 16), (1 << _PROB_BITS) - 16)
+    encoding: bool, bit: int, probs: np.ndarray, i: int, c: np.ndarray, buf: np.ndarray,
+    j: int = -1,
+) -> int:  # fmt: skip
+    """Code one bit with the adaptive probability ``probs[i]``, mixed (averaged) with that
+    of a second model ``probs[j]`` when ``j >= 0``; both adapt; returns the bit."""
+    p16 = (int(probs[i, 0]) + int(probs[i, 1])) >> 1
+    if j >= 0:
+        p16 = (p16 + ((int(probs[j, 0]) + int(probs[j, 1])) >> 1)) >> 1
+    p0 = min(max(p16 >> (16 - _PROB_BITS), 16), (1 << _PROB_BITS) - 16)
     bound = (c[1] >> _PROB_BITS) * p0
     if encoding:
         if bit == 0:
@@ -162,6 +169,15 @@ def _code_bit(
         while c[1] < _TOP:
             c[1] <<= 8
             c[5] = ((c[5] << 8) | _next_byte(c, buf)) & 0xFFFFFFFF
+    _adapt(probs, i, bit)
+    if j >= 0:
+        _adapt(probs, j, bit)
+    return bit
+
+
+@numba.njit(cache=True, nogil=True)
+def _adapt(probs: np.ndarray, i: int, bit: int) -> None:
+    """Move the two counters of ``probs[i]`` (probability of a 0) towards ``bit``."""
     fast, slow = int(probs[i, 0]), int(probs[i, 1])
     if bit == 0:
         probs[i, 0] = fast + ((65536 - fast) >> _FAST_SHIFT)
@@ -169,7 +185,6 @@ def _code_bit(
     else:
         probs[i, 0] = fast - (fast >> _FAST_SHIFT)
         probs[i, 1] = slow - (slow >> _SLOW_SHIFT)
-    return bit
 
 
 @numba.njit(cache=True, nogil=True)
@@ -205,11 +220,13 @@ def flush(c: np.ndarray, buf: np.ndarray) -> int:
 
 
 @numba.njit(cache=True, nogil=True)
-def _code_residual(encoding: bool, q: int, ctx: int, sign_ctx: int, probs: np.ndarray,
-                   c: np.ndarray, buf: np.ndarray) -> int:  # fmt: skip
+def _code_residual(encoding: bool, q: int, ctx: int, sign_ctx: int, level: int,
+                   probs: np.ndarray, c: np.ndarray, buf: np.ndarray) -> int:  # fmt: skip
     """Code the signed quantised residual ``q``: zero flag, sign, Exp-Golomb class of
-    |q| in unary, two adaptive mantissa bits, raw low bits."""
-    if _code_bit(encoding, 1 if q == 0 else 0, probs, _ZERO + ctx, c, buf):
+    |q| in unary, two adaptive mantissa bits, raw low bits.  The zero flag and the class
+    mix the activity context ``ctx`` with the level context ``level``."""
+    zero = _LEVEL + _ZERO + level
+    if _code_bit(encoding, 1 if q == 0 else 0, probs, _ZERO + ctx, c, buf, zero):
         return 0
     negative = _code_bit(encoding, 1 if q < 0 else 0, probs, _SIGN + sign_ctx, c, buf)
     m = abs(q)  # >= 1; m = 2**k + rest
@@ -219,8 +236,9 @@ def _code_residual(encoding: bool, q: int, ctx: int, sign_ctx: int, probs: np.nd
             k += 1
     n = 0
     base = _CLASS + ctx * (MAX_CLASS + 1)
+    level_base = _LEVEL + _CLASS + level * (MAX_CLASS + 1)
     while n < MAX_CLASS:
-        more = _code_bit(encoding, 1 if n < k else 0, probs, base + n, c, buf)
+        more = _code_bit(encoding, 1 if n < k else 0, probs, base + n, c, buf, level_base + n)
         if not more:
             break
         n += 1
@@ -381,14 +399,15 @@ def code_view(encoding: bool, view: np.ndarray, previous: np.ndarray, learned: n
             corrected = min(max(corrected, 0), 8 * maxval)
             guess = (corrected + 4) >> 3
             sign_ctx = ctx * 8 + (corrected - 8 * guess + 4)
+            level = _octave(guess)
             x = int(view[r, col]) if encoding else 0
             if encoding:
                 residual = x - guess
                 q = (abs(residual) + bound) // step
                 q = -q if residual < 0 else q
-                _code_residual(True, q, ctx, sign_ctx, probs, c, buf)
+                _code_residual(True, q, ctx, sign_ctx, level, probs, c, buf)
             else:
-                q = _code_residual(False, 0, ctx, sign_ctx, probs, c, buf)
+                q = _code_residual(False, 0, ctx, sign_ctx, level, probs, c, buf)
             value = min(max(guess + q * step, 0), maxval)
             if has_allowed and bound > 0:
                 lo, hi = max(value - bound, 0), min(value + bound, maxval)
@@ -397,7 +416,7 @@ def code_view(encoding: bool, view: np.ndarray, previous: np.ndarray, learned: n
                     if _code_bit(encoding, miss, probs, _ESCAPE + ctx, c, buf):
                         fix = x - value if encoding else 0
                         value += _code_residual(
-                            encoding, fix, N_CONTEXTS, N_CONTEXTS * 8, probs, c, buf
+                            encoding, fix, N_CONTEXTS, N_CONTEXTS * 8, level, probs, c, buf
                         )
                         value = min(max(value, 0), maxval)
             view[r, col] = value
@@ -443,6 +462,17 @@ def _box3(view: np.ndarray) -> np.ndarray:
                     total += int(view[rr, min(max(col + dc, 0), cols - 1)])
             out[r, col] = (8 * total) // 9
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _octave(value: int) -> int:
+    """The level context of a value: its octave (floor log2; 0 for 0 and 1), at most
+    N_CONTEXTS - 1 (the noise of raw counts, and so the residual's spread, grows with the
+    level)."""
+    b = 0
+    while (value >> (b + 1)) != 0:
+        b += 1
+    return min(b, N_CONTEXTS - 1)
 
 
 @numba.njit(cache=True, nogil=True)

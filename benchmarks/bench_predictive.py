@@ -152,7 +152,7 @@ class BenchScan:
     multirow_simulated: bool = False
 
     def describe(self) -> dict[str, Any]:
-        x = self.scan.projections
+        x = self.scan.array()
         unused = unused_code_fraction(x)
         return {
             "name": self.name,
@@ -261,7 +261,7 @@ def noise_free(data: Path, sim: Simulation) -> Scan:
 def poisson_counts(clean: Scan, i0: float, seed: int) -> tuple[Scan, float]:
     """Raw uint16 counts ``Poisson(i0 exp(-p))`` of noise-free line integrals ``clean``,
     and their Poisson entropy floor (bits/value, mean over values)."""
-    mean = i0 * np.exp(-clean.projections.astype(np.float64))
+    mean = i0 * np.exp(-clean.array().astype(np.float64))
     counts = np.random.default_rng(seed).poisson(mean)
     if counts.max() > np.iinfo(np.uint16).max:
         raise ValueError(f"counts at i0={i0:g} do not fit uint16")
@@ -274,7 +274,7 @@ def poisson_counts(clean: Scan, i0: float, seed: int) -> tuple[Scan, float]:
 def fine_line_integrals(clean: Scan, i0: float, seed: int) -> tuple[Scan, float]:
     """Line integrals with Gaussian noise of the Poisson variance ``exp(p) / i0``, stored
     as uint16 on :func:`quantise_uint16`'s grid, and their noise entropy floor."""
-    p = clean.projections.astype(np.float64)
+    p = clean.array().astype(np.float64)
     sigma = np.sqrt(np.exp(p) / i0)
     noisy = p + sigma * np.random.default_rng(seed).standard_normal(p.shape)
     stored, slope, intercept = quantise_uint16(noisy)
@@ -408,7 +408,7 @@ class Coded:
 def code_scan(codec: Codec, scan: Scan) -> Coded:
     """Encode ``scan`` in the chunks ctpress's container uses for ``codec`` (with their
     contexts) and decode every chunk."""
-    x = scan.projections
+    x = scan.array()
     decoded = np.empty_like(x)
     n_bytes, encode_s, decode_s = 0, 0.0, 0.0
     for context in chunk_contexts(scan, chunk_views_for(scan, codec)):
@@ -460,7 +460,7 @@ def _failed(row: dict[str, Any], exc: Exception) -> dict[str, Any]:
 def lossless_rows(scans: list[BenchScan], plan: Plan, log: Callable[[str], None]) -> list[dict]:
     rows = []
     for b in scans:
-        x = b.scan.projections
+        x = b.scan.array()
         for variant in lossless_variants(plan):
             row: dict[str, Any] = {
                 "scan": b.name,
@@ -520,24 +520,32 @@ def lossless_summary(scans: list[BenchScan], rows: list[dict]) -> list[dict]:
     return summary
 
 
+def bounded_coding(
+    b: BenchScan, variant: Variant, setting: dict[str, Any], **options: Any
+) -> tuple[dict[str, Any], Coded | None]:
+    """One error-bounded coding of ``b`` by ``variant`` with rate ``options``: its row
+    (scan, codec, learned and ``setting``) and the coded scan, or the row of its failure
+    and None."""
+    row: dict[str, Any] = {
+        "scan": b.name, "codec": variant.label, "learned": variant.learned, **setting
+    }  # fmt: skip
+    try:
+        return row, code_scan(variant.build(b.scan, **options), b.scan)
+    except CtpressError as exc:
+        return _failed(row, exc), None
+
+
 def near_lossless_rows(
     scans: list[BenchScan], plan: Plan, log: Callable[[str], None]
 ) -> list[dict]:
     rows = []
     for b in scans:
-        x = b.scan.projections
+        x = b.scan.array()
         for bound in plan.error_bounds:
             for variant in bounded_variants(("jpegls", "sz3")):
-                row: dict[str, Any] = {
-                    "scan": b.name,
-                    "codec": variant.label,
-                    "learned": variant.learned,
-                    "max_error": bound,
-                }
-                try:
-                    coded = code_scan(variant.build(b.scan, max_error=bound), b.scan)
-                except CtpressError as exc:
-                    rows.append(_failed(row, exc))
+                row, coded = bounded_coding(b, variant, {"max_error": bound}, max_error=bound)
+                if coded is None:
+                    rows.append(row)
                     continue
                 err = float(np.max(np.abs(coded.decoded.astype(np.float64) - x)))
                 if err > bound:
@@ -560,7 +568,7 @@ def added_noise(b: BenchScan, decoded: np.ndarray, recon: Any) -> tuple[float | 
     and the projection-domain estimate with line-integral weights (errors and sigma of the
     counts over the counts, ``sqrt(1 + sum (e/c)^2 / sum (sigma/c)^2) - 1``)."""
     assert b.noise is not None
-    x = b.scan.projections.astype(np.float64)
+    x = b.scan.array().astype(np.float64)
     c = b.noise.counts(x)
     lit = c > 0
     weighted_err = np.sum(((decoded[lit] - x[lit]) / c[lit]) ** 2)
@@ -578,22 +586,16 @@ def noise_rows(scans: list[BenchScan], plan: Plan, log: Callable[[str], None]) -
     for b in scans:
         if b.noise is None:
             continue
-        x = b.scan.projections
+        x = b.scan.array()
         recon = prepare_recon(b.scan) if b.scan.geometry is not None else None
         for fraction in plan.noise_fractions:
             bound = allowed_error(x, b.noise, fraction)
             for variant in bounded_variants(("jpegls", "sperr")):
-                row: dict[str, Any] = {
-                    "scan": b.name,
-                    "codec": variant.label,
-                    "learned": variant.learned,
-                    "fraction": fraction,
-                }
-                try:
-                    codec = variant.build(b.scan, noise_fraction=fraction, noise=b.noise)
-                    coded = code_scan(codec, b.scan)
-                except CtpressError as exc:
-                    rows.append(_failed(row, exc))
+                row, coded = bounded_coding(
+                    b, variant, {"fraction": fraction}, noise_fraction=fraction, noise=b.noise
+                )
+                if coded is None:
+                    rows.append(row)
                     continue
                 err = np.abs(coded.decoded.astype(np.float64) - x)
                 if not np.all(err <= bound * (1 + 1e-9)):

@@ -236,27 +236,21 @@ class ConvLstm(Codec):
              table: np.ndarray, state: kernel.CoderState, sequence: Any) -> None:  # fmt: skip
         """Code ``views`` (n, rows, cols) int64 in place, view by view (the predictor's
         small GEMMs on one BLAS thread: faster than two, and the same integers)."""
-        with threadpool_limits(limits=1, user_api="blas"):
-            ConvLstm._run_views(encoding, views, groups, maxval, near, table, state, sequence)
-
-    @staticmethod
-    def _run_views(encoding: bool, views: np.ndarray, groups: int, maxval: int,
-                   near: tuple[int, int], table: np.ndarray, state: kernel.CoderState,
-                   sequence: Any) -> None:  # fmt: skip
         empty = np.zeros((0, 0), dtype=np.int64)
         previous = empty
         learned = empty
-        for t in range(views.shape[0]):
-            view = views[t]
-            kernel.code_view(
-                encoding, view, previous, learned, groups & ~PER_VALUE_BOUND, maxval,
-                near[0] + (t < near[1]),
-                table, state.probs, state.bias, state.errors, state.mixer, state.coder,
-                state.buffer,
-            )  # fmt: skip
-            previous = view
-            if sequence is not None and t + 1 < views.shape[0]:
-                learned = sequence.next(view)[0]
+        with threadpool_limits(limits=1, user_api="blas"):
+            for t in range(views.shape[0]):
+                view = views[t]
+                kernel.code_view(
+                    encoding, view, previous, learned, groups & ~PER_VALUE_BOUND, maxval,
+                    near[0] + (t < near[1]),
+                    table, state.probs, state.bias, state.errors, state.mixer, state.coder,
+                    state.buffer,
+                )  # fmt: skip
+                previous = view
+                if sequence is not None and t + 1 < views.shape[0]:
+                    learned = sequence.next(view)[0]
 
     # ------------------------------------------------------------------ decode
     def _decode_stream(self, stream: bytes, shape: tuple[int, ...], work_dtype: str) -> np.ndarray:

@@ -6,7 +6,7 @@ PYTHON  ?= python3
 OUT     ?= results/demo
 
 .PHONY: venv demo test lint bench bench-platform bench-streaming bench-batch bench-predictive \
-	hardening fuzz clean
+	bench-sparse hardening fuzz clean
 
 $(STAMP): pyproject.toml requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ bench-batch: $(STAMP)
 # the Poisson entropy floor (the convlstm rows appear once that codec is registered; ~10 min).
 bench-predictive: $(STAMP)
 	$(PY) benchmarks/bench_predictive.py --out results/benchmarks
+
+# Issue 16: sparse views + U-Net restoration against linear interpolation and the codecs that
+# keep every view, in the reconstruction domain, on held-out scans (~30 min).
+bench-sparse: $(STAMP)
+	$(PY) benchmarks/bench_sparse.py --out results/benchmarks
 
 # Corruption matrix and crash tests at full size (every bit of every chunk, many kills).
 hardening: $(STAMP)

@@ -164,10 +164,24 @@ def _add_codec_options(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="codec setting (e.g. -O width=32 -O segments=4 for siren; see 'ctpress codecs')",
     )
+    sparse = p.add_argument_group("sparse views (--codec sparse-unet)")
+    sparse.add_argument(
+        "--keep-every", type=int, metavar="K", help="store every K-th view (2-64; default 4)"
+    )
+    sparse.add_argument(
+        "--inner", metavar="CODEC", help="codec of the stored views (default jpegls)"
+    )
 
 
 def _codec_keywords(args: argparse.Namespace) -> dict[str, Any]:
     """Codec, rate control, noise model and codec settings, as the API takes them."""
+    settings = _codec_options(args.option, getattr(args, "time_budget", None))
+    for name in ("keep_every", "inner"):  # flags of codec settings
+        value = getattr(args, name, None)
+        if value is not None:
+            if name in settings:
+                raise InputError(f"give {name} once: as --{name.replace('_', '-')} or -O")
+            settings[name] = value
     return dict(
         codec=args.codec,
         **{option: getattr(args, option) for option in option_names()},
@@ -176,7 +190,7 @@ def _codec_keywords(args: argparse.Namespace) -> dict[str, Any]:
         dark=args.dark,
         i0=_i0_option(args.i0),
         domain=args.domain,
-        **_codec_options(args.option, getattr(args, "time_budget", None)),
+        **settings,
     )
 
 
@@ -311,6 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pixel-size", type=float, help="pixel size in mm (default: column pitch)")
     p.add_argument("--hu", action="store_true", help="output Hounsfield units, not 1/mm")
     p.add_argument("--iterations", type=int, default=50, help="SIRT iterations")
+    p.add_argument(
+        "--restore",
+        action="store_true",
+        help="a sparse-unet .ctpz: reconstruct its stored views and correct the image with "
+        "the image-domain U-Net (restoration b)",
+    )
     p.add_argument("--format", help="input format, overriding the extension")
     _add_force(p, "output file")
 
@@ -380,9 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="train a learned codec's rate point (CPU, or GPU if present); for siren: "
         "meta-learn the initialisation of one architecture; for convlstm: the inter-view "
-        "predictor",
+        "predictor; for sparse-unet: both restorations (the image one to OUT-image.safetensors)",
     )
-    p.add_argument("method", choices=["hyperprior", "vqvae", "siren", "convlstm"])
+    p.add_argument("method", choices=["hyperprior", "vqvae", "siren", "convlstm", "sparse-unet"])
     p.add_argument("--data", nargs="+", type=Path, help="data root(s), directories or .npy files")
     p.add_argument("--out", type=Path, required=True, help="output weights (.safetensors)")
     p.add_argument("--rate-point", type=int, default=0, help="index of the rate point to train")
@@ -518,11 +538,26 @@ def _cmd_info(args: argparse.Namespace) -> None:
             f"{n_values * f.dtype.itemsize / f.file_size:.2f}:1 vs {f.dtype.name}"
         )
         print(f"chunks:      {len(f.chunks)} of {h['chunk_views']} views")
+        stored = f.stored_views()
+        if not stored.all():
+            print(
+                f"views:       {int(stored.sum())} stored, {int((~stored).sum())} synthesised "
+                f"on decoding (stored: {_index_ranges(stored)})"
+            )
         print(f"geometry:    {geometry['kind'] if geometry else 'none'}")
         print(f"metadata:    {json.dumps(h.get('metadata', {}))}")
         if h.get("aux"):
             aux = ", ".join(f"{name} {spec['shape']}" for name, spec in h["aux"].items())
             print(f"aux arrays:  {aux}")
+
+
+def _index_ranges(mask: Any, shown: int = 8) -> str:
+    """The True indices of a boolean mask as ``0, 4, 8, ... (n more)``."""
+    import numpy as np
+
+    index = np.flatnonzero(mask)
+    text = ", ".join(str(i) for i in index[:shown])
+    return text + (f", ... ({len(index) - shown} more)" if len(index) > shown else "")
 
 
 def _cmd_verify(args: argparse.Namespace) -> None:
@@ -589,23 +624,35 @@ def _cmd_recon(args: argparse.Namespace) -> None:
     if Path(args.output).suffix not in (".npy", ".tif", ".tiff"):
         raise CtpressError(f"{args.output}: the reconstruction is written as .npy or .tif")
     check_output(args.output, overwrite=args.force, inputs=[args.input])
-    scan = _read_any(args.input, args.format)
+    if args.restore:  # only the header here: the stored views are read by --restore
+        if Path(args.input).suffix != ".ctpz":
+            raise InputError("--restore reads a .ctpz file written with --codec sparse-unet")
+        with api.open(args.input) as f:
+            shape, geometry, metadata = f.shape, f.geometry, f.metadata
+    else:
+        scan = _read_any(args.input, args.format)
+        shape, geometry, metadata = scan.shape, scan.geometry, scan.metadata
     options: dict[str, object] = {"filter": args.filter, "cutoff": args.cutoff}
     if args.algorithm == "sirt":
         options = {"n_iter": args.iterations}
-    cols = scan.shape[2]
+    cols = shape[2]
     size = args.size or cols
-    kind = scan.geometry.kind if scan.geometry else None
+    kind = geometry.kind if geometry else None
     if kind == "cone":
-        options.update(volume_shape=(scan.shape[1], size, size), voxel_size_mm=args.pixel_size)
+        options.update(volume_shape=(shape[1], size, size), voxel_size_mm=args.pixel_size)
     elif args.algorithm == "sirt":
         options.update(shape=(size, size), voxel_size_mm=args.pixel_size)
     else:
         options.update(image_shape=(size, size), pixel_size_mm=args.pixel_size)
     t0 = time.perf_counter()
-    volume = np.asarray(reconstruct(scan, args.algorithm, **options), dtype=np.float32)
+    if args.restore:
+        from .restore import reconstruct_restored
+
+        volume = reconstruct_restored(args.input, args.algorithm, **options)
+    else:
+        volume = np.asarray(reconstruct(scan, args.algorithm, **options), dtype=np.float32)
     if args.hu:
-        volume = mu_to_hu(volume, float(scan.metadata.get("mu_water_per_mm", 0.0192)))
+        volume = mu_to_hu(volume, float(metadata.get("mu_water_per_mm", 0.0192)))
     from .io import atomic_path
 
     with atomic_path(args.output, overwrite=args.force, inputs=[args.input]) as tmp:
@@ -786,6 +833,10 @@ def _cmd_train(args: argparse.Namespace) -> None:
         default_data_dir() or Path(__file__).parent / "data" / "default_volume.npz"
     ]
     check_output(args.out, overwrite=args.force, inputs=data)  # before any training
+    if args.method == "sparse-unet":
+        from .learned.train_sparse import image_weights_path
+
+        check_output(image_weights_path(args.out), overwrite=args.force, inputs=data)
     train(
         args.method, args.rate_point, data, args.out, steps=args.steps, minutes=args.minutes,
         seed=args.seed, cache=args.cache, command=main_command(), log=not args.quiet,

@@ -18,9 +18,12 @@ DEMO_RATES: tuple[Rate, ...] = (("lossless", None), ("psnr", 50.0), ("psnr", 60.
 #: The original study's high ratios (1300, 330 and 50 : 1 versus uint16, as bits per value of
 #: the whole file) for SIREN, whose regime they are, and the best classical codecs for them.
 STUDY_RATES: tuple[Rate, ...] = (("bpp", 16 / 1300), ("bpp", 16 / 330), ("bpp", 16 / 50))
-#: Codecs run at :data:`STUDY_RATES` (SIREN only there: fitting at every PSNR is slow).
-STUDY_CODECS = {
+#: Codecs run at other rates than :data:`DEMO_RATES`: SIREN at :data:`STUDY_RATES` only
+#: (fitting at every PSNR is slow); sparse-unet (every 4th view) with its stored views
+#: lossless (its quality is that of the synthesised views; ``make bench-sparse`` sweeps k).
+STUDY_CODECS: dict[str, tuple[Rate, ...]] = {
     "siren": STUDY_RATES,
+    "sparse-unet": (("lossless", None),),
     "sz3": DEMO_RATES + STUDY_RATES,
     "sperr": DEMO_RATES + STUDY_RATES,
 }

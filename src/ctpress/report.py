@@ -51,7 +51,7 @@ def rd_curves(
     points: dict[str, dict[float, float]] = {}
     for r in records:
         q = getattr(r, metric)
-        if r.scan == scan and r.ok and r.mode != "lossless" and q is not None and math.isfinite(q):
+        if r.scan == scan and r.ok and not r.exact and q is not None and math.isfinite(q):
             assert r.bits_per_value is not None
             best = points.setdefault(r.codec, {})
             best[q] = min(best.get(q, math.inf), r.bits_per_value)
@@ -272,7 +272,7 @@ def matched_runs(result: BenchResult, scan: str, target: float = MATCHED_BPV) ->
     per value (in log ratio)."""
     best: dict[str, tuple[float, BenchRecord]] = {}
     for r in result.records:
-        if r.scan != scan or not r.ok or r.mode == "lossless" or r.key not in result.samples:
+        if r.scan != scan or not r.ok or r.exact or r.key not in result.samples:
             continue
         assert r.bits_per_value is not None
         distance = abs(math.log(r.bits_per_value / target))

@@ -86,6 +86,12 @@ class BenchRecord:
         return self.mode if self.target is None else f"{self.mode}={self.target:g}"
 
     @property
+    def exact(self) -> bool:
+        """Whether the run is lossless: the lossless rate control and no decoded value off
+        (a codec that synthesises views is lossless on the stored views only)."""
+        return self.mode == "lossless" and not self.max_abs_error
+
+    @property
     def key(self) -> str:
         """``scan|codec|rate`` identifying the measurement (for resuming and samples)."""
         return f"{self.scan}|{self.codec}|{self.rate_label}"

@@ -264,6 +264,18 @@ class Codec(ABC):
         settings = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "id")
         return f"{type(self).__name__}({settings})"
 
+    def stored_views(self, n_views: int) -> np.ndarray:
+        """Mask (n_views,) of the views a chunk of ``n_views`` stores: every one, except in
+        codecs that synthesise some views on decoding (sparse views)."""
+        return np.ones(n_views, dtype=bool)
+
+    def decode_stored(self, buf: bytes | bytearray | memoryview) -> np.ndarray:
+        """The views of a chunk that it stores (:meth:`stored_views`), shape
+        (n_stored, rows, cols), without synthesising the others."""
+        full = self.decode(buf)
+        full = full.reshape(-1, *full.shape[-2:])
+        return full[self.stored_views(full.shape[0])]
+
     # ------------------------------------------------------------------- hooks
     @abstractmethod
     def _encode_exact(self, work: np.ndarray) -> bytes:

@@ -26,6 +26,7 @@ BUILTIN_CODECS: dict[str, str] = {
     "jpegls": "ctpress.codecs.jpegls",
     "jpegxl": "ctpress.codecs.jpegxl",
     "siren": "ctpress.codecs.siren",
+    "sparse-unet": "ctpress.codecs.sparse_unet",
     "sperr": "ctpress.codecs.sperr",
     "sz3": "ctpress.codecs.sz3",
     "vqvae": "ctpress.codecs.vqvae",

@@ -305,6 +305,25 @@ class CtpzFile:
     def __len__(self) -> int:
         return self.shape[0]
 
+    def stored_views(self) -> np.ndarray:
+        """Mask (n_views,) of the views whose values the file stores; the others are
+        synthesised on decoding (``sparse-unet``).  All True for every other codec."""
+        return np.concatenate([self.codec.stored_views(e.stop - e.start) for e in self.chunks])
+
+    def read_stored_views(self) -> tuple[np.ndarray, np.ndarray]:
+        """(:meth:`stored_views`, the stored views decoded (n_stored, rows, cols)), without
+        synthesising the others."""
+        mask = self.stored_views()
+        self._check_output(self._output_bytes(int(mask.sum())), "reading the stored views")
+        parts = []
+        for entry in self.chunks:
+            data = self._chunk_payload(entry)
+            try:
+                parts.append(self.codec.decode_stored(data))
+            except CorruptFileError as exc:
+                raise self._fail(f"{self._entry_label(entry)}: {exc}") from None
+        return mask, np.concatenate(parts)
+
     # ---------------------------------------------------------------- decoding
     def _chunk_views(self, k: int) -> tuple[int, int]:
         start = k * self.chunk_views

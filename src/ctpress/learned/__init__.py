@@ -18,10 +18,13 @@ package imports no codec.  Layers, CompressAI-style, lowest first:
 - :mod:`~ctpress.learned.residual` (numpy only): the error-bounded residual layer (max
   error, lossless) usable on top of any learned model;
 - :mod:`~ctpress.learned.inr`: SIREN fitting, weight quantisation and evaluation;
+- :mod:`~ctpress.learned.unet` (numpy only): the integer U-Net; :mod:`~ctpress.learned.sparse`
+  (numpy only): sparse-view selection and the two restorations built on it;
 - :mod:`~ctpress.learned.store` (the weights directory and manifest) below
   :mod:`~ctpress.learned.zoo` (named rate points, safetensors weights) and ``inr``;
-- :mod:`~ctpress.learned.data` and :mod:`~ctpress.learned.train`: training data from
-  real CT volumes and projections, and ``ctpress train``.
+- :mod:`~ctpress.learned.data` and :mod:`~ctpress.learned.train` (with
+  :mod:`~ctpress.learned.train_sparse`): training data from real CT volumes and
+  projections, and ``ctpress train``.
 
 Determinism contract: a decoder uses only integers from the stream and the weights file
 to pick probability tables; decoder-side float computations run in float64 on the CPU

@@ -83,7 +83,7 @@ def train(
 
     Parameters
     ----------
-    method : {"hyperprior", "vqvae", "siren", "convlstm"}
+    method : {"hyperprior", "vqvae", "siren", "convlstm", "sparse-unet"}
     rate_point : int
         Index into :data:`RATE_POINTS` (architecture and lambda), or for ``siren`` into
         :data:`SIREN_INITS` (the architecture whose initialisation is meta-learned).
@@ -113,6 +113,12 @@ def train(
             data, out, steps=steps, minutes=minutes, seed=seed, cache=cache, command=command,
             log=log,
         )  # fmt: skip
+    if method == "sparse-unet":
+        from .train_sparse import train_sparse_unet
+
+        return train_sparse_unet(
+            data, out, steps=steps, minutes=minutes, seed=seed, command=command, log=log
+        )
     if method == "siren":
         return train_siren_init(
             rate_point, data, out, steps=steps, minutes=minutes, seed=seed, cache=cache,

@@ -85,6 +85,21 @@ CASES += [
     ("convlstm_lossless", "u16", "convlstm", {"lossless": True}, {}),
     ("convlstm_max_error", "u16", "convlstm", {"max_error": 3}, {}),
     ("convlstm_bpp", "u16", "convlstm", {"bpp": 6}, {}),
+    ("sparse-unet_lossless", "u16", "sparse-unet", {"lossless": True}, {"keep_every": 2}),
+    (
+        "sparse-unet_linear_max_error",
+        "u16",
+        "sparse-unet",
+        {"max_error": 3},
+        {"keep_every": 2, "restoration": "linear", "inner": "zstd"},
+    ),
+    (
+        "sparse-unet_f32_max_error",
+        "f32",
+        "sparse-unet",
+        {"max_error": 0.01},
+        {"keep_every": 2, "inner": "sz3"},
+    ),
 ]
 
 

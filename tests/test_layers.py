@@ -19,10 +19,11 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         "errors _version _compact _progress frames",
         "scan noise metrics bdrate",
         "rate io sim",
-        "recon learned",  # learned: the torch engine; it imports no codec
+        "recon",
+        "learned",  # the torch engine: imports no codec (its sparse-view training: recon)
         "codecs",
         "container zarr_codecs",
-        "api",
+        "api restore",
         "convert bench batch",
         "report",
         "demo",

@@ -66,6 +66,7 @@ def test_stored_views_are_exact_and_flags_round_trip_through_the_container(
     with ctpress.open(path) as f:
         np.testing.assert_array_equal(f.stored_views(), expected)
         mask, stored = f.read_stored_views()
+        np.testing.assert_array_equal(mask, expected)
         decoded = f.read_scan().projections
     np.testing.assert_array_equal(stored, fan_scan.projections[expected])
     np.testing.assert_array_equal(decoded[expected], fan_scan.projections[expected])

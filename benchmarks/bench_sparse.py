@@ -328,6 +328,8 @@ def markdown(summary: dict[str, Any]) -> str:
         "![PSNR vs ratio](sparse_psnr_vs_ratio.png)",
         "",
     ]
+    for k in KEEP_EVERY:
+        lines += [f"![held-out slice, every {k}th view](sparse_grid_k{k}.png)", ""]
     return "\n".join(lines)
 
 

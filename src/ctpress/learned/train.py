@@ -39,6 +39,7 @@ from .data import (
     simulated_scans,
     training_images,
 )
+from .fitting import TIMING_STEPS, cosine_decay, fit
 from .layers import pad_to_multiple
 from .models.base import LearnedModel
 from .models.siren import SirenArch, SirenStack
@@ -59,7 +60,7 @@ SIREN_TASK_VIEWS = (16, 96)
 PATCH = {"hyperprior": 256, "vqvae": 64}
 BATCH = {"hyperprior": 16, "vqvae": 16}
 LEARNING_RATE = 1e-3
-_TIMING_STEPS = 20
+_TIMING_STEPS = TIMING_STEPS
 
 
 def _device() -> torch.device:
@@ -205,10 +206,7 @@ def train(
 def learning_rate(step: int, total: int) -> float:
     """Constant over the first (timing) steps, then a cosine decay to 1 % at ``total``: the
     same for ``minutes`` and ``steps`` runs, so the recorded step count reproduces a run."""
-    if step < _TIMING_STEPS:
-        return LEARNING_RATE
-    progress = (step - _TIMING_STEPS) / max(total - _TIMING_STEPS, 1)
-    return LEARNING_RATE * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
+    return LEARNING_RATE * cosine_decay(step, total)
 
 
 def reproduce_command(
@@ -468,31 +466,18 @@ def train_view_predictor(
     device = _device()
     model = ConvLSTMPredictor(PREDICTOR_HIDDEN).to(device)
     sampler = ViewWindowSampler(scans, seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=PREDICTOR_LEARNING_RATE)
-    t_train = time.perf_counter()
-    total = steps if steps is not None else _TIMING_STEPS
-    step, running = 0, 0.0
-    while step < total:
+
+    def loss() -> torch.Tensor:
         inputs, targets, condition, diff_shift = (t.to(device) for t in sampler.batch())
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, total) * PREDICTOR_LEARNING_RATE / LEARNING_RATE
         correction, log_scale = model(inputs, condition)
         bits = laplace_bits(targets - correction, log_scale, diff_shift[:, None, None, None])
-        loss = bits.mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        step += 1
-        value = float(loss.detach())
-        running = value if step == 1 else 0.98 * running + 0.02 * value
-        if minutes is not None and step == _TIMING_STEPS:
-            per_step = (time.perf_counter() - t_train) / _TIMING_STEPS
-            total = max(_TIMING_STEPS, int(minutes * 60 / per_step))
-            say(f"{per_step * 1e3:.0f} ms/step on {device}: {total} steps")
-        if step % 200 == 0 or step == total:
-            say(f"step {step}/{total} bits/value (normalised, running mean) {running:.4f}")
-    train_s = time.perf_counter() - t_train
+        return bits.mean()
+
+    total, train_s, _ = fit(
+        model.parameters(), loss, steps=steps, seconds=None if minutes is None else minutes * 60,
+        learning_rate=PREDICTOR_LEARNING_RATE, say=say,
+        label=f"view predictor ({device}; bits/value, normalised)",
+    )  # fmt: skip
     model = model.cpu().eval()
     data_names = sorted({p.stem for p in (*train_files.volumes, *train_files.projections)})
     metadata: dict[str, Any] = {

@@ -1,0 +1,66 @@
+"""The optimisation loop of ``ctpress train`` (Adam, cosine decay, a time budget turned
+into a step count).
+
+A run given ``seconds`` times its first :data:`TIMING_STEPS` steps and fixes its step
+count from them; the count is recorded with the weights, so ``--steps`` reproduces it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+#: Steps timed before a time budget becomes a step count (the learning rate is constant
+#: over them, so a ``steps`` run and a ``seconds`` run of the same count are the same).
+TIMING_STEPS = 20
+
+
+def cosine_decay(step: int, total: int) -> float:
+    """1 over the timing steps, then a cosine decay to 0.01 at ``total``."""
+    if step < TIMING_STEPS:
+        return 1.0
+    progress = (step - TIMING_STEPS) / max(total - TIMING_STEPS, 1)
+    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def fit(
+    parameters: Iterable[torch.nn.Parameter],
+    loss_of_batch: Callable[[], torch.Tensor],
+    *,
+    steps: int | None,
+    seconds: float | None,
+    learning_rate: float,
+    say: Callable[..., Any],
+    label: str,
+) -> tuple[int, float, list[dict[str, float]]]:
+    """Minimise ``loss_of_batch()`` (a fresh batch each call) with Adam for ``steps``, or for
+    about ``seconds``; gradients clipped to norm 1.  Returns (steps, seconds, history of
+    the loss's running mean every 200 steps)."""
+    params = list(parameters)
+    optimizer = torch.optim.Adam(params, lr=learning_rate)
+    total = steps if steps is not None else TIMING_STEPS
+    step, running, history = 0, 0.0, []
+    t0 = time.perf_counter()
+    while step < total:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate * cosine_decay(step, total)
+        loss = loss_of_batch()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        step += 1
+        value = float(loss.detach())
+        running = value if step == 1 else 0.98 * running + 0.02 * value
+        if seconds is not None and step == TIMING_STEPS:
+            per_step = (time.perf_counter() - t0) / TIMING_STEPS
+            total = max(TIMING_STEPS, int(seconds / per_step))
+            say(f"{label}: {per_step * 1e3:.0f} ms/step: {total} steps")
+        if step % 200 == 0 or step == total:
+            history.append({"step": step, "loss": running})
+            say(f"{label}: step {step}/{total} loss (running mean) {running:.4g}")
+    return total, time.perf_counter() - t0, history

@@ -420,7 +420,7 @@ def decompress(
 
 
 #: Output formats whose writers take a scan a block of views at a time.
-STREAMING_WRITERS = ("zarr", "hdf5", "dicom-ctpd")
+STREAMING_WRITERS = ("zarr", "hdf5", "dicom-ctpd", "tiff")
 
 
 def _decompress_to_npy(

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import tifffile
 
 from ..errors import FormatError
-from ..scan import Scan
+from ..scan import Scan, view_blocks
 from . import _header, _lazy
 from ._lazy import LazyViews
 
@@ -76,11 +77,23 @@ def write_tiff(scan: Scan, path: Path) -> None:
     """Write one page per view, (rows, cols) each, plus one series per aux array.
 
     The JSON header lives in the first page's ImageDescription (tifffile shaped
-    metadata); each aux array is an extra series tagged with its name.
+    metadata); each aux array is an extra series tagged with its name.  Views are written
+    a block at a time (:func:`~ctpress.scan.view_blocks`), so a memory-mapped or lazily
+    decoded scan is never held whole.
     """
     big = scan.projections.nbytes + sum(a.nbytes for a in scan.aux.values()) > 2**31
+    shape = scan.projections.shape
+    n, rows, cols = int(shape[0]), int(shape[-2]), int(shape[-1])
+
+    def pages() -> Iterator[np.ndarray]:
+        for _, block in view_blocks(scan.projections):
+            yield from block.reshape(-1, rows, cols)
+
     with tifffile.TiffWriter(path, bigtiff=big) as tif:
         meta = {_header.KEY: _header.encode(scan)}
-        tif.write(scan.array(), photometric="minisblack", metadata=meta)
+        tif.write(
+            pages(), shape=(n, rows, cols), dtype=scan.dtype, photometric="minisblack",
+            metadata=meta,
+        )  # fmt: skip
         for name, arr in scan.aux.items():
             tif.write(np.asarray(arr), photometric="minisblack", metadata={_AUX: name})

@@ -44,6 +44,7 @@ import math
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,7 @@ from ctpress.learned.data import DataFiles, default_data_dir, load_volume
 from ctpress.metrics import haarpsi, recon_metrics
 from ctpress.recon import fbp, fdk, field_of_view_mask, line_integrals
 from ctpress.restore import reconstruct_restored
-from ctpress.scan import Geometry, Scan
+from ctpress.scan import Scan
 from ctpress.sim.phantom import MU_WATER_PER_MM
 from ctpress.sim.simulate import simulate_scan
 
@@ -132,7 +133,7 @@ def sparse_fbp(scan: Scan, k: int) -> np.ndarray:
     assert scan.geometry is not None
     g = scan.geometry
     sparse = Scan(
-        scan.array()[::k], Geometry(**{**g.to_dict(), "angles_rad": list(g.angles_rad[::k])}),
+        scan.array()[::k], replace(g, angles_rad=g.angles_rad[::k]),
         scan.metadata,
     )  # fmt: skip
     return reconstruct(sparse)

@@ -542,7 +542,7 @@ def _cmd_info(args: argparse.Namespace) -> None:
         if not stored.all():
             print(
                 f"views:       {int(stored.sum())} stored, {int((~stored).sum())} synthesised "
-                f"on decoding (stored: {_index_ranges(stored)})"
+                f"on decoding (stored: {_first_indices(stored)})"
             )
         print(f"geometry:    {geometry['kind'] if geometry else 'none'}")
         print(f"metadata:    {json.dumps(h.get('metadata', {}))}")
@@ -551,7 +551,7 @@ def _cmd_info(args: argparse.Namespace) -> None:
             print(f"aux arrays:  {aux}")
 
 
-def _index_ranges(mask: Any, shown: int = 8) -> str:
+def _first_indices(mask: Any, shown: int = 8) -> str:
     """The True indices of a boolean mask as ``0, 4, 8, ... (n more)``."""
     import numpy as np
 

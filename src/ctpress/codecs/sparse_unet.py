@@ -185,13 +185,14 @@ class SparseUnet(Codec):
         return data, enc.decoded.reshape(np.shape(array))
 
     def _decode_stream(self, stream: bytes, shape: tuple[int, ...], work_dtype: str) -> np.ndarray:
-        kept, kept_values, flags = self._stored(stream, shape, work_dtype)
+        kept, flags, inner = self._parse(stream, shape, work_dtype)
         unet = bool(flags & _UNET)
-        if unet and stream[8:16] != sinogram_unet().weights_id:
+        if unet and _HEAD.unpack_from(stream)[5] != sinogram_unet().weights_id:
             raise WeightsMismatchError(
                 "this sparse-unet chunk was made with other U-Net weights than this "
                 "ctpress ships; decode it with the ctpress version that wrote it"
             )
+        kept_values = self.inner_codec.decode(inner).reshape(len(kept), *shape[1:])
         return self._synthesise(kept_values, kept, shape[0], bool(flags & _COUNTS), unet)
 
     def decode_stored(self, buf: bytes | bytearray | memoryview) -> np.ndarray:
@@ -199,13 +200,15 @@ class SparseUnet(Codec):
         enc, shape, dtype = self._read_chunk(buf)
         shape3 = shape if len(shape) == 3 else (1, *shape)
         with self._stream_errors():
-            return self._stored(enc.stream, shape3, dtype.name)[1]
+            kept, _, inner = self._parse(enc.stream, shape3, dtype.name)
+            return self.inner_codec.decode(inner).reshape(len(kept), *shape3[1:])
 
-    def _stored(
+    def _parse(
         self, stream: bytes, shape: tuple[int, ...], work_dtype: str
-    ) -> tuple[np.ndarray, np.ndarray, int]:
-        """(indices of the stored views, their decoded values, stream flags), every field
-        of the stream and of the inner chunk's header checked before decoding."""
+    ) -> tuple[np.ndarray, int, bytes]:
+        """(indices of the stored views, stream flags, the inner chunk), every field of the
+        stream and of the inner chunk's header checked against the chunk's ``shape`` and
+        ``work_dtype`` before anything is decoded."""
         if len(stream) < _HEAD.size:
             raise CorruptFileError("sparse-unet stream is truncated")
         version, keep_every, flags, _, n_views, _ = _HEAD.unpack_from(stream)
@@ -224,5 +227,4 @@ class SparseUnet(Codec):
         check_declared(
             "sparse-unet inner chunk's dtype", inner_dtype.name, np.dtype(work_dtype).name
         )
-        kept_values = self.inner_codec.decode(inner).reshape(len(kept), *shape[1:])
-        return kept, kept_values, flags
+        return kept, flags, inner

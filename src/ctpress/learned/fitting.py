@@ -29,7 +29,7 @@ def cosine_decay(step: int, total: int) -> float:
 
 def fit(
     parameters: Iterable[torch.nn.Parameter],
-    loss_of_batch: Callable[[], torch.Tensor],
+    loss_of_batch: Callable[[], tuple[torch.Tensor, dict[str, float]]],
     *,
     steps: int | None,
     seconds: float | None,
@@ -37,9 +37,10 @@ def fit(
     say: Callable[..., Any],
     label: str,
 ) -> tuple[int, float, list[dict[str, float]]]:
-    """Minimise ``loss_of_batch()`` (a fresh batch each call) with Adam for ``steps``, or for
-    about ``seconds``; gradients clipped to norm 1.  Returns (steps, seconds, history of
-    the loss's running mean every 200 steps)."""
+    """Minimise the loss of ``loss_of_batch()`` (a fresh batch each call; it returns the loss
+    and statistics to log with it) with Adam for ``steps``, or for about ``seconds``;
+    gradients clipped to norm 1.  Returns (steps, seconds, history every 200 steps of the
+    loss's running mean and the latest statistics)."""
     params = list(parameters)
     optimizer = torch.optim.Adam(params, lr=learning_rate)
     total = steps if steps is not None else TIMING_STEPS
@@ -48,7 +49,7 @@ def fit(
     while step < total:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate * cosine_decay(step, total)
-        loss = loss_of_batch()
+        loss, stats = loss_of_batch()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -61,6 +62,9 @@ def fit(
             total = max(TIMING_STEPS, int(seconds / per_step))
             say(f"{label}: {per_step * 1e3:.0f} ms/step: {total} steps")
         if step % 200 == 0 or step == total:
-            history.append({"step": step, "loss": running})
-            say(f"{label}: step {step}/{total} loss (running mean) {running:.4g}")
+            history.append({"step": step, "loss": running, **stats})
+            say(
+                f"{label}: step {step}/{total} loss (running mean) {running:.4g} "
+                + " ".join(f"{k} {v:.4g}" for k, v in stats.items())
+            )
     return total, time.perf_counter() - t0, history

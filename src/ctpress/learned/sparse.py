@@ -239,7 +239,7 @@ def _load(directory: str, method: str) -> FixedUNet:
     if not entries:
         raise store.WeightsMismatchError(f"the {method} weights are not installed")
     data, digest = store.read_entry(directory, entries[0])
-    return load_unet(data, bytes.fromhex(digest)[:8])[0]
+    return load_unet(data, bytes.fromhex(digest)[:8])
 
 
 store.register_cache(_load.cache_clear)

@@ -39,7 +39,7 @@ from .data import (
     simulated_scans,
     training_images,
 )
-from .fitting import TIMING_STEPS, cosine_decay, fit
+from .fitting import TIMING_STEPS, fit
 from .layers import pad_to_multiple
 from .models.base import LearnedModel
 from .models.siren import SirenArch, SirenStack
@@ -60,7 +60,6 @@ SIREN_TASK_VIEWS = (16, 96)
 PATCH = {"hyperprior": 256, "vqvae": 64}
 BATCH = {"hyperprior": 16, "vqvae": 16}
 LEARNING_RATE = 1e-3
-_TIMING_STEPS = TIMING_STEPS
 
 
 def _device() -> torch.device:
@@ -146,33 +145,16 @@ def train(
     sampler = PatchSampler(views, patch, seed, flips=model.training_flips)
     model.initialise(torch.from_numpy(PatchSampler(views, patch, seed + 2).batch(64)))
     model = model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
-    t_train = time.perf_counter()
-    total = steps if steps is not None else _TIMING_STEPS
-    step = 0
-    history: list[dict[str, float]] = []
     model.train()
-    while step < total:
+
+    def loss() -> tuple[torch.Tensor, dict[str, float]]:
         batch = torch.from_numpy(sampler.batch(BATCH[method])).to(device)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, total)
-        loss, stats = model.training_loss(batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        step += 1
-        if minutes is not None and step == _TIMING_STEPS:
-            per_step = (time.perf_counter() - t_train) / _TIMING_STEPS
-            total = max(_TIMING_STEPS, int(minutes * 60 / per_step))
-            say(f"{per_step * 1e3:.0f} ms/step on {device}: {total} steps")
-        if step % 200 == 0 or step == total:
-            history.append({"step": step, "loss": float(loss.detach()), **stats})
-            say(
-                f"step {step}/{total} loss {float(loss.detach()):.4g} "
-                + " ".join(f"{k} {v:.4g}" for k, v in stats.items())
-            )
-    train_s = time.perf_counter() - t_train
+        return model.training_loss(batch)
+
+    total, train_s, history = fit(
+        model.parameters(), loss, steps=steps, seconds=None if minutes is None else minutes * 60,
+        learning_rate=LEARNING_RATE, say=say, label=f"{method} ({device})",
+    )  # fmt: skip
     model = model.cpu().eval()
     model.update(torch.from_numpy(PatchSampler(views, patch, seed + 1).batch(256)))
     data_names = sorted({p.stem for p in (*train_files.volumes, *train_files.projections)})
@@ -201,12 +183,6 @@ def train(
     metadata["sha256"] = sha
     say(f"wrote {out} (sha256 {sha[:16]}...); held-out: {held.get('mean', 'none')}")
     return metadata
-
-
-def learning_rate(step: int, total: int) -> float:
-    """Constant over the first (timing) steps, then a cosine decay to 1 % at ``total``: the
-    same for ``minutes`` and ``steps`` runs, so the recorded step count reproduces a run."""
-    return LEARNING_RATE * cosine_decay(step, total)
 
 
 def reproduce_command(
@@ -312,9 +288,9 @@ def train_siren_init(
     if total is None:
         assert minutes is not None
         t0 = time.perf_counter()
-        inr.meta_train(arch, task, steps=_TIMING_STEPS, seed=seed, progress=False)
-        per_step = (time.perf_counter() - t0) / _TIMING_STEPS
-        total = max(_TIMING_STEPS, int(minutes * 60 / per_step))
+        inr.meta_train(arch, task, steps=TIMING_STEPS, seed=seed, progress=False)
+        per_step = (time.perf_counter() - t0) / TIMING_STEPS
+        total = max(TIMING_STEPS, int(minutes * 60 / per_step))
         say(f"{per_step * 1e3:.0f} ms/task: {total} tasks")
     t_train = time.perf_counter()
     init = inr.meta_train(arch, task, steps=total, seed=seed, progress=log or None)
@@ -467,11 +443,11 @@ def train_view_predictor(
     model = ConvLSTMPredictor(PREDICTOR_HIDDEN).to(device)
     sampler = ViewWindowSampler(scans, seed)
 
-    def loss() -> torch.Tensor:
+    def loss() -> tuple[torch.Tensor, dict[str, float]]:
         inputs, targets, condition, diff_shift = (t.to(device) for t in sampler.batch())
         correction, log_scale = model(inputs, condition)
         bits = laplace_bits(targets - correction, log_scale, diff_shift[:, None, None, None])
-        return bits.mean()
+        return bits.mean(), {}
 
     total, train_s, _ = fit(
         model.parameters(), loss, steps=steps, seconds=None if minutes is None else minutes * 60,

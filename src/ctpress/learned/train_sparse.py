@@ -28,7 +28,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -177,9 +177,7 @@ def image_pairs(sinograms: list[Sinogram], seed: int) -> list[tuple[np.ndarray, 
         li = noisy(sino.line_integrals, rng).astype(np.float32)
         full = fbp(li, sino.geometry) / MU_WATER_PER_MM
         for k in TRAINED_KEEP_EVERY:
-            geometry = Geometry(
-                **{**sino.geometry.to_dict(), "angles_rad": sino.geometry.angles_rad[::k]}
-            )
+            geometry = replace(sino.geometry, angles_rad=sino.geometry.angles_rad[::k])
             sparse = fbp(li[::k], geometry) / MU_WATER_PER_MM
             pairs.append((sparse.astype(np.float32), full.astype(np.float32), k))
     return pairs
@@ -229,10 +227,10 @@ def _fit(
     steps, seconds, loss history)."""
     model = UNet(config)
 
-    def loss() -> torch.Tensor:
+    def loss() -> tuple[torch.Tensor, dict[str, float]]:
         x, target, mask = batch()
         out = x[:, :1] + model(x)
-        return ((out - target) ** 2 * mask).sum() / mask.sum().clamp_min(1)
+        return ((out - target) ** 2 * mask).sum() / mask.sum().clamp_min(1), {}
 
     total, spent, history = fit(
         model.parameters(), loss, steps=steps, seconds=seconds,

@@ -77,7 +77,9 @@ class UNetConfig:
 @dataclass(frozen=True)
 class FixedConv3x3:
     """3x3 convolution, zero padding 1, stride 1 or 2, on float64 integer activations
-    (channels, batch, H, W); ``weight`` (9, out, in) integers of 2**-WEIGHT_BITS (tap-major),
+    (channels, batch, H, W), tap by tap (nine GEMMs summed, where
+    :class:`~ctpress.learned.fixed_point.FixedConv2d` would copy the input nine times);
+    ``weight`` (9, out, in) integers of 2**-WEIGHT_BITS (tap-major),
     ``bias`` (out,) of 2**-ACTIVATION_BITS."""
 
     weight: np.ndarray = field(repr=False)
@@ -166,9 +168,9 @@ class FixedUNet:
         return np.floor(head * 2.0**-self.config.output_shift + 0.5)  # exact: a power of two
 
 
-def load_unet(data: bytes, weights_id: bytes) -> tuple[FixedUNet, dict[str, object]]:
-    """The integer U-Net of a float32 safetensors file's bytes (its header's ``config``)
-    and the file's metadata (CorruptFileError when the file is not one)."""
+def load_unet(data: bytes, weights_id: bytes) -> FixedUNet:
+    """The integer U-Net of a float32 safetensors file's bytes (its header's ``config``;
+    CorruptFileError when the file is not one)."""
     import safetensors.numpy
 
     try:
@@ -178,4 +180,4 @@ def load_unet(data: bytes, weights_id: bytes) -> tuple[FixedUNet, dict[str, obje
         tensors = safetensors.numpy.load(data)
     except (KeyError, ValueError, TypeError) as exc:
         raise CorruptFileError(f"U-Net weights are damaged: {exc}") from None
-    return FixedUNet.from_tensors(tensors, config, weights_id), metadata
+    return FixedUNet.from_tensors(tensors, config, weights_id)

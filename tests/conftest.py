@@ -10,6 +10,17 @@ import pytest
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def damage_chunk(path: Path, index: int) -> None:
+    """Flip one bit in the middle of chunk ``index`` of the .ctpz file at ``path``."""
+    import ctpress
+
+    with ctpress.open(path) as f:
+        chunk = f.chunks[index]
+    raw = bytearray(path.read_bytes())
+    raw[chunk.offset + chunk.length // 2] ^= 0x10
+    path.write_bytes(bytes(raw))
+
+
 def smooth_stack(shape: tuple[int, int, int], seed: int = 0, noise: float = 20.0) -> np.ndarray:
     """Float64 sinogram-like stack: smooth object profiles over the views plus noise."""
     rng = np.random.default_rng(seed)

@@ -4,7 +4,10 @@ read them back."""
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 from io import BytesIO
 from pathlib import Path
 
@@ -81,6 +84,44 @@ def test_lossless_round_trips_through_pydicom_and_ctpress(
     compressed = sum(p.stat().st_size for p in out.glob("*.dcm"))
     write_scan(back, tmp_path / "plain", format="dicom-ctpd")
     assert compressed < sum(p.stat().st_size for p in (tmp_path / "plain").glob("*.dcm"))
+
+
+PIXEL_ARRAY = """
+import json, sys
+from pathlib import Path
+import pydicom
+views = {}
+for path in Path(sys.argv[1]).glob("*.dcm"):
+    ds = pydicom.dcmread(path)
+    views[int(ds.InstanceNumber)] = [ds.file_meta.TransferSyntaxUID, ds.pixel_array.T.tolist()]
+print(json.dumps([views[i] for i in sorted(views)]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("codec", "max_error", "syntax"),
+    [
+        ("jpegls", None, JPEGLSLossless),
+        ("jpegls", 3, JPEGLSNearLossless),
+        ("htj2k", None, HTJ2KLossless),
+    ],
+)
+def test_plain_pydicom_decodes_the_pixels_in_a_fresh_process(
+    tmp_path: Path, codec: str, max_error: int | None, syntax: str
+) -> None:
+    """``ds.pixel_array`` with pydicom's own decoder plugins (pyjpegls, pylibjpeg-openjpeg,
+    installed with ctpress): no ctpress and no imagecodecs call."""
+    original = scan()
+    out = tmp_path / "series"
+    rate = {"lossless": True} if max_error is None else {"max_error": max_error}
+    ctpress.convert(original, out, output_format="dicom-ctpd", codec=codec, **rate)
+    result = subprocess.run(
+        [sys.executable, "-c", PIXEL_ARRAY, str(out)], capture_output=True, text=True, check=True
+    )
+    views = json.loads(result.stdout)
+    assert {uid for uid, _ in views} == {syntax}
+    decoded = np.array([pixels for _, pixels in views], dtype=np.int64)
+    assert np.abs(decoded - original.projections).max() <= (max_error or 0)
 
 
 @pytest.mark.parametrize("codec", ["jpegls", "htj2k"])

@@ -248,15 +248,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "convert",
-        help="write a Zarr v3 store coded by a ctpress codec (plain zarr reads it), or a "
-        "JPEG-LS / HTJ2K compressed DICOM-CT-PD series (plain pydicom reads it)",
+        help="write a Zarr v3 store coded by a ctpress codec (plain zarr reads it), an HDF5 "
+        "file through hdf5plugin's filters (plain h5py + hdf5plugin read it), or a JPEG-LS / "
+        "HTJ2K compressed DICOM-CT-PD series (plain pydicom reads it)",
     )
-    _add_encode_options(p, "output .zarr store or DICOM-CT-PD directory", "Zarr chunk")
+    _add_encode_options(
+        p, "output .zarr store, .h5/.hdf5/.nxs file or DICOM-CT-PD directory", "Zarr/HDF5 chunk"
+    )
     p.add_argument(
         "--output-format",
         choices=OUTPUT_FORMATS,
-        help="zarr (default for a .zarr output) or dicom-ctpd (codec jpegls, the default "
-        "here, or htj2k; --lossless, or --max-error E for jpegls)",
+        help="zarr or hdf5 (default: from the output's extension; hdf5 takes codec zstd, "
+        "blosc2, sperr, sz3 or zfp) or dicom-ctpd (codec jpegls, the default here, or htj2k; "
+        "--lossless, or --max-error E for jpegls)",
     )
     p.set_defaults(codec=None)
 
@@ -438,13 +442,16 @@ def _cmd_convert(args: argparse.Namespace) -> None:
     from .convert import convert
 
     t0 = time.perf_counter()
-    convert(args.input, args.output, output_format=args.output_format, **_encode_keywords(args))
+    written = convert(
+        args.input, args.output, output_format=args.output_format, **_encode_keywords(args)
+    )
     if not args.quiet:
-        if args.output_format == "dicom-ctpd":
-            print(f"{args.output}: DICOM-CT-PD series, codec {args.codec or 'jpegls'}, ", end="")
-        else:
-            print(f"{args.output}: Zarr v3 store, codec ctpress.{args.codec or 'zstd'}, ", end="")
-        print(f"{time.perf_counter() - t0:.2f} s")
+        what = {
+            "dicom-ctpd": f"DICOM-CT-PD series, codec {args.codec or 'jpegls'}",
+            "hdf5": f"HDF5 file, hdf5plugin filter of {args.codec or 'zstd'}",
+            "zarr": f"Zarr v3 store, codec ctpress.{args.codec or 'zstd'}",
+        }[written]
+        print(f"{args.output}: {what}, {time.perf_counter() - t0:.2f} s")
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -164,13 +166,76 @@ def read_hdf5(path: Path, dataset: str | None) -> Scan:
     return _header.build(arr, header, aux, path, geometry)
 
 
+@dataclass(frozen=True)
+class Storage:
+    """How the projections dataset is stored: as ``dtype`` (numpy dtype string), in chunks
+    of ``chunk_views`` whole views, through the HDF5 filter that ``filter_options`` (the
+    keywords of ``h5py.Group.create_dataset``: ``compression``, ``compression_opts``, as an
+    ``hdf5plugin`` filter object gives them) names.  The default is h5py's: contiguous,
+    unfiltered, the scan's dtype."""
+
+    dtype: str | None = None
+    chunk_views: int | None = None
+    filter_options: dict[str, Any] = field(default_factory=dict)
+
+
+def _create_projections(
+    parent: h5py.Group, name: str, shape: tuple[int, ...], dtype: np.dtype, storage: Storage
+) -> h5py.Dataset:
+    """The empty projections dataset of ``shape`` (views first) as ``storage`` says."""
+    chunks = None
+    if storage.chunk_views is not None:
+        chunks = (min(storage.chunk_views, shape[0]), *shape[1:])
+    return parent.create_dataset(
+        name,
+        shape=shape,
+        dtype=np.dtype(storage.dtype or dtype),
+        chunks=chunks,
+        **storage.filter_options,
+    )
+
+
+def _fill(data: h5py.Dataset, sources: list[Projections]) -> None:
+    """Write the frames of ``sources`` one after the other into ``data`` (a 2-D dataset
+    takes the single row of each view), a block of views at a time (a lazily read scan is
+    never held whole).  A chunked dataset gets whole chunks, each written once: a lossy
+    filter must never decode and code a chunk again (its errors would add up)."""
+    offsets = np.cumsum([0, *(source.shape[0] for source in sources)]).tolist()
+    blocks: Iterator[tuple[int, np.ndarray]]
+    if data.chunks is None:
+        blocks = (
+            (start + first, views)
+            for start, source in zip(offsets, sources, strict=False)
+            for first, views in view_blocks(source)
+        )
+    else:
+        blocks = (
+            (first, _frames(sources, offsets, first, first + data.chunks[0]))
+            for first in range(0, offsets[-1], data.chunks[0])
+        )
+    for first, views in blocks:
+        data[first : first + len(views)] = views[:, 0, :] if data.ndim == 2 else views
+
+
+def _frames(sources: list[Projections], offsets: list[int], first: int, stop: int) -> np.ndarray:
+    """Frames ``first:stop`` of ``sources`` one after the other (``offsets``: where each
+    starts)."""
+    return np.concatenate(
+        [
+            np.asarray(source[max(first - start, 0) : stop - start])
+            for start, source in zip(offsets, sources, strict=False)
+            if start < stop and start + source.shape[0] > first
+        ]
+    )
+
+
 def _nx_group(parent: h5py.Group, name: str, nx_class: str) -> h5py.Group:
     group = parent.create_group(name)
     group.attrs["NX_class"] = nx_class
     return group
 
 
-def _write_nxtomo(f: h5py.File, scan: Scan) -> h5py.Dataset:
+def _write_nxtomo(f: h5py.File, scan: Scan, storage: Storage) -> h5py.Dataset:
     """NXtomo entry: darks, flats then projections in one ``data`` with ``image_key``."""
     proj = scan.projections
     blocks = [(DARK, "dark"), (FLAT, "flat")]
@@ -187,13 +252,9 @@ def _write_nxtomo(f: h5py.File, scan: Scan) -> h5py.Dataset:
     entry["definition"] = "NXtomo"
     detector = _nx_group(_nx_group(entry, "instrument", "NXinstrument"), "detector", "NXdetector")
     total = sum(len(block) for _, block in frames)
-    data = detector.create_dataset("data", shape=(total, *proj.shape[1:]), dtype=proj.dtype)
+    data = _create_projections(detector, "data", (total, *proj.shape[1:]), proj.dtype, storage)
     keys = np.concatenate([np.full(len(block), key, np.int8) for key, block in frames])
-    start = 0
-    for _, block in frames:
-        for first, views in view_blocks(block):  # a lazily read scan is never held whole
-            data[start + first : start + first + len(views)] = views
-        start += len(block)
+    _fill(data, [block for _, block in frames])
     detector["image_key"] = keys
     stored = {name for key, name in blocks if key in keys}
     aux = {k: v for k, v in scan.aux.items() if k not in stored}
@@ -213,26 +274,28 @@ def _write_nxtomo(f: h5py.File, scan: Scan) -> h5py.Dataset:
     return data
 
 
-def _write_views(f: h5py.File, name: str, scan: Scan) -> h5py.Dataset:
+def _write_views(f: h5py.File, name: str, scan: Scan, storage: Storage) -> h5py.Dataset:
     """The projections as users see them (a sinogram stack as (views, cols)) in dataset
     ``name``, written a block of views at a time (a lazily read scan is never held whole)."""
     two_d = scan.original_ndim == 2
     n_views, _, cols = scan.shape
-    data = f.create_dataset(name, shape=(n_views, cols) if two_d else scan.shape, dtype=scan.dtype)
-    for first, views in view_blocks(scan.projections):
-        data[first : first + len(views)] = views[:, 0, :] if two_d else views
+    shape = (n_views, cols) if two_d else scan.shape
+    data = _create_projections(f, name, shape, scan.dtype, storage)
+    _fill(data, [scan.projections])
     return data
 
 
-def write_hdf5(scan: Scan, path: Path, dataset: str | None) -> None:
+def write_hdf5(scan: Scan, path: Path, dataset: str | None, storage: Storage | None = None) -> None:
     """Write an NXtomo entry or a plain dataset, with the JSON header as an attribute.
 
     Without ``dataset``, a scan with parallel geometry or ``dark``/``flat`` aux arrays is
     written as NXtomo (``/entry/instrument/detector/data``; dark/flat frames of the
     projections' dtype and (rows, cols) are interleaved with ``image_key``).  Otherwise
     ``scan.user_array()`` goes to ``dataset`` (default ``projections``).  Other aux arrays
-    go to a ``ctpress_aux`` group beside the projections.
+    go to a ``ctpress_aux`` group beside the projections.  ``storage`` chunks and filters
+    the projections (default: contiguous, unfiltered).
     """
+    storage = storage or Storage()
     text = _header.encode(scan)
     nxtomo = dataset is None and (
         (scan.geometry is not None and scan.geometry.kind == "parallel")
@@ -240,9 +303,9 @@ def write_hdf5(scan: Scan, path: Path, dataset: str | None) -> None:
     )
     with h5py.File(path, "w") as f:
         if nxtomo:
-            data = _write_nxtomo(f, scan)
+            data = _write_nxtomo(f, scan, storage)
         else:
-            data = _write_views(f, dataset or "projections", scan)
+            data = _write_views(f, dataset or "projections", scan, storage)
             if scan.aux:
                 data.parent.create_group(_AUX_GROUP).update(scan.aux)
         data.attrs[_header.KEY] = text

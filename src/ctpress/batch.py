@@ -1,7 +1,7 @@
 """``ctpress batch``: compress many scans in parallel, resumably.
 
-One task per input scan, run by ``workers`` local processes (one encoder thread each), or
-by a Dask cluster at ``scheduler`` (needs ``dask.distributed``).  Outputs keep the inputs'
+One task per input scan, run by a ``dask.distributed`` LocalCluster of ``workers``
+processes (one thread each), or by the Dask cluster at ``scheduler``.  Outputs keep the inputs'
 paths relative to their common folder, with ``.ctpz`` appended (``a.npy`` and ``a.h5``
 never map to one output).  A bad input does not stop the batch: its error is recorded.
 
@@ -15,6 +15,7 @@ seconds, status.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob
 import hashlib
@@ -22,7 +23,6 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,8 @@ from .io import results_directory
 #: The record of what each output was made from, in the output folder.
 MANIFEST = ".ctpress-batch.json"
 SUMMARY = "batch_summary.csv"
+#: Seconds to wait for the Dask scheduler a batch is given.
+SCHEDULER_TIMEOUT_S = 20
 
 
 @dataclass
@@ -174,9 +176,11 @@ def batch(
     out_dir : path
         Output folder (created; a non-empty folder ctpress did not write is refused).
     workers : int, optional
-        Local worker processes (default: every core), one encoder thread each.
+        Processes of the LocalCluster (default: every core), one thread each.  A script
+        that calls :func:`batch` must guard its top level with
+        ``if __name__ == "__main__":`` (the workers start by importing it).
     scheduler : str, optional
-        Address of a Dask scheduler to run the tasks on instead (``dask.distributed``).
+        Address of a Dask scheduler (``tcp://host:8786``) to run the tasks on instead.
     progress : bool
         Show a progress bar.
     **options
@@ -194,13 +198,6 @@ def batch(
     paths = [p for p in expand_inputs(inputs) if not p.resolve().is_relative_to(out.resolve())]
     if not paths:
         raise InputError(f"no input outside the output folder {out}")
-    if scheduler is not None:
-        try:
-            from dask.distributed import Client  # noqa: F401
-        except ImportError:
-            raise InputError(
-                "--scheduler needs dask.distributed; install it (pip install distributed)"
-            ) from None
     targets = output_paths(paths, out)
     manifest_path = out / MANIFEST
     manifest = _read_manifest(manifest_path)
@@ -262,33 +259,60 @@ def _run(
     progress: bool,
     finish: Callable[[Path, dict[str, Any]], None],
 ) -> None:
-    """Run the compress tasks, handing each result to ``finish`` as it completes."""
+    """Run the compress tasks on a Dask cluster (the one at ``scheduler``, else a
+    LocalCluster of ``workers`` processes with one thread each), handing each result to
+    ``finish`` as it completes; a task that fails outside ctpress's own errors (a worker
+    killed, say) is recorded as that input's error."""
     if not todo:
         return
+    from dask.distributed import Client
+    from dask.distributed import as_completed as dask_completed
+
     bar = progress_bar(len(todo), "batch", "scan", progress)
-
-    def task_args(source: Path) -> tuple[str, str, dict[str, Any], bool]:
-        replace = str(targets[source].relative_to(out)) in manifest
-        return str(source), str(targets[source]), options, replace
-
-    if scheduler is not None:
-        from dask.distributed import Client
-        from dask.distributed import as_completed as dask_completed
-
-        with Client(scheduler) as client:
-            futures = {client.submit(_compress_one, *task_args(s), pure=False): s for s in todo}
-            for future in dask_completed(futures):
-                finish(futures[future], future.result())
-                bar.update(1)
-    else:
-        with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-            pending: dict[Future[dict[str, Any]], Path] = {
-                pool.submit(_compress_one, *task_args(s)): s for s in todo
-            }
-            for future in as_completed(pending):
-                finish(pending[future], future.result())
-                bar.update(1)
+    with contextlib.ExitStack() as stack:
+        if scheduler is None:
+            cluster = stack.enter_context(_local_cluster(workers or os.cpu_count() or 1))
+            client = stack.enter_context(Client(cluster))
+        else:
+            try:
+                client = stack.enter_context(Client(scheduler, timeout=SCHEDULER_TIMEOUT_S))
+            except (OSError, ValueError) as exc:
+                raise InputError(
+                    f"cannot reach the Dask scheduler at {scheduler!r} ({exc}); check the "
+                    "address (tcp://host:8786) and that the scheduler runs"
+                ) from None
+        futures = {}
+        for source in todo:
+            replace = str(targets[source].relative_to(out)) in manifest
+            future = client.submit(
+                _compress_one, str(source), str(targets[source]), options, replace, pure=False
+            )
+            futures[future] = source
+        for future in dask_completed(futures):
+            try:
+                result = future.result()
+            except Exception as exc:  # the worker's failure, not ctpress's: recorded
+                message = " ".join(f"{type(exc).__name__}: {exc}".split())
+                result = {"status": "error", "error": f"{futures[future]}: {message}"}
+            finish(futures[future], result)
+            bar.update(1)
     bar.close()
+
+
+def _local_cluster(workers: int) -> Any:
+    """A dask.distributed LocalCluster of ``workers`` processes, one thread each, quiet
+    and without a dashboard."""
+    import logging
+
+    from dask.distributed import LocalCluster
+
+    return LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        silence_logs=logging.ERROR,
+    )
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:

@@ -271,9 +271,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", help="output folder (keeps the inputs' relative paths)")
     _add_codec_options(p)
     p.add_argument(
-        "--workers", type=_at_least_one, help="local worker processes (default: every core)"
+        "--workers",
+        type=_at_least_one,
+        help="processes of the local Dask cluster (default: every core), one thread each",
     )
-    p.add_argument("--scheduler", metavar="ADDRESS", help="a Dask scheduler to run the tasks on")
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="an existing Dask cluster's scheduler (tcp://host:8786) to run the tasks on; "
+        "its workers need this ctpress and must see the inputs and OUT_DIR at the same paths",
+    )
 
     p = sub.add_parser("decompress", help="decode a .ctpz file")
     p.add_argument("input", help="a .ctpz file")

@@ -106,3 +106,22 @@ def test_an_unreachable_scheduler_is_a_one_line_error(
     with pytest.raises(ctpress.InputError, match="cannot reach the Dask scheduler"):
         ctpress.batch(good, tmp_path / "out", scheduler="tcp://127.0.0.1:1")
     assert not os.path.exists(tmp_path / "out" / "scan.npy.ctpz")
+
+
+def test_a_large_scan_is_split_into_chunk_tasks_with_the_same_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above SPLIT_BYTES a scan's chunks are tasks of the cluster; the file is the one
+    ctpress.compress writes alone."""
+    monkeypatch.setattr(importlib.import_module("ctpress.batch"), "SPLIT_BYTES", 7000)
+    good = _inputs(tmp_path / "in")  # 12 x 8 x 32 uint16: 6 KiB each, plus the npy header
+    big = tmp_path / "in" / "big.npy"
+    np.save(big, np.clip(smooth_stack((40, 8, 32), seed=9), 0, 65535).astype(np.uint16))
+    records = ctpress.batch(
+        [*good, big], tmp_path / "out", workers=2, codec="jpegls", lossless=True, chunk_views=4
+    )
+    by_input = {Path(r.input).name: r for r in records}
+    assert by_input["big.npy"].status == "done" and by_input["big.npy"].tasks == 10
+    assert {r.tasks for r in records if r.input != str(big)} == {1}
+    alone = ctpress.compress(big, codec="jpegls", lossless=True, chunk_views=4, jobs=1)
+    assert Path(by_input["big.npy"].output).read_bytes() == alone

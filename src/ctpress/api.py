@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
 
 import numpy as np
 
-from .codecs import Codec, get_codec_class
+from .codecs import Codec, get_codec, get_codec_class
+from .codecs.context import ChunkContext
 from .container import (
     DEFAULT_MAX_OUTPUT_BYTES,
     CtpzFile,
     default_jobs,
+    encode_chunk,
     encode_ctpz,
     write_ctpz,
 )
@@ -269,6 +275,7 @@ def compress(
     input_format: str | None = None,
     dataset: str | None = None,
     overwrite: bool = False,
+    executor: Executor | None = None,
     **codec_options: Any,
 ) -> bytes | int:
     """Compress projections to a ``.ctpz`` file (or bytes).
@@ -310,6 +317,11 @@ def compress(
         Name of the projections array when ``data`` is an npz, HDF5 or zarr path.
     overwrite : bool
         Replace an existing ``output``.
+    executor : concurrent.futures.Executor, optional
+        Encode the chunks as tasks of this executor instead of ``jobs`` threads (a Dask
+        cluster's ``client.get_executor()``, a ``ProcessPoolExecutor``); the output bytes
+        are the same.  When ``data`` is a path each task reads its own chunk from it, so
+        the workers must see that path; an array or Scan is sent along with each task.
     **codec_options
         Codec-specific settings (e.g. ``level`` for zstd).
 
@@ -346,6 +358,9 @@ def compress(
         **codec_options,
     )
     kwargs: dict[str, Any] = dict(chunk_views=chunk_views, jobs=jobs, progress=progress)
+    if executor is not None:
+        source = ScanSource.of(inputs[0], input_format, dataset) if inputs else scan
+        kwargs["encode_chunks"] = functools.partial(_encode_on, executor, source)
     if output is None:
         return encode_ctpz(scan, codec_obj, **kwargs)
     with (
@@ -353,6 +368,54 @@ def compress(
         tmp.open("wb") as fh,
     ):
         return write_ctpz(fh, scan, codec_obj, **kwargs)
+
+
+@dataclass(frozen=True)
+class ScanSource:
+    """A scan file a worker process reads its chunks from (as :func:`read_scan` reads it)."""
+
+    path: str
+    input_format: str | None = None
+    dataset: str | None = None
+    #: (size, modification time in ns) of the path: a changed file is read again.
+    stamp: tuple[int, int] = (0, 0)
+
+    @classmethod
+    def of(cls, path: PathLike, input_format: str | None, dataset: str | None) -> ScanSource:
+        """The source of ``path`` as it is now."""
+        info = os.stat(path)
+        return cls(str(path), input_format, dataset, (info.st_size, info.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=4)
+def _open_source(source: ScanSource) -> Scan:
+    """The scan of ``source``, read once per process (lazily: memory-mapped or view by
+    view, so a chunk task reads its chunk)."""
+    return read_scan(source.path, source.input_format, source.dataset)
+
+
+@functools.lru_cache(maxsize=4)
+def _codec_of(config_json: str) -> Codec:
+    """The codec of a JSON config, built once per process (learned weights load once)."""
+    return get_codec(json.loads(config_json))
+
+
+def encode_source_chunk(
+    source: ScanSource | Scan, config_json: str, context: ChunkContext
+) -> tuple[bytes, bytes]:
+    """A chunk task: one chunk of ``source`` encoded by the codec of ``config_json``."""
+    scan = _open_source(source) if isinstance(source, ScanSource) else source
+    return encode_chunk(scan, _codec_of(config_json), context)
+
+
+def _encode_on(
+    executor: Executor, source: ScanSource | Scan, codec: Codec, contexts: list[ChunkContext]
+) -> Iterator[tuple[bytes, bytes]]:
+    """The :data:`~ctpress.container.writer.ChunkEncoder` running chunk tasks on
+    ``executor``."""
+    config_json = json.dumps(codec.get_config(), sort_keys=True)
+    task = functools.partial(encode_source_chunk, source, config_json)
+    return executor.map(task, contexts)
 
 
 def check_noise_options(

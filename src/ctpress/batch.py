@@ -19,10 +19,12 @@ import contextlib
 import csv
 import glob
 import hashlib
+import itertools
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,8 @@ from .io import results_directory
 #: The record of what each output was made from, in the output folder.
 MANIFEST = ".ctpress-batch.json"
 SUMMARY = "batch_summary.csv"
+#: Inputs larger than this are split into chunk tasks (:func:`_run`).
+SPLIT_BYTES = 1 << 30
 #: Seconds to wait for the Dask scheduler a batch is given.
 SCHEDULER_TIMEOUT_S = 20
 
@@ -53,6 +57,7 @@ class BatchRecord:
     max_abs_error: float = 0.0
     psnr_db: float = float("inf")
     seconds: float = 0.0
+    tasks: int = 0
     error: str = ""
 
 
@@ -77,13 +82,17 @@ def output_paths(inputs: list[Path], out_dir: Path) -> dict[Path, Path]:
 
 def input_fingerprint(path: Path) -> dict[str, Any]:
     """Size, modification time and SHA-256 of an input file (for a folder, such as a
-    DICOM series or a Zarr store: of its files' relative paths, sizes and times)."""
+    DICOM series or a Zarr store: its files' total size, and the SHA-256 of their relative
+    paths, sizes and times)."""
     stat = path.stat()
+    size = stat.st_size
     digest = hashlib.sha256()
     if path.is_dir():
+        size = 0
         for child in sorted(path.rglob("*")):
             if child.is_file():
                 info = child.stat()
+                size += info.st_size
                 digest.update(
                     f"{child.relative_to(path)}|{info.st_size}|{info.st_mtime_ns}\n".encode()
                 )
@@ -91,22 +100,28 @@ def input_fingerprint(path: Path) -> dict[str, Any]:
         with path.open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 22), b""):
                 digest.update(block)
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest.hexdigest()}
+    return {"size": size, "mtime_ns": stat.st_mtime_ns, "sha256": digest.hexdigest()}
 
 
 def _compress_one(
-    source: str, output: str, options: dict[str, Any], replace: bool
+    source: str,
+    output: str,
+    options: dict[str, Any],
+    replace: bool,
+    executor: Executor | None = None,
 ) -> dict[str, Any]:
-    """Task of one input (run in a worker process): compress, verify, measure."""
+    """Task of one input (run in a worker process): compress, verify, measure.  With an
+    ``executor``, the chunks are encoded as its tasks (see :func:`ctpress.compress`)."""
     from .api import compress
     from .container import CtpzFile
 
     t0 = time.perf_counter()
     try:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
-        written = compress(source, output, jobs=1, overwrite=replace, **options)
+        written = compress(source, output, jobs=1, overwrite=replace, executor=executor, **options)
         with CtpzFile(output, jobs=1) as f:
             f.verify()
+            tasks = len(f.chunks) if executor is not None else 1
             n_values = f.shape[0] * f.shape[1] * f.shape[2]
             raw = n_values * f.dtype.itemsize
             exact = f.rate_control.mode == "lossless" and f.stored_views().all()
@@ -122,6 +137,7 @@ def _compress_one(
         "ratio": raw / written,
         "bits_per_value": 8 * written / n_values,
         "seconds": time.perf_counter() - t0,
+        "tasks": tasks,
         **errors,
     }
 
@@ -242,7 +258,8 @@ def batch(
             manifest[key] = {"input": str(source), **fingerprints[source], "options": settings}
             _write_manifest(manifest_path, manifest)
 
-    _run(todo, targets, options, manifest, out, workers, scheduler, progress, finish)
+    split = {source for source in todo if fingerprints[source]["size"] > SPLIT_BYTES}
+    _run(todo, split, targets, options, manifest, out, workers, scheduler, progress, finish)
     ordered = [records[p] for p in paths]
     _write_summary(out / SUMMARY, ordered)
     return ordered
@@ -250,6 +267,7 @@ def batch(
 
 def _run(
     todo: list[Path],
+    split: set[Path],
     targets: dict[Path, Path],
     options: dict[str, Any],
     manifest: dict[str, Any],
@@ -262,7 +280,9 @@ def _run(
     """Run the compress tasks on a Dask cluster (the one at ``scheduler``, else a
     LocalCluster of ``workers`` processes with one thread each), handing each result to
     ``finish`` as it completes; a task that fails outside ctpress's own errors (a worker
-    killed, say) is recorded as that input's error."""
+    killed, say) is recorded as that input's error.  The inputs of ``split`` are compressed
+    here, one after the other, their chunks encoded as tasks of the same cluster (each
+    reads its own chunk), while the other inputs run as one task each."""
     if not todo:
         return
     from dask.distributed import Client
@@ -281,20 +301,32 @@ def _run(
                     f"cannot reach the Dask scheduler at {scheduler!r} ({exc}); check the "
                     "address (tcp://host:8786) and that the scheduler runs"
                 ) from None
-        futures = {}
-        for source in todo:
+
+        def task_args(source: Path) -> tuple[str, str, dict[str, Any], bool]:
             replace = str(targets[source].relative_to(out)) in manifest
-            future = client.submit(
-                _compress_one, str(source), str(targets[source]), options, replace, pure=False
-            )
-            futures[future] = source
-        for future in dask_completed(futures):
+            return str(source), str(targets[source]), options, replace
+
+        whole = {
+            client.submit(_compress_one, *task_args(source), pure=False): source
+            for source in todo
+            if source not in split
+        }
+        chunk_executor = client.get_executor(pure=False)
+        driver = stack.enter_context(ThreadPoolExecutor(max_workers=1))
+        in_chunks = {
+            driver.submit(_compress_one, *task_args(source), executor=chunk_executor): source
+            for source in todo
+            if source in split
+        }
+        done: Iterator[Any] = itertools.chain(dask_completed(whole), as_completed(in_chunks))
+        for future in done:
+            source = whole.get(future) or in_chunks[future]
             try:
                 result = future.result()
             except Exception as exc:  # the worker's failure, not ctpress's: recorded
                 message = " ".join(f"{type(exc).__name__}: {exc}".split())
-                result = {"status": "error", "error": f"{futures[future]}: {message}"}
-            finish(futures[future], result)
+                result = {"status": "error", "error": f"{source}: {message}"}
+            finish(source, result)
             bar.update(1)
     bar.close()
 

@@ -31,6 +31,7 @@ from .format import (
 )
 from .reader import CtpzFile
 from .writer import (
+    ChunkEncoder,
     budget_for_overhead,
     build_header,
     chunk_contexts,
@@ -38,6 +39,7 @@ from .writer import (
     container_overhead,
     default_chunk_views,
     encode_aux,
+    encode_chunk,
     encode_ctpz,
     write_ctpz,
 )
@@ -52,6 +54,7 @@ __all__ = [
     "FORMAT_VERSION",
     "HEADER_DICTIONARY",
     "MAGIC",
+    "ChunkEncoder",
     "ChunkEntry",
     "CtpzFile",
     "budget_for_overhead",
@@ -63,6 +66,7 @@ __all__ = [
     "default_chunk_views",
     "default_jobs",
     "encode_aux",
+    "encode_chunk",
     "encode_ctpz",
     "header_bytes",
     "index_bytes",

@@ -3,9 +3,11 @@ context, and the container's own bytes budgeted out of a whole-file bpp target."
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import struct
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO
 
@@ -111,6 +113,18 @@ def chunk_contexts(scan: Scan, chunk_views: int) -> list[ChunkContext]:
     ]
 
 
+#: How a file's chunks are encoded: given the codec and every chunk's context, the
+#: (payload, digest of what it decodes to) of each chunk, in order (see :func:`write_ctpz`).
+ChunkEncoder = Callable[[Codec, list[ChunkContext]], Iterable[tuple[bytes, bytes]]]
+
+
+def encode_chunk(scan: Scan, codec: Codec, context: ChunkContext) -> tuple[bytes, bytes]:
+    """The payload of one chunk of ``scan`` and the digest of what it decodes to."""
+    chunk = scan.projections[context.start : context.stop]
+    payload, decoded = codec.compress(chunk, context)
+    return payload, chunk_digest(decoded)
+
+
 def write_ctpz(
     out: BinaryIO,
     scan: Scan,
@@ -119,6 +133,7 @@ def write_ctpz(
     chunk_views: int | None = None,
     jobs: int | None = None,
     progress: bool = False,
+    encode_chunks: ChunkEncoder | None = None,
 ) -> int:
     """Encode ``scan`` with ``codec`` into the open binary stream ``out``.
 
@@ -129,7 +144,9 @@ def write_ctpz(
     :class:`~ctpress.codecs.context.ChunkContext` (``jobs`` threads, default every core;
     the bytes do not depend on ``jobs``) and written in order, each with the digest of
     what it decodes to (the input itself when lossless; else the encoder decodes its own
-    payload).  Returns the bytes written.
+    payload).  ``encode_chunks`` encodes them elsewhere instead (worker processes of a
+    cluster, say: :func:`ctpress.compress` with an ``executor``); the bytes are the same.
+    Returns the bytes written.
     """
     n_views = scan.shape[0]
     chunk_views = chunk_views_for(scan, codec, chunk_views)
@@ -148,14 +165,13 @@ def write_ctpz(
     chunks: list[ChunkEntry] = []
     aux: dict[str, tuple[int, int]] = {}
 
-    def encode(context: ChunkContext) -> tuple[bytes, bytes]:
-        chunk = scan.projections[context.start : context.stop]
-        payload, decoded = stream_codec.compress(chunk, context)
-        return payload, chunk_digest(decoded)
-
     try:
         with ThreadPoolExecutor(max_workers=jobs) as pool:
-            encoded = pool.map(encode, contexts) if jobs > 1 else map(encode, contexts)
+            if encode_chunks is not None:
+                encoded = iter(encode_chunks(stream_codec, contexts))
+            else:
+                encode = functools.partial(encode_chunk, scan, stream_codec)
+                encoded = pool.map(encode, contexts) if jobs > 1 else map(encode, contexts)
             with progress_bar(n_views, codec.codec_id, "view", progress) as bar:
                 for context, (payload, digest) in zip(contexts, encoded, strict=True):
                     start, stop = context.start, min(context.start + chunk_views, n_views)

@@ -134,7 +134,7 @@ def test_convert_writes_a_store_read_scan_reads_back(tmp_path: Path, capsys) -> 
     assert [c.to_dict()["name"] for c in array.metadata.codecs] == ["ctpress.sz3"]
     assert main(args) == 2  # exists, no --force
     assert "exists" in capsys.readouterr().err
-    assert main(["convert", str(source), str(tmp_path / "x.h5")]) == 2
+    assert main(["convert", str(source), str(tmp_path / "x.ctpz")]) == 2
     err = capsys.readouterr().err
     assert "convert writes Zarr v3 stores" in err and err.count("\n") == 1
     ctpress.convert(x, tmp_path / "lossless.zarr", codec="jpegls")

@@ -295,12 +295,13 @@ def test_a_lazily_read_series_cut_short_after_reading_is_a_format_error(
         ctpress.compress(scan, codec="zstd", lossless=True)
 
 
-@pytest.mark.parametrize("name", ["scan.zarr", "scan.h5", "series", "scan.tif"])
+@pytest.mark.parametrize("name", ["scan.zarr", "scan.h5", "series", "scan.tif", "scan.npz"])
 def test_a_large_scan_decompresses_to_a_block_wise_writer_chunk_by_chunk(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:
-    """Decompressing to Zarr, HDF5, DICOM-CT-PD or TIFF decodes a few chunks per read (never the
-    whole scan) when the scan is large (threshold 0 here), and writes exact values."""
+    """Decompressing to Zarr, HDF5, DICOM-CT-PD, TIFF or .npz decodes a few chunks per read
+    (never the whole scan) when the scan is large (threshold 0 here), and writes exact
+    values."""
     from ctpress.container import CtpzFile
     from ctpress.io import _lazy, _zarr
 

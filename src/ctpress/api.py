@@ -483,7 +483,7 @@ def decompress(
 
 
 #: Output formats whose writers take a scan a block of views at a time.
-STREAMING_WRITERS = ("zarr", "hdf5", "dicom-ctpd", "tiff")
+STREAMING_WRITERS = ("zarr", "hdf5", "dicom-ctpd", "tiff", "npz")
 
 
 def _decompress_to_npy(

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FormatError, InputError
-from ..scan import Scan
+from ..scan import Scan, view_blocks
 from . import _header
 
 _UNREADABLE = (ValueError, OSError, EOFError, zipfile.BadZipFile)
@@ -64,12 +64,26 @@ def read_npz(path: Path, dataset: str | None) -> Scan:
 
 
 def write_npz(scan: Scan, path: Path, dataset: str | None) -> None:
-    """Write projections (entry ``dataset`` or ``projections``), header and aux arrays."""
+    """Write projections (entry ``dataset`` or ``projections``), header and aux arrays, as
+    :func:`numpy.savez` lays them out (uncompressed zip entries ``NAME.npy``); the
+    projections go a block of views at a time (a lazily read scan is never held whole)."""
     name = dataset or "projections"
     if name == _header.KEY or name.startswith("aux_"):
         raise InputError(f"dataset name {name!r} is reserved; choose another")
     arrays = {f"aux_{key}": arr for key, arr in scan.aux.items()}
     arrays[_header.KEY] = np.array(_header.encode(scan))
-    arrays[name] = scan.user_array()
-    with open(path, "wb") as fh:
-        np.savez(fh, allow_pickle=False, **arrays)
+    n_views, _, cols = scan.shape
+    two_d = scan.original_ndim == 2
+    header = {
+        "descr": np.lib.format.dtype_to_descr(scan.dtype),
+        "fortran_order": False,
+        "shape": (n_views, cols) if two_d else scan.shape,
+    }
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for key, array in arrays.items():
+            with archive.open(f"{key}.npy", "w", force_zip64=True) as entry:
+                np.lib.format.write_array(entry, np.asanyarray(array), allow_pickle=False)
+        with archive.open(f"{name}.npy", "w", force_zip64=True) as entry:
+            np.lib.format.write_array_header_1_0(entry, header)
+            for _, views in view_blocks(scan.projections):
+                entry.write(np.ascontiguousarray(views[:, 0, :] if two_d else views).data)

@@ -114,6 +114,7 @@ def test_a_large_scan_is_split_into_chunk_tasks_with_the_same_bytes(
     """Above SPLIT_BYTES a scan's chunks are tasks of the cluster; the file is the one
     ctpress.compress writes alone."""
     monkeypatch.setattr(importlib.import_module("ctpress.batch"), "SPLIT_BYTES", 7000)
+    monkeypatch.setattr(importlib.import_module("ctpress.api"), "TASK_BYTES", 4096)
     good = _inputs(tmp_path / "in")  # 12 x 8 x 32 uint16: 6 KiB each, plus the npy header
     big = tmp_path / "in" / "big.npy"
     np.save(big, np.clip(smooth_stack((40, 8, 32), seed=9), 0, 65535).astype(np.uint16))
@@ -121,7 +122,8 @@ def test_a_large_scan_is_split_into_chunk_tasks_with_the_same_bytes(
         [*good, big], tmp_path / "out", workers=2, codec="jpegls", lossless=True, chunk_views=4
     )
     by_input = {Path(r.input).name: r for r in records}
-    assert by_input["big.npy"].status == "done" and by_input["big.npy"].tasks == 10
+    # ten chunks of 4 x 8 x 32 uint16 (2 KiB), two per task
+    assert by_input["big.npy"].status == "done" and by_input["big.npy"].tasks == 5
     assert {r.tasks for r in records if r.input != str(big)} == {1}
     alone = ctpress.compress(big, codec="jpegls", lossless=True, chunk_views=4, jobs=1)
     assert Path(by_input["big.npy"].output).read_bytes() == alone

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -360,7 +361,8 @@ def compress(
     kwargs: dict[str, Any] = dict(chunk_views=chunk_views, jobs=jobs, progress=progress)
     if executor is not None:
         source = ScanSource.of(inputs[0], input_format, dataset) if inputs else scan
-        kwargs["encode_chunks"] = functools.partial(_encode_on, executor, source)
+        view_bytes = scan.dtype.itemsize * scan.shape[1] * scan.shape[2]
+        kwargs["encode_chunks"] = functools.partial(_encode_on, executor, source, view_bytes)
     if output is None:
         return encode_ctpz(scan, codec_obj, **kwargs)
     with (
@@ -368,6 +370,10 @@ def compress(
         tmp.open("wb") as fh,
     ):
         return write_ctpz(fh, scan, codec_obj, **kwargs)
+
+
+#: Input bytes per task of ``compress(executor=...)`` (whole chunks, at least one).
+TASK_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -400,22 +406,44 @@ def _codec_of(config_json: str) -> Codec:
     return get_codec(json.loads(config_json))
 
 
-def encode_source_chunk(
-    source: ScanSource | Scan, config_json: str, context: ChunkContext
-) -> tuple[bytes, bytes]:
-    """A chunk task: one chunk of ``source`` encoded by the codec of ``config_json``."""
+def task_sizes(chunk_views: Sequence[int], view_bytes: int) -> list[int]:
+    """How many consecutive chunks (of ``chunk_views[i]`` views of ``view_bytes``) each
+    task of ``compress(executor=...)`` encodes: whole chunks, about :data:`TASK_BYTES`."""
+    sizes: list[int] = []
+    views = 0
+    for n_views in chunk_views:
+        if not sizes or views * view_bytes >= TASK_BYTES:
+            sizes.append(0)
+            views = 0
+        sizes[-1] += 1
+        views += n_views
+    return sizes
+
+
+def encode_source_chunks(
+    source: ScanSource | Scan, config_json: str, contexts: list[ChunkContext]
+) -> list[tuple[bytes, bytes]]:
+    """A chunk task: chunks of ``source`` encoded by the codec of ``config_json``."""
     scan = _open_source(source) if isinstance(source, ScanSource) else source
-    return encode_chunk(scan, _codec_of(config_json), context)
+    codec = _codec_of(config_json)
+    return [encode_chunk(scan, codec, context) for context in contexts]
 
 
 def _encode_on(
-    executor: Executor, source: ScanSource | Scan, codec: Codec, contexts: list[ChunkContext]
+    executor: Executor,
+    source: ScanSource | Scan,
+    view_bytes: int,
+    codec: Codec,
+    contexts: list[ChunkContext],
 ) -> Iterator[tuple[bytes, bytes]]:
-    """The :data:`~ctpress.container.writer.ChunkEncoder` running chunk tasks on
-    ``executor``."""
+    """The :data:`~ctpress.container.writer.ChunkEncoder` running tasks of whole chunks,
+    about :data:`TASK_BYTES` of input each, on ``executor``."""
     config_json = json.dumps(codec.get_config(), sort_keys=True)
-    task = functools.partial(encode_source_chunk, source, config_json)
-    return executor.map(task, contexts)
+    sizes = task_sizes([c.n_views or 1 for c in contexts], view_bytes)
+    starts = itertools.accumulate(sizes, initial=0)
+    groups = [contexts[start : start + size] for start, size in zip(starts, sizes, strict=False)]
+    task = functools.partial(encode_source_chunks, source, config_json)
+    return itertools.chain.from_iterable(executor.map(task, groups))
 
 
 def check_noise_options(

@@ -25,7 +25,7 @@ _BPP_LEVELS = (1e-4, 64.0)
 #: SPERR's ``psnr`` mode lands up to ~0.3 dB below the level asked at high quality (and
 #: above it, by up to several dB, at low quality): asking this much more meets most
 #: targets in one encode (Savu projections and neutron sinogram, 45-70 dB).
-_PSNR_BIAS_DB = 0.3
+PSNR_BIAS_DB = 0.3
 #: SPERR's PSNR levels searched (dB, relative to the coded array's own range).
 _PSNR_LEVELS = (1.0, 400.0)
 
@@ -58,7 +58,7 @@ class Sperr(ErrorBoundedCodec):
         span = float(work.max()) - float(work.min())
         if span <= 0 or target_mse <= 0:
             return None
-        level = 10 * math.log10(span**2 / target_mse) + _PSNR_BIAS_DB
+        level = 10 * math.log10(span**2 / target_mse) + PSNR_BIAS_DB
         knob = Knob(*_PSNR_LEVELS, rate_increases=True, log=False)
         return RateModel(knob, min(max(level, _PSNR_LEVELS[0]), _PSNR_LEVELS[1]), _psnr, MSE_PER_DB)
 

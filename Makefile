@@ -6,7 +6,7 @@ PYTHON  ?= python3
 OUT     ?= results/demo
 
 .PHONY: venv demo test lint bench bench-platform bench-streaming bench-batch bench-predictive \
-	bench-sparse hardening fuzz clean
+	bench-sparse study-view-prediction hardening fuzz clean
 
 $(STAMP): pyproject.toml requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,7 +39,7 @@ bench-platform: $(STAMP)
 bench-streaming: $(STAMP)
 	$(PY) benchmarks/bench_streaming.py --out results/benchmarks --gigabytes 8
 
-# 8 scans compressed with 1 and with 2 worker processes.
+# 8 scans compressed with 1 and with 2 Dask workers, and one scan split into chunk tasks.
 bench-batch: $(STAMP)
 	$(PY) benchmarks/bench_batch.py --out results/benchmarks
 
@@ -52,6 +52,11 @@ bench-predictive: $(STAMP)
 # keep every view, in the reconstruction domain, on held-out scans (~30 min).
 bench-sparse: $(STAMP)
 	$(PY) benchmarks/bench_sparse.py --out results/benchmarks
+
+# Issue 15: what inter-view prediction (zero motion, global/block motion, two references,
+# B views) saves over coding views alone, with an idealised wavelet coder, against SPERR.
+study-view-prediction: $(STAMP)
+	$(PY) benchmarks/study_view_prediction.py --out results/benchmarks
 
 # Corruption matrix and crash tests at full size (every bit of every chunk, many kills).
 hardening: $(STAMP)

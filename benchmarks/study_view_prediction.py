@@ -21,8 +21,13 @@ Predictors (closed loop, GOPs of ``--gop`` views, the first intra):
   rows), searched in +-``--search`` pixels: depth-dependent motion, coarsely;
 - ``two-ref``: the mean of the two previous decoded views (noise averaged, half a view
   of lag);
+- ``block-two-ref``: the mean of the block-motion predictions from the two previous
+  decoded views (motion compensated and noise averaged);
 - ``bidir``: hierarchical B views: even views predicted from the even view before
-  (zero motion), odd views from the mean of their decoded neighbours.
+  (zero motion), odd views from the mean of their decoded neighbours;
+- ``wavelet-3d``: no prediction: 3 levels of 9/7 along the views of each GOP, then the 2-D
+  transform, the same quantiser and entropy (what a learned entropy model over a 3-D
+  wavelet, the hyperprior's recipe in three dimensions, could reach).
 
 Usage::
 
@@ -37,7 +42,6 @@ import argparse
 import json
 import math
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,15 +52,24 @@ import ctpress
 from ctpress.bdrate import bd_rate
 from ctpress.bench import run_info
 from ctpress.learned.data import DataFiles, default_data_dir, load_volume
-from ctpress.learned.layers import wavelet_channels, wavelet_image, wavelet_norms, wavelet_subbands
+from ctpress.learned.layers import (
+    _dwt_axis,
+    _idwt_axis,
+    wavelet_channels,
+    wavelet_image,
+    wavelet_norms,
+    wavelet_subbands,
+)
 from ctpress.scan import Scan
 from ctpress.sim.simulate import default_scan, simulate_scan
 
 LEVELS = 3
-PREDICTORS = ("intra", "zero", "global", "block", "two-ref", "bidir")
+PREDICTORS = ("intra", "zero", "global", "block", "two-ref", "block-two-ref", "bidir")
 #: Quantisation steps, in units of the scan's value range.
 STEPS = (2e-4, 5e-4, 1.2e-3, 3e-3, 8e-3)
 QUARTER = 4  # motion precision: 1/QUARTER pixel
+#: No prediction: a 3-D wavelet over each GOP (views x rows x cols), the same entropy.
+WAVELET_3D = "wavelet-3d"
 
 
 def entropy_bits(symbols: np.ndarray) -> float:
@@ -114,7 +127,9 @@ def block_prediction(
     candidates = {s: shifted(reference, s) for s in range(-search * QUARTER, search * QUARTER + 1)}
     for first in range(0, target.shape[-1], block):
         cut = slice(first, first + block)
-        errors = {s: float(np.sum((target[:, cut] - c[:, cut]) ** 2)) for s, c in candidates.items()}
+        errors = {
+            s: float(np.sum((target[:, cut] - c[:, cut]) ** 2)) for s, c in candidates.items()
+        }
         s = min(errors, key=errors.__getitem__)
         prediction[:, cut] = candidates[s][:, cut]
         moves.append(s)
@@ -147,6 +162,13 @@ def code_scan(
         elif predictor == "block":
             prediction, block_moves = block_prediction(views[t], decoded[t - 1], block, search)
             moves += block_moves
+        elif predictor == "block-two-ref" and t % gop >= 2:
+            near, near_moves = block_prediction(views[t], decoded[t - 1], block, search)
+            far, far_moves = block_prediction(views[t], decoded[t - 2], block, 2 * search)
+            prediction, moves = (near + far) / 2, [*moves, *near_moves, *far_moves]
+        elif predictor == "block-two-ref":
+            prediction, block_moves = block_prediction(views[t], decoded[t - 1], block, search)
+            moves += block_moves
         elif predictor == "two-ref":
             prediction = decoded[t - 1] if t % gop == 1 else (decoded[t - 1] + decoded[t - 2]) / 2
         elif predictor == "bidir":
@@ -163,6 +185,66 @@ def code_scan(
         decoded[t] = prediction + residual
     if moves:
         bits += entropy_bits(np.asarray(moves))
+    return bits, decoded
+
+
+def _temporal_analysis(block: torch.Tensor, levels: int) -> list[torch.Tensor]:
+    """``levels`` 9/7 steps along the last axis of (rows, cols, T): the bands, coarsest
+    low-pass first, then the high-pass bands from coarse to fine."""
+    highs = []
+    low = block
+    for _ in range(levels):
+        low, high = _dwt_axis(low, -1)
+        highs.append(high)
+    return [low, *reversed(highs)]
+
+
+def _temporal_synthesis(bands: list[torch.Tensor]) -> torch.Tensor:
+    low = bands[0]
+    for high in bands[1:]:
+        low = _idwt_axis(low, high, -1)
+    return low
+
+
+def _temporal_norms(length: int, levels: int) -> list[float]:
+    """Synthesis L2 norm of a unit coefficient in each temporal band (its middle)."""
+    shapes = [b.shape[-1] for b in _temporal_analysis(torch.zeros(1, 1, length), levels)]
+    norms = []
+    for k, n in enumerate(shapes):
+        bands = [torch.zeros(1, 1, m, dtype=torch.float64) for m in shapes]
+        bands[k][..., n // 2] = 1.0
+        norms.append(float(_temporal_synthesis(bands).norm()))
+    return norms
+
+
+def code_3d(views: np.ndarray, step: float, gop: int) -> tuple[float, np.ndarray]:
+    """The idealised coder in three dimensions: per GOP of ``gop`` views (the last one
+    padded by repeating its last view, the padding's bits counted), 3 levels of 9/7 along
+    the views, then each temporal band's views through :class:`WaveletCoder`'s 2-D
+    transform; zero-order entropy per (temporal band, spatial subband) and GOP."""
+    n, rows, cols = views.shape
+    t_levels = 3
+    t_norms = _temporal_norms(gop, t_levels)
+    coder = WaveletCoder(rows, cols, step)
+    h, w = coder.padded
+    decoded = np.empty_like(views)
+    bits = 0.0
+    for first in range(0, n, gop):
+        block = views[first : first + gop]
+        block = np.concatenate([block, np.repeat(block[-1:], gop - len(block), axis=0)])
+        x = np.pad(block, ((0, 0), (0, h - rows), (0, w - cols)), mode="symmetric")
+        bands = _temporal_analysis(torch.from_numpy(x).permute(1, 2, 0), t_levels)
+        coded = []
+        for band, t_norm in zip(bands, t_norms, strict=True):
+            frames = band.permute(2, 0, 1)[:, None]  # (T', 1, h, w)
+            y = wavelet_channels(frames, LEVELS).numpy()
+            norms = coder.norms[None] * t_norm
+            q = np.rint(y * norms / step)
+            bits += sum(entropy_bits(q[:, a:b]) for a, b in coder.bands)
+            image = wavelet_image(torch.from_numpy(q * step / norms), LEVELS)
+            coded.append(image[:, 0].permute(1, 2, 0))
+        out = _temporal_synthesis(coded).permute(2, 0, 1).numpy()
+        decoded[first : first + gop] = out[: len(views[first : first + gop]), :rows, :cols]
     return bits, decoded
 
 
@@ -216,16 +298,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         value_range = float(views.max() - views.min())
         curves: dict[str, list[tuple[float, float]]] = {}
         seconds: dict[str, float] = {}
-        for predictor in PREDICTORS:
+        for predictor in (*PREDICTORS, WAVELET_3D):
             t0 = time.perf_counter()
             curves[predictor] = []
             for step in STEPS[1:-1] if args.quick else STEPS:
-                bits, decoded = code_scan(
-                    views, predictor, step * value_range, args.gop, args.block, args.search
-                )
+                if predictor == WAVELET_3D:
+                    bits, decoded = code_3d(views, step * value_range, args.gop)
+                else:
+                    bits, decoded = code_scan(
+                        views, predictor, step * value_range, args.gop, args.block, args.search
+                    )
                 curves[predictor].append((bits / views.size, psnr_db(views, decoded, value_range)))
             seconds[predictor] = time.perf_counter() - t0
-            print(name, predictor, [f"{b:.3f}b {p:.1f}dB" for b, p in curves[predictor]], flush=True)
+            print(
+                name, predictor, [f"{b:.3f}b {p:.1f}dB" for b, p in curves[predictor]], flush=True
+            )
         span = [b for curve in curves.values() for b, _ in curve]
         targets = list(np.geomspace(max(min(span), 0.02), max(span), 5))
         for codec in ("sperr", "jpeg2000"):
@@ -233,7 +320,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(name, codec, [f"{b:.3f}b {p:.1f}dB" for b, p in curves[codec]], flush=True)
         bd = {key: _bd(curves["intra"], curve) for key, curve in curves.items() if key != "intra"}
         bd_vs_zero = {p: _bd(curves["zero"], curves[p]) for p in ("global", "block")}
-        bd_vs_sperr = {p: _bd(curves["sperr"], curves[p]) for p in PREDICTORS}
+        bd_vs_sperr = {p: _bd(curves["sperr"], curves[p]) for p in (*PREDICTORS, WAVELET_3D)}
         results[name] = {
             "shape": list(scan.shape),
             "curves_bits_per_value_psnr_db": curves,
@@ -249,8 +336,9 @@ def _bd(anchor: list[tuple[float, float]], test: list[tuple[float, float]]) -> f
     finite = [[(b, p) for b, p in c if math.isfinite(p)] for c in (anchor, test)]
     if min(len(c) for c in finite) < 2:
         return None
+    (anchor_rate, anchor_psnr), (test_rate, test_psnr) = (zip(*c, strict=True) for c in finite)
     try:
-        return bd_rate(*zip(*finite[0], strict=True), *zip(*finite[1], strict=True))
+        return bd_rate(anchor_rate, anchor_psnr, test_rate, test_psnr)
     except (ValueError, ctpress.CtpressError):
         return None
 
@@ -266,17 +354,18 @@ def markdown(results: dict[str, Any], args: argparse.Namespace) -> str:
         f"1/{QUARTER} px. BD-rate (negative: fewer bits at equal PSNR; PSNR against each "
         "scan's value range).",
         "",
-        "| scan | " + " | ".join(PREDICTORS[1:]) + " | SPERR | JPEG 2000 |",
-        "|---|" + "---:|" * (len(PREDICTORS) + 1),
+        "| scan | " + " | ".join(PREDICTORS[1:]) + f" | {WAVELET_3D} | SPERR | JPEG 2000 |",
+        "|---|" + "---:|" * (len(PREDICTORS) + 2),
     ]
     for name, r in results.items():
         bd = r["bd_rate_vs_intra_percent"]
-        keys = [*PREDICTORS[1:], "sperr", "jpeg2000"]
+        keys = [*PREDICTORS[1:], WAVELET_3D, "sperr", "jpeg2000"]
         lines.append(f"| {name} vs intra | " + " | ".join(cell(bd.get(k)) for k in keys) + " |")
-    lines += ["", "| scan | " + " | ".join(PREDICTORS) + " |", "|---|" + "---:|" * len(PREDICTORS)]
+    keys = [*PREDICTORS, WAVELET_3D]
+    lines += ["", "| scan | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
     for name, r in results.items():
         bd = r["bd_rate_vs_sperr_percent"]
-        lines.append(f"| {name} vs SPERR | " + " | ".join(cell(bd[k]) for k in PREDICTORS) + " |")
+        lines.append(f"| {name} vs SPERR | " + " | ".join(cell(bd[k]) for k in keys) + " |")
     lines += ["", "| scan | global vs zero | block vs zero |", "|---|---:|---:|"]
     for name, r in results.items():
         bd = r["bd_rate_vs_zero_motion_percent"]

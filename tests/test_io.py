@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 import h5py
 import numpy as np
@@ -265,11 +265,11 @@ def test_dataset_rejected_for_npy(tmp_path: Path) -> None:
 
 
 def test_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def half_savez(fh: BinaryIO, **arrays: np.ndarray) -> None:
-        fh.write(b"partial")
+    def half_written(projections: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        yield 0, np.asarray(projections[:1])  # the first views, then the disk fills
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(_npy.np, "savez", half_savez)
+    monkeypatch.setattr(_npy, "view_blocks", half_written)
     with pytest.raises(RuntimeError, match="disk full"):
         write_scan(cone_scan(), tmp_path / "scan.npz")
     assert list(tmp_path.iterdir()) == []

@@ -179,7 +179,7 @@ def _residual_bits_model(r: np.ndarray) -> Callable[[float], float]:
         one_a = -np.expm1(-t)
         with np.errstate(divide="ignore", invalid="ignore"):
             h0 = -p0 * np.log2(p0)
-            rest = -sa * (np.log2(sa) + np.log2(one_a) - 1) + t * np.log2(np.e) * sa**3 / one_a
+            rest = -sa * (np.log2(sa) + np.log2(one_a) - 1) + t * math.log2(math.e) * sa**3 / one_a
         entropy = h0 + np.where(sa > 0, np.nan_to_num(rest), 0.0)
         return float(np.sum(weight * entropy))
 

@@ -35,7 +35,7 @@ DATA = Path(__file__).parent / "data"
 CODECS = [cls.codec_id for cls in list_codecs()]
 #: Codecs whose decoders work in float64 on the CPU (learned models, SIREN, the residual
 #: layer): about 80 bytes per value.
-FLOAT64_DECODERS = {"hyperprior", "vqvae", "siren"}
+FLOAT64_DECODERS = {"hyperprior", "vqvae", "siren", "dvc"}
 #: Stated bounds of a decode's traced peak (NumPy and Python allocations in this process;
 #: the worker process of the isolated decoders is bounded by RLIMIT_DATA instead), in
 #: multiples of the declared bytes: values x the larger item size of the chunk's dtype

@@ -522,7 +522,20 @@ class _Prepared:
     analysis: Any
 
 
-class ZooSession(ReconstructionSession[ZooOp]):
+class ModelSession(ReconstructionSession[ZooOp]):
+    """Encoder state of one chunk coded by a zoo model at operating points (rate point,
+    gain): what :class:`LearnedCodec`'s searches need besides the base's."""
+
+    @abstractmethod
+    def gain_range(self, rate_point: int) -> tuple[float, float]:
+        """The quantisation gains of ``rate_point``'s model."""
+
+    @abstractmethod
+    def latent_bits(self, op: ZooOp) -> float:
+        """Bits/value of the stream without residual."""
+
+
+class ZooSession(ModelSession):
     """Encoder state of one chunk for a zoo model: operating points (rate point, gain)."""
 
     def __init__(self, method: str, x: np.ndarray, loader: ModelLoader = _load_model) -> None:
@@ -555,7 +568,7 @@ class ZooSession(ReconstructionSession[ZooOp]):
         return self._latents[op]
 
     def latent_bits(self, op: ZooOp) -> float:
-        """Bits/value of the stream without residual (no synthesis needed)."""
+        """Bits/value of the stream without residual (no synthesis needed here)."""
         return 8.0 * (_SIDE.size + len(self.latents(op).payload)) / self.values.size
 
     def _recon(self, op: ZooOp) -> tuple[np.ndarray, int]:
@@ -656,7 +669,7 @@ class LearnedCodec(ReconstructionCodec[ZooOp]):
     def _decode_stream(self, stream: bytes, shape: tuple[int, ...], work_dtype: str) -> np.ndarray:
         return decode_learned(self.method, stream, shape, work_dtype)
 
-    def _session(self, x: np.ndarray) -> ZooSession:
+    def _session(self, x: np.ndarray) -> ModelSession:
         return ZooSession(self.method, x)
 
     def _residual_points(self, s: ReconstructionSession[ZooOp]) -> list[ZooOp]:
@@ -665,7 +678,7 @@ class LearnedCodec(ReconstructionCodec[ZooOp]):
     def _search_bpp(
         self, s: ReconstructionSession[ZooOp], target: float
     ) -> tuple[ZooOp, float | None]:
-        assert isinstance(s, ZooSession)
+        assert isinstance(s, ModelSession)
         points = self._points()
 
         def solve_gain(rp: int) -> tuple[float, float] | None:
@@ -711,7 +724,7 @@ class LearnedCodec(ReconstructionCodec[ZooOp]):
     def _search_psnr(
         self, s: ReconstructionSession[ZooOp], mse_target: float
     ) -> tuple[ZooOp, float | None]:
-        assert isinstance(s, ZooSession)
+        assert isinstance(s, ModelSession)
         points = self._points()
 
         @functools.cache

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 BUILTIN_CODECS: dict[str, str] = {
     "blosc2": "ctpress.codecs.blosc",
     "convlstm": "ctpress.codecs.convlstm",
+    "dvc": "ctpress.codecs.dvc",
     "htj2k": "ctpress.codecs.jpeg2000",
     "hyperprior": "ctpress.codecs.hyperprior",
     "jpeg2000": "ctpress.codecs.jpeg2000",

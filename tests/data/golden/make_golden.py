@@ -86,6 +86,9 @@ CASES += [
     ("convlstm_max_error", "u16", "convlstm", {"max_error": 3}, {}),
     ("convlstm_bpp", "u16", "convlstm", {"bpp": 6}, {}),
     ("sparse-unet_lossless", "u16", "sparse-unet", {"lossless": True}, {"keep_every": 2}),
+    ("dvc_bpp", "u16", "dvc", {"bpp": 2}, {}),
+    ("dvc_max_error", "u16", "dvc", {"max_error": 4}, {}),
+    ("dvc_zero_motion_psnr", "u16", "dvc", {"psnr": 45}, {"motion": "zero"}),
     (
         "sparse-unet_linear_max_error",
         "u16",

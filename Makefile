@@ -6,7 +6,7 @@ PYTHON  ?= python3
 OUT     ?= results/demo
 
 .PHONY: venv demo test lint bench bench-platform bench-streaming bench-batch bench-predictive \
-	bench-sparse study-view-prediction hardening fuzz clean
+	bench-sparse bench-dvc study-view-prediction hardening fuzz clean
 
 $(STAMP): pyproject.toml requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,11 @@ bench-predictive: $(STAMP)
 # keep every view, in the reconstruction domain, on held-out scans (~30 min).
 bench-sparse: $(STAMP)
 	$(PY) benchmarks/bench_sparse.py --out results/benchmarks
+
+# Issue 15: dvc against hyperprior, JPEG 2000, HTJ2K, SPERR, SZ3 and ZFP (BD-rates, the
+# zero-motion ablation, speed) on the default scan and held-out cone scans (~15 min).
+bench-dvc: $(STAMP)
+	$(PY) benchmarks/bench_dvc.py --out results/benchmarks
 
 # Issue 15: what inter-view prediction (zero motion, global/block motion, two references,
 # B views) saves over coding views alone, with an idealised wavelet coder, against SPERR.

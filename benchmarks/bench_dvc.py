@@ -1,0 +1,188 @@
+"""Issue 15: ``dvc`` (video coding of the views) against per-projection and 3-D codecs.
+
+Rate-distortion curves in the projection domain (bytes on disk through
+``ctpress.compress``, PSNR against each scan's value range) at bpp targets, on the default
+scan, on held-out volumes simulated in cone beam (16 x 368 detector, two doses) and on the
+real Savu projections, where ``../shared/data`` holds them (single-row sinograms are one
+image to dvc, coded as an I-frame: not run); BD-rate of every codec against ``dvc`` and of ``dvc``
+against ``hyperprior``, the zero-motion ablation, and encode / decode MB/s on 2 cores.
+x265 is not run (Debian's ffmpeg is not installed here).
+
+Usage::
+
+    python benchmarks/bench_dvc.py --out results/benchmarks [--quick]
+
+writes ``bench_dvc.json`` and ``bench_dvc.md`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import ctpress
+from ctpress.bdrate import bd_rate
+from ctpress.bench import run_info
+from ctpress.learned.data import DataFiles, default_data_dir, load_volume
+from ctpress.scan import Scan
+from ctpress.sim.simulate import default_scan, simulate_scan
+
+BPP_TARGETS = (0.5, 1.0, 2.0, 4.0)
+#: (label, codec, settings)
+CODECS = (
+    ("dvc", "dvc", {}),
+    ("dvc zero motion", "dvc", {"motion": "zero"}),
+    ("hyperprior", "hyperprior", {}),
+    ("jpeg2000", "jpeg2000", {}),
+    ("htj2k", "htj2k", {}),
+    ("sperr", "sperr", {}),
+    ("sz3", "sz3", {}),
+    ("zfp", "zfp", {}),
+)
+
+
+def scans(quick: bool) -> dict[str, Scan]:
+    """The default scan, and held-out volumes in cone beam at two doses."""
+    found = {"default (360 x 16 x 192)": default_scan()}
+    data = default_data_dir()
+    if data is None or quick:
+        return found
+    _, held = DataFiles.find([data]).split()
+    for path in sorted(held.volumes)[:1]:
+        hu, voxel = load_volume(path)
+        name = path.stem.split("_")[0] + "_" + path.stem.split("_")[1]
+        for i0 in (1e5, 2.5e4):
+            found[f"{name} cone i0={i0:g} (240 x 16 x 368)"] = simulate_scan(
+                hu, geometry_kind="cone", n_views=240, det_rows=16, det_cols=368,
+                voxel_size_mm=voxel, i0=i0, seed=7, detector_shape="cylindrical",
+            )  # fmt: skip
+    for path in held.projections:  # real raw projections (multi-row: Savu)
+        if path.name.startswith("savu") and "raw" in path.name:
+            views = np.load(path)
+            found[f"savu i12 real ({' x '.join(map(str, views.shape))})"] = Scan(views)
+    return found
+
+
+def point(scan: Scan, codec: str, settings: dict[str, Any], bpp: float) -> dict[str, Any]:
+    """One coding at a bpp target: bits/value, PSNR, MB/s (or the error)."""
+    views = scan.array()
+    reference = views.astype(np.float64)
+    value_range = float(reference.max() - reference.min())
+    try:
+        t0 = time.perf_counter()
+        data = ctpress.compress(scan, codec=codec, bpp=bpp, jobs=2, **settings)
+        t1 = time.perf_counter()
+        decoded = ctpress.decompress(data).array().astype(np.float64)
+        t2 = time.perf_counter()
+    except ctpress.CtpressError as exc:
+        return {"target": bpp, "error": str(exc)}
+    mse = float(np.mean((decoded - reference) ** 2))
+    return {
+        "target": bpp,
+        "bits_per_value": 8 * len(data) / views.size,
+        "psnr_db": math.inf if mse == 0 else 10 * math.log10(value_range**2 / mse),
+        "encode_mb_s": views.nbytes / 1e6 / (t1 - t0),
+        "decode_mb_s": views.nbytes / 1e6 / (t2 - t1),
+    }
+
+
+def bd(anchor: list[dict[str, Any]], test: list[dict[str, Any]]) -> float | None:
+    """BD-rate (percent) of ``test`` against ``anchor``; None without overlap."""
+    curves = [
+        [p for p in c if "error" not in p and math.isfinite(p["psnr_db"])] for c in (anchor, test)
+    ]
+    if min(len(c) for c in curves) < 2:
+        return None
+    try:
+        return bd_rate(
+            [p["bits_per_value"] for p in curves[0]], [p["psnr_db"] for p in curves[0]],
+            [p["bits_per_value"] for p in curves[1]], [p["psnr_db"] for p in curves[1]],
+        )  # fmt: skip
+    except (ValueError, ctpress.CtpressError):
+        return None
+
+
+def run(quick: bool) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    targets = BPP_TARGETS[:3] if quick else BPP_TARGETS
+    for name, scan in scans(quick).items():
+        curves = {}
+        for label, codec, settings in CODECS:
+            curves[label] = [point(scan, codec, settings, bpp) for bpp in targets]
+            shown = [
+                f"{p['bits_per_value']:.2f}b {p['psnr_db']:.1f}dB" if "error" not in p else "n/a"
+                for p in curves[label]
+            ]
+            print(name, label, shown, flush=True)
+        results[name] = {
+            "curves": curves,
+            "bd_rate_vs_dvc_percent": {
+                label: bd(curves["dvc"], curves[label]) for label in curves if label != "dvc"
+            },
+            "dvc_bd_rate_vs_hyperprior_percent": bd(curves["hyperprior"], curves["dvc"]),
+            "motion_bd_rate_vs_zero_percent": bd(curves["dvc zero motion"], curves["dvc"]),
+        }
+    return results
+
+
+def markdown(results: dict[str, Any]) -> str:
+    def cell(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:+.1f} %"
+
+    labels = [label for label, _, _ in CODECS[1:]]
+    lines = [
+        "# dvc: video coding of the views (issue 15)",
+        "",
+        "BD-rate of each codec against dvc in the projection domain (positive: it needs more "
+        "bits than dvc for the same PSNR; bytes on disk, PSNR against the scan's value "
+        "range), bpp targets " + ", ".join(f"{t:g}" for t in BPP_TARGETS) + ".",
+        "",
+        "| scan | " + " | ".join(labels) + " |",
+        "|---|" + "---:|" * len(labels),
+    ]
+    for name, r in results.items():
+        bd_row = r["bd_rate_vs_dvc_percent"]
+        lines.append(f"| {name} | " + " | ".join(cell(bd_row[label]) for label in labels) + " |")
+    lines += ["", "| scan | dvc vs hyperprior | block motion vs zero motion |", "|---|---:|---:|"]
+    for name, r in results.items():
+        lines.append(
+            f"| {name} | {cell(r['dvc_bd_rate_vs_hyperprior_percent'])} | "
+            f"{cell(r['motion_bd_rate_vs_zero_percent'])} |"
+        )
+    lines += ["", "| scan | codec | bits/value | PSNR dB | encode MB/s | decode MB/s |"]
+    lines += ["|---|---|---:|---:|---:|---:|"]
+    for name, r in results.items():
+        for label, curve in r["curves"].items():
+            for p in curve:
+                if "error" in p:
+                    lines.append(f"| {name} | {label} | target {p['target']:g}: n/a | | | |")
+                    continue
+                lines.append(
+                    f"| {name} | {label} | {p['bits_per_value']:.3f} | {p['psnr_db']:.2f} | "
+                    f"{p['encode_mb_s']:.2f} | {p['decode_mb_s']:.2f} |"
+                )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("results/benchmarks"))
+    parser.add_argument("--quick", action="store_true", help="the default scan, 3 targets")
+    args = parser.parse_args(argv)
+    results = run(args.quick)
+    args.out.mkdir(parents=True, exist_ok=True)
+    payload = {"run": run_info(), "quick": args.quick, "results": results}
+    (args.out / "bench_dvc.json").write_text(json.dumps(payload, indent=1))
+    (args.out / "bench_dvc.md").write_text(markdown(results))
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -23,7 +23,7 @@ HEAVY = (
     "torch torchvision piq scipy h5py zarr blosc2 tqdm matplotlib pydicom tifffile astra odl "
     "skimage"
 ).split()
-LEARNED = {"hyperprior", "vqvae", "siren", "convlstm", "sparse-unet"}
+LEARNED = {"hyperprior", "vqvae", "siren", "convlstm", "sparse-unet", "dvc"}
 
 _REPORT = f"""
 import json, sys

@@ -5,7 +5,9 @@ Rate-distortion curves in the projection domain (bytes on disk through
 scan, on held-out volumes simulated in cone beam (16 x 368 detector, two doses) and on the
 real Savu projections, where ``../shared/data`` holds them (single-row sinograms are one
 image to dvc, coded as an I-frame: not run); BD-rate of every codec against ``dvc`` and of ``dvc``
-against ``hyperprior``, the zero-motion ablation, and encode / decode MB/s on 2 cores.
+against ``hyperprior``, the zero-motion ablation, the same BD-rates in the reconstruction
+domain for the cone-beam scans (FDK of the decoded scan against FDK of the original views,
+inside the field of view), and encode / decode MB/s on 2 cores.
 x265 is not run (Debian's ffmpeg is not installed here).
 
 Usage::
@@ -30,12 +32,16 @@ import ctpress
 from ctpress.bdrate import bd_rate
 from ctpress.bench import run_info
 from ctpress.learned.data import DataFiles, default_data_dir, load_volume
+from ctpress.metrics import recon_metrics
+from ctpress.recon import fdk, field_of_view_mask, line_integrals
+from ctpress.recon.fbp import default_grid
 from ctpress.scan import Scan
+from ctpress.sim.phantom import MU_WATER_PER_MM
 from ctpress.sim.simulate import default_scan, simulate_scan
 
 BPP_TARGETS = (0.5, 1.0, 2.0, 4.0)
 #: (label, codec, settings)
-CODECS = (
+CODECS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("dvc", "dvc", {}),
     ("dvc zero motion", "dvc", {"motion": "zero"}),
     ("hyperprior", "hyperprior", {}),
@@ -69,21 +75,48 @@ def scans(quick: bool) -> dict[str, Scan]:
     return found
 
 
-def point(scan: Scan, codec: str, settings: dict[str, Any], bpp: float) -> dict[str, Any]:
-    """One coding at a bpp target: bits/value, PSNR, MB/s (or the error)."""
+def reconstruct(scan: Scan) -> np.ndarray:
+    """FDK of a cone-beam scan, (rows, cols, cols) in 1/mm."""
+    assert scan.geometry is not None
+    shape = (scan.shape[1], scan.shape[2], scan.shape[2])
+    return np.asarray(fdk(line_integrals(scan), scan.geometry, volume_shape=shape), np.float32)
+
+
+def fov_mask(scan: Scan, volume: np.ndarray) -> np.ndarray:
+    """The field of view of ``scan`` over every slice of ``volume``."""
+    assert scan.geometry is not None
+    _, pixel = default_grid(scan.geometry, scan.shape[2], None)
+    mask = field_of_view_mask(volume.shape[-2:], pixel, scan.geometry, scan.shape[2])
+    return np.broadcast_to(mask, volume.shape)
+
+
+def point(
+    scan: Scan, codec: str, settings: dict[str, Any], bpp: float, reference: np.ndarray | None
+) -> dict[str, Any]:
+    """One coding at a bpp target: bits/value, PSNR, MB/s (or the error); with the
+    reconstruction of the original views (``reference``), the decoded scan's
+    reconstruction PSNR / SSIM / RMSE in HU inside the field of view, against the
+    reference's range there."""
     views = scan.array()
-    reference = views.astype(np.float64)
-    value_range = float(reference.max() - reference.min())
+    values = views.astype(np.float64)
+    value_range = float(values.max() - values.min())
     try:
         t0 = time.perf_counter()
         data = ctpress.compress(scan, codec=codec, bpp=bpp, jobs=2, **settings)
         t1 = time.perf_counter()
-        decoded = ctpress.decompress(data).array().astype(np.float64)
+        decoded_scan = ctpress.decompress(data)
         t2 = time.perf_counter()
     except ctpress.CtpressError as exc:
         return {"target": bpp, "error": str(exc)}
-    mse = float(np.mean((decoded - reference) ** 2))
+    decoded = decoded_scan.array().astype(np.float64)
+    mse = float(np.mean((decoded - values) ** 2))
+    recon: dict[str, float] = {}
+    if reference is not None:
+        volume = reconstruct(decoded_scan)
+        q = recon_metrics(reference, volume, fov_mask(scan, reference), MU_WATER_PER_MM)
+        recon = {f"recon_{k}": float(q[k]) for k in ("psnr_db", "ssim", "rmse_hu")}
     return {
+        **recon,
         "target": bpp,
         "bits_per_value": 8 * len(data) / views.size,
         "psnr_db": math.inf if mse == 0 else 10 * math.log10(value_range**2 / mse),
@@ -92,17 +125,21 @@ def point(scan: Scan, codec: str, settings: dict[str, Any], bpp: float) -> dict[
     }
 
 
-def bd(anchor: list[dict[str, Any]], test: list[dict[str, Any]]) -> float | None:
-    """BD-rate (percent) of ``test`` against ``anchor``; None without overlap."""
+def bd(
+    anchor: list[dict[str, Any]], test: list[dict[str, Any]], key: str = "psnr_db"
+) -> float | None:
+    """BD-rate (percent) of ``test`` against ``anchor`` on quality ``key``; None without
+    overlap."""
     curves = [
-        [p for p in c if "error" not in p and math.isfinite(p["psnr_db"])] for c in (anchor, test)
+        [p for p in c if "error" not in p and key in p and math.isfinite(p[key])]
+        for c in (anchor, test)
     ]
     if min(len(c) for c in curves) < 2:
         return None
     try:
         return bd_rate(
-            [p["bits_per_value"] for p in curves[0]], [p["psnr_db"] for p in curves[0]],
-            [p["bits_per_value"] for p in curves[1]], [p["psnr_db"] for p in curves[1]],
+            [p["bits_per_value"] for p in curves[0]], [p[key] for p in curves[0]],
+            [p["bits_per_value"] for p in curves[1]], [p[key] for p in curves[1]],
         )  # fmt: skip
     except (ValueError, ctpress.CtpressError):
         return None
@@ -112,9 +149,11 @@ def run(quick: bool) -> dict[str, Any]:
     results: dict[str, Any] = {}
     targets = BPP_TARGETS[:3] if quick else BPP_TARGETS
     for name, scan in scans(quick).items():
+        cone = scan.geometry is not None and scan.geometry.kind == "cone"
+        reference = reconstruct(scan) if cone else None
         curves = {}
         for label, codec, settings in CODECS:
-            curves[label] = [point(scan, codec, settings, bpp) for bpp in targets]
+            curves[label] = [point(scan, codec, settings, bpp, reference) for bpp in targets]
             shown = [
                 f"{p['bits_per_value']:.2f}b {p['psnr_db']:.1f}dB" if "error" not in p else "n/a"
                 for p in curves[label]
@@ -127,6 +166,11 @@ def run(quick: bool) -> dict[str, Any]:
             },
             "dvc_bd_rate_vs_hyperprior_percent": bd(curves["hyperprior"], curves["dvc"]),
             "motion_bd_rate_vs_zero_percent": bd(curves["dvc zero motion"], curves["dvc"]),
+            "recon_bd_rate_vs_dvc_percent": {
+                label: bd(curves["dvc"], curves[label], "recon_psnr_db")
+                for label in curves
+                if label != "dvc"
+            },
         }
     return results
 
@@ -149,23 +193,46 @@ def markdown(results: dict[str, Any]) -> str:
     for name, r in results.items():
         bd_row = r["bd_rate_vs_dvc_percent"]
         lines.append(f"| {name} | " + " | ".join(cell(bd_row[label]) for label in labels) + " |")
+    lines += [
+        "",
+        "The same in the reconstruction domain (FDK of the decoded scan against FDK of the "
+        "original views, PSNR inside the field of view against the reference's range there; "
+        "cone-beam scans only):",
+        "",
+        "| scan | " + " | ".join(labels) + " |",
+        "|---|" + "---:|" * len(labels),
+    ]
+    for name, r in results.items():
+        bd_row = r["recon_bd_rate_vs_dvc_percent"]
+        if any(v is not None for v in bd_row.values()):
+            row = " | ".join(cell(bd_row[label]) for label in labels)
+            lines.append(f"| {name} | {row} |")
     lines += ["", "| scan | dvc vs hyperprior | block motion vs zero motion |", "|---|---:|---:|"]
     for name, r in results.items():
         lines.append(
             f"| {name} | {cell(r['dvc_bd_rate_vs_hyperprior_percent'])} | "
             f"{cell(r['motion_bd_rate_vs_zero_percent'])} |"
         )
-    lines += ["", "| scan | codec | bits/value | PSNR dB | encode MB/s | decode MB/s |"]
-    lines += ["|---|---|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "| scan | codec | bits/value | PSNR dB | recon PSNR dB | recon RMSE HU | encode MB/s "
+        "| decode MB/s |",
+    ]
+    lines += ["|---|---|---:|---:|---:|---:|---:|---:|"]
     for name, r in results.items():
         for label, curve in r["curves"].items():
             for p in curve:
                 if "error" in p:
-                    lines.append(f"| {name} | {label} | target {p['target']:g}: n/a | | | |")
+                    lines.append(f"| {name} | {label} | target {p['target']:g}: n/a | | | | | |")
                     continue
+                recon = (
+                    f"{p['recon_psnr_db']:.2f} | {p['recon_rmse_hu']:.2f}"
+                    if "recon_psnr_db" in p
+                    else "- | -"
+                )
                 lines.append(
                     f"| {name} | {label} | {p['bits_per_value']:.3f} | {p['psnr_db']:.2f} | "
-                    f"{p['encode_mb_s']:.2f} | {p['decode_mb_s']:.2f} |"
+                    f"{recon} | {p['encode_mb_s']:.2f} | {p['decode_mb_s']:.2f} |"
                 )
     return "\n".join(lines) + "\n"
 

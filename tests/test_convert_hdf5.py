@@ -90,6 +90,14 @@ def test_every_filter_reads_back_with_plain_h5py_within_its_bound(tmp_path: Path
             assert 0 < np.abs(error).max(), codec  # lossy: the file holds decoded floats
 
 
+def test_a_configured_codec_instance_is_accepted(tmp_path: Path) -> None:
+    from ctpress.codecs import get_codec
+
+    stack = _stack()
+    convert(stack, tmp_path / "z.h5", codec=get_codec("zfp", mode="lossless"))
+    np.testing.assert_array_equal(ctpress.read_scan(tmp_path / "z.h5").array(), stack)
+
+
 def test_read_scan_gives_back_geometry_and_values(tmp_path: Path) -> None:
     stack = _stack()
     geometry = Geometry(kind="parallel", angles_rad=tuple(np.linspace(0, math.pi, 45)))

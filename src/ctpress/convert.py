@@ -137,8 +137,9 @@ def convert(
     scan = input_scan(data, input_format, dataset)
     if any(value is not None for value in shortcuts.values()):
         options["noise"] = noise_model(scan, **shortcuts)
-    if output_format == "hdf5" and (codec or "zstd") not in HDF5_FILTERS:
-        raise InputError(f"{HDF5_SUPPORTED}; got codec {codec!r}")
+    codec_id = codec.codec_id if isinstance(codec, Codec) else codec or "zstd"
+    if output_format == "hdf5" and codec_id not in HDF5_FILTERS:
+        raise InputError(f"{HDF5_SUPPORTED}; got codec {codec_id!r}")
     codec_obj = make_codec(scan, codec or "zstd", **options)
     views = chunk_views_for(scan, codec_obj, chunk_views)
     if output_format == "hdf5":

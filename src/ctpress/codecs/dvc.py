@@ -33,7 +33,6 @@ zero); the views' payloads; the residual stream.
 
 from __future__ import annotations
 
-import math
 import struct
 import zlib
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -42,7 +41,7 @@ import numpy as np
 
 from ..errors import CorruptFileError, InputError
 from ..frames import image_shape
-from ..learned import fixed_point, residual
+from ..learned import fixed_point
 from .learned import (
     LearnedCodec,
     ModelLoader,
@@ -51,8 +50,12 @@ from .learned import (
     _load_model,
     _padded,
     check_grid,
-    check_weights,
+    check_side,
+    checked_model,
+    decoded_values,
     reconstruct,
+    residual_of,
+    side_flags,
     weights_tag,
 )
 from .registry import register_codec
@@ -64,7 +67,6 @@ _MAGIC = b"CTDV"
 _VERSION = 1
 _SIDE = struct.Struct("<4sBBBBdddd8sI")
 _FRAME = struct.Struct("<III")
-_FLAG_INTEGER, _FLAG_RESIDUAL = 1, 2
 MOTIONS = ("zero", "block")
 #: Detector columns per motion block, and the search range in quarter pixels.
 BLOCK_COLUMNS = 16
@@ -172,10 +174,10 @@ class DvcSession(ModelSession):
 
     def pack(self, op: ZooOp, step: float | None, tail: bytes) -> bytes:
         frames, _, motion = self.coded(op)
-        flags = (_FLAG_INTEGER if self.integer else 0) | (_FLAG_RESIDUAL if step is not None else 0)
         side = _SIDE.pack(
-            _MAGIC, _VERSION, op[0], flags, MOTIONS.index(self.motion), op[1], self.offset,
-            self.scale, step or 0.0, weights_tag(self.model(op[0])[1]), len(motion),
+            _MAGIC, _VERSION, op[0], side_flags(self.integer, step), MOTIONS.index(self.motion),
+            op[1], self.offset, self.scale, step or 0.0, weights_tag(self.model(op[0])[1]),
+            len(motion),
         )  # fmt: skip
         table = b"".join(_FRAME.pack(check, grid, len(payload)) for payload, check, grid in frames)
         return side + table + motion + b"".join(f[0] for f in frames) + tail
@@ -192,12 +194,9 @@ def decode_dvc(
      n_motion) = _SIDE.unpack_from(stream)  # fmt: skip
     if magic != _MAGIC or version != _VERSION:
         raise CorruptFileError(f"not a version-{_VERSION} dvc stream")
-    if flags & ~(_FLAG_INTEGER | _FLAG_RESIDUAL) or motion >= len(MOTIONS):
-        raise CorruptFileError(f"dvc stream has unknown flags {flags:#04x} or motion {motion}")
-    if not all(math.isfinite(v) for v in (gain, offset, scale, step)) or not scale > 0:
-        raise CorruptFileError("dvc stream has an invalid value range or step")
-    if flags & _FLAG_RESIDUAL and not step > 0:
-        raise CorruptFileError("dvc stream has an invalid residual step")
+    check_side("dvc", flags, gain, offset, scale, step)
+    if motion >= len(MOTIONS):
+        raise CorruptFileError(f"dvc stream has an unknown motion {motion}")
     m, h, w = image_shape(tuple(shape))
     n_blocks = -(-w // BLOCK_COLUMNS)
     pos = _SIDE.size + m * _FRAME.size
@@ -221,15 +220,9 @@ def decode_dvc(
     end = pos + sum(length for _, _, length in frames)
     if end > len(stream):
         raise CorruptFileError("dvc stream is truncated")
-    model, sha = loader("hyperprior", rate_point)
-    check_weights("dvc", f"hyperprior rate point {rate_point}", sha8, sha)
-    if not model.gain_range[0] <= gain <= model.gain_range[1]:
-        raise CorruptFileError(f"dvc stream has a quantisation gain {gain:g} out of range")
-    q = None
-    if flags & _FLAG_RESIDUAL:
-        q = residual.decode_residual(stream[end:], (m, h, w))
-    elif end != len(stream):
-        raise CorruptFileError("dvc stream has trailing bytes")
+    what = f"hyperprior rate point {rate_point}"
+    model = checked_model("dvc", what, loader("hyperprior", rate_point), sha8, gain)
+    q = residual_of("dvc", stream[end:], flags, (m, h, w))
     padded = _padded((1, h, w), model.downsampling)
     decoded = np.empty((m, h, w), dtype=np.int64)
     for t, (latent_check, grid_check, length) in enumerate(frames):
@@ -242,9 +235,7 @@ def decode_dvc(
         else:
             prediction = compensate(decoded[t - 1], moves[t])
             decoded[t] = np.clip(prediction + grid[0] - _HALF, -_GRID_LIMIT, _GRID_LIMIT)
-    values = fixed_point.grid_values(decoded, offset, scale, bool(flags & _FLAG_INTEGER))
-    if q is not None:
-        values = residual.dequantise(values, q, step)
+    values = decoded_values(decoded, offset, scale, flags, q, step)
     return values.reshape(shape).astype(work_dtype)
 
 

@@ -478,39 +478,75 @@ def decode_learned(
      recon_check, n_latent) = _SIDE.unpack_from(stream)  # fmt: skip
     if magic != _MAGIC or version not in (1, _VERSION):
         raise CorruptFileError(f"not a version-{_VERSION} learned stream")
-    if flags & ~(_FLAG_INTEGER | _FLAG_RESIDUAL):
-        raise CorruptFileError(f"{method} stream has unknown flags {flags:#04x}")
-    if not all(math.isfinite(v) for v in (gain, offset, scale, step)) or not scale > 0:
-        raise CorruptFileError(f"{method} stream has an invalid value range or step")
-    if flags & _FLAG_RESIDUAL and not step > 0:
-        raise CorruptFileError(f"{method} stream has an invalid residual step")
+    check_side(method, flags, gain, offset, scale, step)
     if version == 1 and method not in _V1_METHODS:
         raise WeightsMismatchError(
             f"this {method} stream was written by an earlier ctpress (learned stream version 1)"
             ": decode it with the ctpress version that wrote it"
         )
-    model, sha = loader(method, rate_point)
-    check_weights(method, f"rate point {rate_point}", sha8, sha)
-    if not model.gain_range[0] <= gain <= model.gain_range[1]:
-        raise CorruptFileError(f"{method} stream has a quantisation gain {gain:g} out of range")
+    model = checked_model(
+        method, f"rate point {rate_point}", loader(method, rate_point), sha8, gain
+    )
     if _SIDE.size + n_latent > len(stream):
         raise CorruptFileError(f"{method} stream is truncated")
     images = image_shape(tuple(shape))
     # the residual first: its block table is checked against the shape before the model
     # decodes latents of that shape
-    q = None
-    if flags & _FLAG_RESIDUAL:
-        q = residual.decode_residual(stream[_SIDE.size + n_latent :], images)
-    elif _SIDE.size + n_latent != len(stream):
-        raise CorruptFileError(f"{method} stream has trailing bytes")
+    q = residual_of(method, stream[_SIDE.size + n_latent :], flags, images)
     payload = stream[_SIDE.size : _SIDE.size + n_latent]
     coded = model.decode(payload, _padded(images, model.downsampling), gain, latent_check)
     grid, _ = reconstruct(model, coded, images)
     check_grid(method, grid, recon_check)
+    return decoded_values(grid, offset, scale, flags, q, step).reshape(shape).astype(work_dtype)
+
+
+def side_flags(integer: bool, step: float | None) -> int:
+    """The flags byte of a model stream: integer data, residual layer present."""
+    return (_FLAG_INTEGER if integer else 0) | (_FLAG_RESIDUAL if step is not None else 0)
+
+
+def check_side(
+    codec_id: str, flags: int, gain: float, offset: float, scale: float, step: float
+) -> None:
+    """CorruptFileError unless a model stream's side information is valid."""
+    if flags & ~(_FLAG_INTEGER | _FLAG_RESIDUAL):
+        raise CorruptFileError(f"{codec_id} stream has unknown flags {flags:#04x}")
+    if not all(math.isfinite(v) for v in (gain, offset, scale, step)) or not scale > 0:
+        raise CorruptFileError(f"{codec_id} stream has an invalid value range or step")
+    if flags & _FLAG_RESIDUAL and not step > 0:
+        raise CorruptFileError(f"{codec_id} stream has an invalid residual step")
+
+
+def checked_model(
+    codec_id: str, what: str, loaded: tuple[LearnedModel, str], tag: bytes, gain: float
+) -> LearnedModel:
+    """The model a stream names by ``tag`` (WeightsMismatchError for other weights), with
+    ``gain`` checked against its range."""
+    model, sha = loaded
+    check_weights(codec_id, what, tag, sha)
+    if not model.gain_range[0] <= gain <= model.gain_range[1]:
+        raise CorruptFileError(f"{codec_id} stream has a quantisation gain {gain:g} out of range")
+    return model
+
+
+def residual_of(
+    codec_id: str, tail: bytes, flags: int, images: tuple[int, int, int]
+) -> np.ndarray | None:
+    """The residual symbols of a model stream's ``tail`` (None without the layer, when the
+    tail must be empty)."""
+    if flags & _FLAG_RESIDUAL:
+        return residual.decode_residual(tail, images)
+    if tail:
+        raise CorruptFileError(f"{codec_id} stream has trailing bytes")
+    return None
+
+
+def decoded_values(
+    grid: np.ndarray, offset: float, scale: float, flags: int, q: np.ndarray | None, step: float
+) -> np.ndarray:
+    """Data values of a decoder-side grid, plus the residual ``q`` when present."""
     values = fixed_point.grid_values(grid, offset, scale, bool(flags & _FLAG_INTEGER))
-    if q is not None:
-        values = residual.dequantise(values, q, step)
-    return values.reshape(shape).astype(work_dtype)
+    return values if q is None else residual.dequantise(values, q, step)
 
 
 @dataclass
@@ -585,11 +621,10 @@ class ZooSession(ModelSession):
     def pack(self, op: ZooOp, step: float | None, tail: bytes) -> bytes:
         rate_point, gain = op
         coded = self.latents(op)
-        flags = (_FLAG_INTEGER if self.integer else 0) | (_FLAG_RESIDUAL if step is not None else 0)
         side = _SIDE.pack(
-            _MAGIC, _VERSION, rate_point, flags, gain, self.offset, self.scale, step or 0.0,
-            weights_tag(self.prepared(rate_point).sha), coded.check, self._recon(op)[1],
-            len(coded.payload),
+            _MAGIC, _VERSION, rate_point, side_flags(self.integer, step), gain, self.offset,
+            self.scale, step or 0.0, weights_tag(self.prepared(rate_point).sha), coded.check,
+            self._recon(op)[1], len(coded.payload),
         )  # fmt: skip
         return side + coded.payload + tail
 

@@ -16,8 +16,9 @@ import ctpress
 from conftest import damage_chunk
 from ctpress.cli import main
 from ctpress.codecs import get_codec
+from ctpress.container.writer import chunk_contexts
 from ctpress.errors import CorruptFileError, InputError
-from ctpress.learned import sparse
+from ctpress.learned import conjugate, sparse, store
 from ctpress.learned.store import WeightsMismatchError
 from ctpress.sim import simulate_scan
 
@@ -127,13 +128,26 @@ def test_a_damaged_chunk_is_detected_and_the_others_still_decode(fan_scan, tmp_p
 
 
 def test_other_weights_are_refused(fan_scan, monkeypatch) -> None:
+    """A chunk of weights this installation lacks is refused; chunks of the earlier
+    weights it keeps decode (the golden files written before the conjugate-ray inputs)."""
     codec = get_codec("sparse-unet", keep_every=4)
-    chunk = codec.encode(fan_scan.projections)
     network = sparse.sinogram_unet()
     other = type(network)(network.config, network.convs, b"\x00" * 8)
-    monkeypatch.setattr("ctpress.codecs.sparse_unet.sinogram_unet", lambda: other)
+    with monkeypatch.context() as patch:
+        patch.setattr("ctpress.codecs.sparse_unet.sinogram_unet", lambda: other)
+        chunk = codec.encode(fan_scan.projections)
     with pytest.raises(WeightsMismatchError):
         codec.decode(chunk)
+    earlier = store.entries(str(store.weights_dir()), sparse.SINOGRAM_METHOD)[1:]
+    assert earlier and earlier[0]["config"]["in_channels"] == 5
+
+
+def sparse_flags(chunk: bytes) -> int:
+    """The flags byte of a framed sparse-unet chunk."""
+    from ctpress.codecs.framing import checked_chunk_header
+
+    offset = checked_chunk_header(chunk)[1]
+    return chunk[offset + 2]
 
 
 _DECODE = """
@@ -149,7 +163,9 @@ def test_decode_is_identical_across_processes_threads_and_instruction_sets(
     fan_scan, tmp_path
 ) -> None:
     codec = get_codec("sparse-unet", keep_every=8)
-    chunk = codec.encode(fan_scan.projections)
+    (context,) = chunk_contexts(fan_scan, 96)
+    chunk = codec.encode(fan_scan.projections, context)
+    assert sparse_flags(chunk) & 4  # with the conjugate-ray table
     path = tmp_path / "chunk.bin"
     path.write_bytes(chunk)
     package_root = str(Path(ctpress.__file__).resolve().parents[1])
@@ -206,7 +222,7 @@ def test_a_tiny_unet_beats_linear_interpolation_on_an_unseen_phantom() -> None:
         return Sinogram("phantom", scan.array()[:, 0], scan.geometry)
 
     train = [sinogram(_ellipses(64, rng)) for _ in range(6)]
-    config = UNetConfig(5, (8, 16), output_shift=6)
+    config = UNetConfig(sparse.SINOGRAM_UNET.in_channels, (8, 16), output_shift=6)
     sampler = SinogramSampler(train, [], seed=1, patch=(64, 64), noise=False, keep_every=(4,))
     model = _fit(config, sampler.batch, 500, None, lambda *a: None, "test", 5e-3)[0]
     tensors = {k: v.detach().numpy() for k, v in model.state_dict().items()}
@@ -222,3 +238,66 @@ def test_a_tiny_unet_beats_linear_interpolation_on_an_unseen_phantom() -> None:
         return float(np.mean((y[missing].astype(float) - x[missing].astype(float)) ** 2))
 
     assert mse(learned) < 0.95 * mse(linear), (mse(learned), mse(linear))
+
+
+def test_conjugate_rays_sample_the_missing_views_of_a_full_rotation() -> None:
+    scan = simulate_scan(
+        None, geometry_kind="fan", n_views=120, det_rows=1, det_cols=64, i0=None,
+        dtype="float32",
+    )  # fmt: skip
+    assert scan.geometry is not None
+    truth = np.round(scan.array() * 4000).astype(np.int64)
+    kept = sparse.stored_views(120, 4)
+    missing = np.setdiff1d(np.arange(120), kept)
+    angles = np.asarray(scan.geometry.angles_rad)
+    errors = {}
+    for handedness in (1, -1):
+        rays = conjugate.conjugate_rays(scan.geometry, angles, 64, handedness)
+        assert rays is not None
+        values, distance = conjugate.conjugate_interpolation(truth[kept], kept, 120, rays)
+        inside = distance[missing] >= 0
+        assert inside.mean() > 0.9
+        errors[handedness] = np.abs(values[missing] - truth[missing])[:, 0][inside].mean()
+    a, b, offset = sparse.view_positions(120, kept)
+    w = np.maximum(b - a, 1)[:, None, None]
+    linear = (truth[a] * (w - offset[:, None, None]) + truth[b] * offset[:, None, None]) // w
+    linear_error = np.abs(linear[missing] - truth[missing]).mean()
+    # the simulator's convention (1) samples the missing views; the mirrored one does not
+    assert errors[1] < 0.8 * linear_error < errors[-1], (errors, linear_error)
+    picked = sparse.choose_conjugate_rays(truth, kept, False, scan.geometry, angles)
+    assert picked is not None and np.array_equal(picked.shift, rays_of(scan, 1).shift)
+    # a half rotation of parallel beam, or no geometry: no conjugate views inside the chunk
+    assert sparse.choose_conjugate_rays(truth, kept, False, None, None) is None
+
+
+def rays_of(scan: ctpress.Scan, handedness: int) -> conjugate.ConjugateRays:
+    assert scan.geometry is not None
+    angles = np.asarray(scan.geometry.angles_rad)
+    rays = conjugate.conjugate_rays(scan.geometry, angles, scan.shape[2], handedness)
+    assert rays is not None
+    return rays
+
+
+def test_the_conjugate_ray_table_round_trips_and_damage_is_refused(fan_scan) -> None:
+    rays = rays_of(fan_scan, 1)
+    data = rays.to_bytes()
+    back, used = conjugate.ConjugateRays.from_bytes(data + b"inner", 64, 96)
+    assert used == len(data)
+    np.testing.assert_array_equal(back.shift, rays.shift)
+    np.testing.assert_array_equal(back.column, rays.column)
+    assert back.turn == rays.turn
+    twice = rays.flipped_columns().flipped_columns().reversed_views().reversed_views()
+    np.testing.assert_array_equal(twice.shift, rays.shift)
+    np.testing.assert_array_equal(twice.column, rays.column)
+    for bad, cols, views in [
+        (data[:5], 64, 96),  # truncated head
+        (data[:-3], 64, 96),  # truncated table
+        (data, 63, 96),  # another detector width
+        (data, 64, 96 * 65),  # more turns than a chunk may hold
+        (data[:12] + bytes(len(data) - 12), 64, 96),  # not zlib
+    ]:
+        with pytest.raises(CorruptFileError):
+            conjugate.ConjugateRays.from_bytes(bad, cols, views)
+    crafted = conjugate.ConjugateRays(rays.shift, rays.column + 64 * 256, rays.turn)
+    with pytest.raises(CorruptFileError, match="impossible"):
+        conjugate.ConjugateRays.from_bytes(crafted.to_bytes(), 64, 96)

@@ -422,6 +422,11 @@ def build_parser() -> argparse.ArgumentParser:
     length.add_argument("--steps", type=int, help="number of optimiser steps (reproducible)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", type=Path, help="cache of simulated noise-free projections")
+    p.add_argument(
+        "--only",
+        choices=["sinogram", "image"],
+        help="sparse-unet: train only this restoration (it gets the whole time budget)",
+    )
     _add_force(p, "weights file at --out")
     for subparser in sub.choices.values():  # -q also after the command name
         subparser.add_argument(
@@ -846,14 +851,18 @@ def _cmd_train(args: argparse.Namespace) -> None:
     data = args.data or [
         default_data_dir() or Path(__file__).parent / "data" / "default_volume.npz"
     ]
-    check_output(args.out, overwrite=args.force, inputs=data)  # before any training
-    if args.method == "sparse-unet":
+    if args.only and args.method != "sparse-unet":
+        raise InputError("--only applies to ctpress train sparse-unet")
+    if args.only != "image":
+        check_output(args.out, overwrite=args.force, inputs=data)  # before any training
+    if args.method == "sparse-unet" and args.only != "sinogram":
         from .learned.train_sparse import image_weights_path
 
         check_output(image_weights_path(args.out), overwrite=args.force, inputs=data)
     train(
         args.method, args.rate_point, data, args.out, steps=args.steps, minutes=args.minutes,
-        seed=args.seed, cache=args.cache, command=main_command(), log=not args.quiet,
+        seed=args.seed, cache=args.cache, only=args.only, command=main_command(),
+        log=not args.quiet,
     )  # fmt: skip
 
 

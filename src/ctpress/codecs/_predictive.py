@@ -10,7 +10,10 @@ previous views).  Sub-predictors (in units of 1/8):
 - previous view: T; T + (W - T_W), T + (N - T_N), T + mean of the four neighbours' changes,
   the 3 x 3 mean S of T and S + the neighbours' mean deviation from S, and T moved by one
   column either way (T_W + (W - T_WW), T_E + (W - T));
-- learned: L, and L corrected by the neighbours as for T.
+- learned: L, and L corrected by the neighbours as for T;
+- conjugate: C, the view as measured again half a turn earlier
+  (:func:`ctpress.learned.conjugate.conjugate_view`), and C corrected by the neighbours
+  as for T.
 
 They are blended with weights inversely proportional to each one's recent absolute
 error (at N, W, NW, NE of this view and at the same pixel of the previous view), as in
@@ -38,12 +41,14 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-#: Sub-predictor groups (bits of the ``groups`` mask).
-SPATIAL, PREVIOUS, PREVIOUS_PLUS, LEARNED = 1, 2, 4, 8
+#: Sub-predictor groups (bits of the ``groups`` mask; 16 is the codec's stream flag).
+SPATIAL, PREVIOUS, PREVIOUS_PLUS, LEARNED, CONJUGATE = 1, 2, 4, 8, 32
 #: Sub-predictors (index: group): 0-3 spatial, 4 previous view, 5-7 and 12-15 previous view
-#: with neighbours, 8-11 learned.
-N_PREDICTORS = 16
-_GROUP_OF = np.array([1, 1, 1, 1, 2, 4, 4, 4, 8, 8, 8, 8, 4, 4, 4, 4], dtype=np.int64)
+#: with neighbours, 8-11 learned, 16-19 conjugate.
+N_PREDICTORS = 20
+_GROUP_OF = np.array(
+    [1, 1, 1, 1, 2, 4, 4, 4, 8, 8, 8, 8, 4, 4, 4, 4, 32, 32, 32, 32], dtype=np.int64
+)
 #: Activity contexts (half-octaves of the recent error).
 N_CONTEXTS = 48
 #: Exp-Golomb classes coded in unary (magnitudes below 2**MAX_CLASS).
@@ -285,15 +290,16 @@ def _neighbours(view: np.ndarray, r: int, col: int, first: int) -> tuple[int, in
 
 @numba.njit(cache=True, nogil=True)
 def code_view(encoding: bool, view: np.ndarray, previous: np.ndarray, learned: np.ndarray,
-              groups: int, maxval: int, near: int, allowed: np.ndarray, probs: np.ndarray,
-              bias: np.ndarray, errors: np.ndarray, mixer: np.ndarray, c: np.ndarray,
-              buf: np.ndarray) -> None:  # fmt: skip
+              conjugate: np.ndarray, groups: int, maxval: int, near: int, allowed: np.ndarray,
+              probs: np.ndarray, bias: np.ndarray, errors: np.ndarray, mixer: np.ndarray,
+              c: np.ndarray, buf: np.ndarray) -> None:  # fmt: skip
     """Code one view (rows, cols) int64 in place: encode it (``encoding``; ``view`` is
     replaced by its reconstruction, equal to it when ``near`` is 0) or decode into it.
 
     ``previous``: the previous decoded view (rows, cols) int64, or an empty array for the
     first view of a chunk; ``learned``: the external prediction of this view in units of
-    1/8 (rows, cols) int64, or empty.  ``groups``: sub-predictor groups in use (bit mask);
+    1/8 (rows, cols) int64, or empty; ``conjugate``: the conjugate-ray prediction of this
+    view (rows, cols) int64, or empty.  ``groups``: sub-predictor groups in use (bit mask);
     ``maxval``: largest value; ``near``: the error bound (step ``2 near + 1``), or with
     ``allowed`` (int64 (maxval + 1,), the error each value may take; empty otherwise) the
     bound of each pixel: ``allowed[prediction]``, and where a value of the quantisation
@@ -304,6 +310,7 @@ def code_view(encoding: bool, view: np.ndarray, previous: np.ndarray, learned: n
     has_allowed = allowed.size > 0
     has_previous = previous.size > 0
     has_learned = learned.size > 0
+    has_conjugate = conjugate.size > 0
     use = np.zeros(N_PREDICTORS, dtype=np.bool_)
     for k in range(N_PREDICTORS):
         group = _GROUP_OF[k]
@@ -311,6 +318,8 @@ def code_view(encoding: bool, view: np.ndarray, previous: np.ndarray, learned: n
         if group != SPATIAL and not has_previous:
             use[k] = False
         if group == LEARNED and not has_learned:
+            use[k] = False
+        if group == CONJUGATE and not has_conjugate:
             use[k] = False
     if not use.any():
         use[0] = True
@@ -358,6 +367,13 @@ def code_view(encoding: bool, view: np.ndarray, previous: np.ndarray, learned: n
                     p[11] = (
                         lv + ((8 * n - ln) + (8 * w - lw) + (8 * ne - lne) + (8 * nw - lnw)) // 4
                     )
+            if has_conjugate:
+                cv = int(conjugate[r, col])
+                cn, cw, cnw, cne = _full_neighbours(conjugate, r, col)
+                p[16] = 8 * cv
+                p[17] = 8 * (cv + w - cw)
+                p[18] = 8 * (cv + n - cn)
+                p[19] = 8 * cv + 2 * ((n - cn) + (w - cw) + (ne - cne) + (nw - cnw))
             # blend: weights inversely proportional to recent errors
             total = 0
             acc = 0

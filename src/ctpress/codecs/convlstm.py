@@ -32,7 +32,16 @@ Stream (after the chunk header), little-endian:
   normalisation integers of the predictor;
 - with a bound per value (the noise-bounded mode on raw counts): ``f64`` fraction, gain,
   read noise, dark, saturation (NaN: none) of the noise model;
+- with the conjugate group (flag 32): the conjugate-ray table
+  (:meth:`~ctpress.learned.conjugate.ConjugateRays.to_bytes`);
 - ``u32`` length of the range-coder payload, the payload.
+
+In a full rotation (fan, cone or parallel beam with evenly spaced angles) every ray is
+measured again half a turn later, so a view in the chunk's second half-turn is predicted
+also from the decoded views half a turn before it (the conjugate sub-predictors).  The
+encoder computes the table from the chunk's angles and geometry, keeps it when it
+predicts the chunk better than the previous view does, and stores it: decoding needs no
+geometry.
 
 In the noise-bounded mode on raw counts (uint8/uint16 under a counts-domain model) the
 bound of each value is applied inside the loop (:func:`bound_table`); other data take the
@@ -41,6 +50,7 @@ generic mode (:mod:`ctpress.codecs.noise_bound`).
 
 from __future__ import annotations
 
+import copy
 import math
 import struct
 from typing import TYPE_CHECKING, Any
@@ -49,10 +59,12 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from ..errors import CorruptFileError, InputError
+from ..learned.conjugate import ConjugateRays, causal_conjugate_rays, conjugate_view
 from ..learned.store import WeightsMismatchError
 from ..noise import NoiseModel
 from . import _predictive as kernel
 from .base import Codec, Knob, RateModel, _Encoded, near_lossless_rate_model
+from .context import ChunkContext
 from .registry import register_codec
 from .settings import number_setting
 
@@ -129,6 +141,21 @@ class ConvLstm(Codec):
     def _options(self) -> dict[str, Any]:
         return {"predictor": self.predictor, "grid": self.grid}
 
+    #: The chunk's conjugate-ray table (set on a per-chunk copy by :meth:`_encode_chunk`).
+    _rays: ConjugateRays | None = None
+
+    def _encode_chunk(self, x: np.ndarray, context: ChunkContext | None) -> _Encoded:
+        """The chunk under the rate control, with the conjugate sub-predictors where the
+        chunk's geometry has conjugate rays that predict it (predictor ``all``)."""
+        if context is None or self.predictor != "all" or x.dtype.name not in self.exact_dtypes:
+            return super()._encode_chunk(x, context)
+        rays = causal_conjugate_rays(x, context.geometry, context.angles)
+        if rays is None:
+            return super()._encode_chunk(x, context)
+        chunk_codec = copy.copy(self)
+        chunk_codec._rays = rays
+        return Codec._encode_chunk(chunk_codec, x, context)
+
     def _encode_lossless(self, x: np.ndarray) -> _Encoded:
         """Integer data as they are; float data on the stated ``grid`` (``lo + k grid``,
         every value checked to come back exactly)."""
@@ -203,6 +230,7 @@ class ConvLstm(Codec):
         error bound ``near`` (the first ``coarser`` views at ``near + 1``), or with
         ``bound`` = (fraction, counts-domain noise model) at the noise bound of each value."""
         groups = PREDICTORS[self.predictor] | (PER_VALUE_BOUND if bound else 0)
+        groups |= kernel.CONJUGATE if self._rays is not None else 0
         maxval = int(work.max())
         head = _HEAD.pack(_VERSION, groups, near, coarser, maxval, *work.shape)
         model: ViewPredictor | None = None
@@ -217,13 +245,17 @@ class ConvLstm(Codec):
             saturation = math.nan if noise.saturation is None else noise.saturation
             head += _NOISE.pack(fraction, noise.gain, noise.read_noise, noise.dark, saturation)
             table = bound_table(maxval, np.iinfo(work.dtype).max, fraction, noise)
+        if self._rays is not None:
+            head += self._rays.to_bytes()
         capacity = work.size * 3 + 1024
         while True:  # rarely more than once: the buffer holds 24 bits per value
             sequence = None if model is None else model.sequence(work.shape[1], work.shape[2], norm)
             buffer = np.zeros(capacity, dtype=np.uint8)
             state = kernel.CoderState.new(work.shape[1], work.shape[2], buffer, encoding=True)
             decoded = np.array(work, dtype=np.int64)
-            self._run(True, decoded, groups, maxval, (near, coarser), table, state, sequence)
+            self._run(
+                True, decoded, groups, maxval, (near, coarser), table, state, sequence, self._rays
+            )
             n_bytes = kernel.flush(state.coder, buffer)
             if n_bytes >= 0:
                 break
@@ -233,7 +265,8 @@ class ConvLstm(Codec):
 
     @staticmethod
     def _run(encoding: bool, views: np.ndarray, groups: int, maxval: int, near: tuple[int, int],
-             table: np.ndarray, state: kernel.CoderState, sequence: Any) -> None:  # fmt: skip
+             table: np.ndarray, state: kernel.CoderState, sequence: Any,
+             rays: ConjugateRays | None) -> None:  # fmt: skip
         """Code ``views`` (n, rows, cols) int64 in place, view by view (the predictor's
         small GEMMs on one BLAS thread: faster than two, and the same integers)."""
         empty = np.zeros((0, 0), dtype=np.int64)
@@ -242,8 +275,14 @@ class ConvLstm(Codec):
         with threadpool_limits(limits=1, user_api="blas"):
             for t in range(views.shape[0]):
                 view = views[t]
+                conjugate = empty
+                if rays is not None:
+                    prediction, valid = conjugate_view(views, t, rays)
+                    if valid.any():  # columns without conjugate samples: the previous view
+                        conjugate = np.where(valid, prediction, previous)
                 kernel.code_view(
-                    encoding, view, previous, learned, groups & ~PER_VALUE_BOUND, maxval,
+                    encoding, view, previous, learned, conjugate, groups & ~PER_VALUE_BOUND,
+                    maxval,
                     near[0] + (t < near[1]),
                     table, state.probs, state.bias, state.errors, state.mixer, state.coder,
                     state.buffer,
@@ -262,7 +301,9 @@ class ConvLstm(Codec):
         if coarser > dims[0]:
             raise CorruptFileError(f"convlstm stream codes {coarser} of {dims[0]} views coarser")
         dtype = np.dtype(work_dtype)
-        if version != _VERSION or groups & ~PER_VALUE_BOUND not in PREDICTORS.values():
+        predictors = groups & ~PER_VALUE_BOUND & ~kernel.CONJUGATE
+        conjugate_ok = not groups & kernel.CONJUGATE or predictors == PREDICTORS["all"]
+        if version != _VERSION or predictors not in PREDICTORS.values() or not conjugate_ok:
             raise CorruptFileError(f"convlstm stream version {version} / predictors {groups}")
         if dtype.name not in self.exact_dtypes or maxval > np.iinfo(dtype).max:
             raise CorruptFileError(f"convlstm stream declares values up to {maxval} in {dtype}")
@@ -297,6 +338,12 @@ class ConvLstm(Codec):
             except (ValueError, InputError) as exc:
                 raise CorruptFileError(f"convlstm stream has a bad noise model: {exc}") from None
             table = bound_table(maxval, np.iinfo(dtype).max, fraction, noise)
+        rays = None
+        if groups & kernel.CONJUGATE:
+            rays, used = ConjugateRays.from_bytes(stream[pos:], shape[2], shape[0])
+            pos += used
+        if len(stream) < pos + 4:
+            raise CorruptFileError("convlstm stream is truncated")
         (n_payload,) = struct.unpack_from("<I", stream, pos)
         payload = np.frombuffer(stream, dtype=np.uint8, count=n_payload, offset=pos + 4).copy()
         if pos + 4 + n_payload != len(stream):
@@ -305,7 +352,7 @@ class ConvLstm(Codec):
             raise CorruptFileError(f"convlstm payload of {n_payload} bytes cannot hold {shape}")
         views = np.zeros(shape, dtype=np.int64)
         state = kernel.CoderState.new(shape[1], shape[2], payload, encoding=False)
-        self._run(False, views, groups, maxval, (near, coarser), table, state, sequence)
+        self._run(False, views, groups, maxval, (near, coarser), table, state, sequence, rays)
         if state.coder[6] > kernel.FLUSH_BYTES:
             raise CorruptFileError("convlstm payload ended before the chunk was decoded")
         return views.astype(dtype)

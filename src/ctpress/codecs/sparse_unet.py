@@ -17,9 +17,15 @@ raw counts (``log_counts=True``, or by default when the scan's metadata says ``u
 counts``) through an exact log table, anything else as stored.  Helical scans are refused.
 
 Stream (after the chunk header), little-endian: ``u8`` version (1), ``u8`` keep_every,
-``u8`` flags (bit 0: counts domain; bit 1: U-Net restoration), ``u8`` 0, ``u32`` views
-of the chunk, 8 bytes of the SHA-256 of the U-Net weights (zeros for linear), then the
-inner codec's framed chunk of the stored views (its own header and CRC-32).
+``u8`` flags (bit 0: counts domain; bit 1: U-Net restoration; bit 2: a conjugate-ray
+table follows), ``u8`` 0, ``u32`` views of the chunk, 8 bytes of the SHA-256 of the U-Net
+weights (zeros for linear), the conjugate-ray table if flagged
+(:meth:`~ctpress.learned.conjugate.ConjugateRays.to_bytes`), then the inner codec's
+framed chunk of the stored views (its own header and CRC-32).
+
+In a full rotation the U-Net also sees the conjugate rays (each missing view sampled
+again by the stored views half a turn away); the encoder computes their table from the
+chunk's angles and geometry and stores it, so decoding needs no geometry.
 """
 
 from __future__ import annotations
@@ -31,14 +37,16 @@ from typing import Any
 import numpy as np
 
 from ..errors import CorruptFileError, InputError
+from ..learned.conjugate import ConjugateRays
 from ..learned.sparse import (
     MAX_KEEP_EVERY,
+    choose_conjugate_rays,
     interpolate_views,
     sinogram_unet,
+    sinogram_unet_with_id,
     stored_views,
     synthesise_views,
 )
-from ..learned.store import WeightsMismatchError
 from .base import Codec, _Encoded
 from .context import ChunkContext
 from .framing import checked_chunk_header
@@ -49,6 +57,7 @@ _VERSION = 1
 _HEAD = struct.Struct("<BBBBI8s")
 _COUNTS = 1
 _UNET = 2
+_CONJUGATE = 4
 RESTORATIONS = ("unet", "linear")
 
 
@@ -151,12 +160,17 @@ class SparseUnet(Codec):
         )
         unet = self.restoration == "unet"
         weights_id = sinogram_unet().weights_id if unet else bytes(8)
+        rays = None
+        if unet:
+            rays = choose_conjugate_rays(x, kept, counts, context.geometry, context.angles)
         flags = (_COUNTS if counts else 0) | (_UNET if unet else 0)
+        flags |= _CONJUGATE if rays is not None else 0
         head = _HEAD.pack(_VERSION, self.keep_every, flags, 0, n_views, weights_id)
+        table = b"" if rays is None else rays.to_bytes()
         full = self._synthesise(
-            kept_decoded.reshape(len(kept), *x.shape[1:]), kept, n_views, counts, unet
+            kept_decoded.reshape(len(kept), *x.shape[1:]), kept, n_views, counts, unet, rays
         )
-        return _Encoded(head + inner_chunk, {"t": "none", "w": x.dtype.str}, full)
+        return _Encoded(head + table + inner_chunk, {"t": "none", "w": x.dtype.str}, full)
 
     def _counts(self, x: np.ndarray, context: ChunkContext) -> bool:
         if x.dtype.kind not in "ui" or x.dtype.itemsize > 4:
@@ -169,10 +183,15 @@ class SparseUnet(Codec):
 
     @staticmethod
     def _synthesise(
-        kept_values: np.ndarray, kept: np.ndarray, n_views: int, counts: bool, unet: bool
+        kept_values: np.ndarray,
+        kept: np.ndarray,
+        n_views: int,
+        counts: bool,
+        unet: bool,
+        rays: ConjugateRays | None,
     ) -> np.ndarray:
         if unet:
-            return synthesise_views(kept_values, kept, n_views, counts, sinogram_unet())
+            return synthesise_views(kept_values, kept, n_views, counts, sinogram_unet(), rays)
         return interpolate_views(kept_values, kept, n_views, counts)
 
     def compress(
@@ -185,41 +204,51 @@ class SparseUnet(Codec):
         return data, enc.decoded.reshape(np.shape(array))
 
     def _decode_stream(self, stream: bytes, shape: tuple[int, ...], work_dtype: str) -> np.ndarray:
-        kept, flags, inner = self._parse(stream, shape, work_dtype)
-        unet = bool(flags & _UNET)
-        if unet and _HEAD.unpack_from(stream)[5] != sinogram_unet().weights_id:
-            raise WeightsMismatchError(
-                "this sparse-unet chunk was made with other U-Net weights than this "
-                "ctpress ships; decode it with the ctpress version that wrote it"
-            )
+        kept, flags, rays, inner = self._parse(stream, shape, work_dtype)
+        network = None
+        if flags & _UNET:  # the weights that made the chunk, if installed
+            network = sinogram_unet_with_id(_HEAD.unpack_from(stream)[5])
         kept_values = self.inner_codec.decode(inner).reshape(len(kept), *shape[1:])
-        return self._synthesise(kept_values, kept, shape[0], bool(flags & _COUNTS), unet)
+        counts = bool(flags & _COUNTS)
+        if network is None:
+            return interpolate_views(kept_values, kept, shape[0], counts)
+        return synthesise_views(kept_values, kept, shape[0], counts, network, rays)
 
     def decode_stored(self, buf: bytes | bytearray | memoryview) -> np.ndarray:
         """The stored views of a chunk (n_stored, rows, cols), nothing synthesised."""
         enc, shape, dtype = self._read_chunk(buf)
         shape3 = shape if len(shape) == 3 else (1, *shape)
         with self._stream_errors():
-            kept, _, inner = self._parse(enc.stream, shape3, dtype.name)
+            kept, _, _, inner = self._parse(enc.stream, shape3, dtype.name)
             return self.inner_codec.decode(inner).reshape(len(kept), *shape3[1:])
 
     def _parse(
         self, stream: bytes, shape: tuple[int, ...], work_dtype: str
-    ) -> tuple[np.ndarray, int, bytes]:
-        """(indices of the stored views, stream flags, the inner chunk), every field of the
-        stream and of the inner chunk's header checked against the chunk's ``shape`` and
-        ``work_dtype`` before anything is decoded."""
+    ) -> tuple[np.ndarray, int, ConjugateRays | None, bytes]:
+        """(indices of the stored views, stream flags, the conjugate-ray table, the inner
+        chunk), every field of the stream and of the inner chunk's header checked against
+        the chunk's ``shape`` and ``work_dtype`` before anything is decoded."""
         if len(stream) < _HEAD.size:
             raise CorruptFileError("sparse-unet stream is truncated")
         version, keep_every, flags, _, n_views, _ = _HEAD.unpack_from(stream)
-        if version != _VERSION or not 2 <= keep_every <= MAX_KEEP_EVERY or flags > 3:
+        conjugate_without_unet = flags & _CONJUGATE and not flags & _UNET
+        if (
+            version != _VERSION
+            or not 2 <= keep_every <= MAX_KEEP_EVERY
+            or flags > 7
+            or conjugate_without_unet
+        ):
             raise CorruptFileError(
                 f"sparse-unet stream version {version}, keep_every {keep_every} or flags "
                 f"{flags} is not one this ctpress writes"
             )
         check_declared("sparse-unet stream's view count", n_views, shape[0])
         kept = stored_views(n_views, keep_every)
-        inner = stream[_HEAD.size :]
+        rays, end = None, _HEAD.size
+        if flags & _CONJUGATE:
+            rays, used = ConjugateRays.from_bytes(stream[end:], shape[-1], n_views)
+            end += used
+        inner = stream[end:]
         _, _, inner_shape, inner_dtype = checked_chunk_header(inner)
         check_declared(
             "sparse-unet inner chunk's shape", tuple(inner_shape), (len(kept), *shape[1:])
@@ -227,4 +256,4 @@ class SparseUnet(Codec):
         check_declared(
             "sparse-unet inner chunk's dtype", inner_dtype.name, np.dtype(work_dtype).name
         )
-        return kept, flags, inner
+        return kept, flags, rays, inner

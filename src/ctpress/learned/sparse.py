@@ -5,12 +5,15 @@ extrapolated) and restores the rest:
 
 - (a) in the sinogram domain, :func:`synthesise_views`: every detector row's sinogram
   (views x columns) is interpolated linearly between the stored views and a U-Net adds a
-  correction to the synthesised views.  It runs in integers (:class:`~.unet.FixedUNet`),
-  and so do the steps around it, so a decoder synthesises the same views on every machine:
-  the stored values are mapped to a linear domain exactly (raw counts through an integer
-  table of ``round(2**20 ln c)``; any other data as they are), normalised by the stored
-  views' minimum and maximum with correctly rounded IEEE operations, interpolated with
-  integer division, and mapped back exactly (counts by a search of the same table);
+  correction to the synthesised views. In a full rotation it also sees the conjugate
+  rays (:mod:`.conjugate`): each missing view interpolated from the stored views half a
+  turn away, which sample it at other view positions. It runs in integers
+  (:class:`~.unet.FixedUNet`), and so do the steps around it, so a decoder synthesises
+  the same views on every machine: the stored values are mapped to a linear domain
+  exactly (raw counts through an integer table of ``round(2**20 ln c)``; any other data
+  as they are), normalised by the stored views' minimum and maximum with correctly
+  rounded IEEE operations, interpolated with integer division, and mapped back exactly
+  (counts by a search of the same table);
 - (b) in the image domain, :func:`restore_images`: a U-Net corrects the filtered
   back-projection of the stored views (FBPConvNet-style), for users who only need the
   reconstruction (``ctpress recon --restore``).
@@ -27,15 +30,18 @@ from decimal import Decimal, localcontext
 
 import numpy as np
 
+from ..scan import Geometry
 from . import store
+from .conjugate import VIEW_UNIT, ConjugateRays, conjugate_interpolation, conjugate_rays
 from .unet import BATCH_PIXELS, ONE, FixedUNet, UNetConfig, load_unet
 
 #: Manifest methods of the two restorations.
 SINOGRAM_METHOD = "sparse-unet-sinogram"
 IMAGE_METHOD = "sparse-unet-image"
 #: Architectures: (a) sees the interpolated sinogram, the stored views around each view,
-#: its position between them and their distance; (b) the image and k.
-SINOGRAM_UNET = UNetConfig(5, (16, 32, 64), output_shift=6)
+#: its position between them, their distance, the conjugate-ray interpolation and its
+#: distance to the nearest conjugate sample; (b) the image and k.
+SINOGRAM_UNET = UNetConfig(7, (16, 32, 64), output_shift=6)
 IMAGE_UNET = UNetConfig(2, (16, 32, 64), output_shift=4)
 #: Keep-every values the networks are trained on (others work, untested).
 TRAINED_KEEP_EVERY = (2, 4, 8, 16)
@@ -117,12 +123,16 @@ def sinogram_inputs(
     kept: np.ndarray,
     n_views: int,
     normalisation: tuple[float, float] | None = None,
+    rays: ConjugateRays | None = None,
 ) -> tuple[np.ndarray, float, float]:
-    """Integer U-Net inputs (rows, 5, n_views, cols) of a chunk whose stored views
+    """Integer U-Net inputs (rows, 7, n_views, cols) of a chunk whose stored views
     ``kept_linear`` (len(kept), rows, cols; :func:`to_linear`) are ``kept``: the
     normalised, linearly interpolated sinogram of every row, the stored views before and
     after each view (repeated over the gap), the offset of each view between them
-    (fraction of the gap) and the gap (in :data:`GAP_UNIT`), all in units of 2**-16; and
+    (fraction of the gap), the gap (in :data:`GAP_UNIT`), the conjugate-ray
+    interpolation (:func:`~.conjugate.conjugate_interpolation` with ``rays``; the linear
+    interpolation where there is none) and the distance to the nearest conjugate sample
+    (fraction of the gap, at most 1; 1 where there is none), all in units of 2**-16; and
     the normalisation ``(lo, span)``: the stored views' minimum and range, unless given."""
     if normalisation is None:
         lo = float(kept_linear.min())
@@ -144,6 +154,14 @@ def sinogram_inputs(
     x[:, 2] = sb.transpose(1, 0, 2)
     x[:, 3] = fraction[None, :, None]
     x[:, 4] = gap_channel[None, :, None]
+    x[:, 5] = x[:, 0]
+    x[:, 6] = ONE
+    if rays is not None:
+        conjugate, distance = conjugate_interpolation(s, kept, n_views, rays)
+        valid = distance >= 0  # (n_views, cols)
+        x[:, 5] = np.where(valid[None], conjugate.transpose(1, 0, 2), x[:, 0])
+        near = np.minimum(distance * ONE // (np.maximum(gap, 1)[:, None] * VIEW_UNIT), ONE)
+        x[:, 6] = np.where(valid, near, ONE)[None]
     return x, lo, span
 
 
@@ -160,13 +178,15 @@ def synthesise_views(
     n_views: int,
     counts: bool,
     network: FixedUNet | None = None,
+    rays: ConjugateRays | None = None,
 ) -> np.ndarray:
     """Restoration (a): the full chunk (n_views, rows, cols) from its stored views
     ``kept_values`` (len(kept), rows, cols) at indices ``kept``, in their dtype; stored
     views are returned as they are.  ``network`` None: the shipped sinogram U-Net;
-    :func:`interpolate_views` is the same without it."""
+    ``rays``: the chunk's conjugate rays (:func:`choose_conjugate_rays`), if any;
+    :func:`interpolate_views` is the same without a network."""
     network = sinogram_unet() if network is None else network
-    return _synthesise(kept_values, kept, n_views, counts, network)
+    return _synthesise(kept_values, kept, n_views, counts, network, rays)
 
 
 def interpolate_views(
@@ -174,7 +194,7 @@ def interpolate_views(
 ) -> np.ndarray:
     """Linear interpolation between the stored views (the baseline of restoration (a)),
     in the same exact domain."""
-    return _synthesise(kept_values, kept, n_views, counts, None)
+    return _synthesise(kept_values, kept, n_views, counts, None, None)
 
 
 def _synthesise(
@@ -183,6 +203,7 @@ def _synthesise(
     n_views: int,
     counts: bool,
     network: FixedUNet | None,
+    rays: ConjugateRays | None,
 ) -> np.ndarray:
     """The full chunk, detector rows in groups of about BATCH_PIXELS values (so the U-Net's
     inputs and activations take a bounded memory whatever the chunk's size)."""
@@ -194,15 +215,58 @@ def _synthesise(
     group = max(1, BATCH_PIXELS // (n_views * cols))
     for r0 in range(0, rows, group):
         part = linear[:, r0 : r0 + group]
-        x = sinogram_inputs(part, kept, n_views, (lo, span))[0]
+        x = sinogram_inputs(part, kept, n_views, (lo, span), rays)[0]
         s = x[:, 0]
-        if network is not None:
+        if network is not None:  # earlier networks take the first channels
+            x = x[:, : network.config.in_channels]
             s = s + network(padded(x, network.config.multiple))[:, :n_views, :cols]
         s = np.clip(s, -_CLIP * ONE, (1 + _CLIP) * ONE)
         values = lo + s.transpose(1, 0, 2) * (span / ONE)
         out[:, r0 : r0 + group] = from_linear(values, counts, kept_values.dtype)
     out[kept] = kept_values
     return out
+
+
+#: Detector rows the encoder tries the conjugate-ray tables on.
+_PROBE_ROWS = 4
+#: A conjugate-ray table is kept when its interpolation error is within this many times
+#: that of linear interpolation.
+_CONJUGATE_SLACK = 1.5
+
+
+def choose_conjugate_rays(
+    values: np.ndarray,
+    kept: np.ndarray,
+    counts: bool,
+    geometry: Geometry | None,
+    angles: np.ndarray | None,
+) -> ConjugateRays | None:
+    """The encoder's conjugate-ray table of a chunk ``values`` (n_views, rows, cols): of
+    the two fan-angle conventions, the one whose conjugate interpolation of the views
+    that are not stored is closer to them (on a few rows), if it is within
+    :data:`_CONJUGATE_SLACK` times the error of linear interpolation (on noisy data the two
+    are about level, and the U-Net uses both; the wrong convention, or cone-beam rows far
+    from the mid-plane, are many times worse); None otherwise (or without conjugate rays)."""
+    n_views, rows, cols = values.shape
+    probe = values[:, np.unique(np.linspace(0, rows - 1, min(rows, _PROBE_ROWS)).astype(int))]
+    linear = to_linear(probe, counts)
+    lo = float(linear[kept].min())
+    span = float(linear[kept].max()) - lo or 1.0
+    missing = np.ones(n_views, dtype=bool)
+    missing[kept] = False
+    truth = ((linear - lo) / span * ONE).transpose(1, 0, 2)[:, missing]
+    best, best_error = None, None
+    for handedness in (1, -1):
+        rays = conjugate_rays(geometry, angles, cols, handedness)
+        if rays is None:
+            return None
+        x = sinogram_inputs(linear[kept], kept, n_views, (lo, span), rays)[0]
+        if best_error is None:
+            best_error = _CONJUGATE_SLACK * float(np.abs(x[:, 0][:, missing] - truth).mean())
+        error = float(np.abs(x[:, 5][:, missing] - truth).mean())
+        if error < best_error:
+            best, best_error = rays, error
+    return best
 
 
 # ---------------------------------------------------------------- (b) image domain
@@ -225,20 +289,34 @@ def restore_images(
 # ---------------------------------------------------------------- shipped weights
 def sinogram_unet() -> FixedUNet:
     """The shipped sinogram-domain U-Net (manifest entry :data:`SINOGRAM_METHOD`)."""
-    return _load(str(store.weights_dir()), SINOGRAM_METHOD)
+    return _load(str(store.weights_dir()), SINOGRAM_METHOD, 0)
+
+
+def sinogram_unet_with_id(weights_id: bytes) -> FixedUNet:
+    """The installed sinogram U-Net whose weights' SHA-256 starts with ``weights_id`` (a
+    stream's): the shipped one, or an earlier one kept so that older files decode
+    (:class:`~.store.WeightsMismatchError` if none)."""
+    directory = str(store.weights_dir())
+    for index, entry in enumerate(store.entries(directory, SINOGRAM_METHOD)):
+        if bytes.fromhex(entry["sha256"])[:8] == weights_id:
+            return _load(directory, SINOGRAM_METHOD, index)
+    raise store.WeightsMismatchError(
+        "this sparse-unet chunk was made with other U-Net weights than this ctpress ships; "
+        "decode it with the ctpress version that wrote it"
+    )
 
 
 def image_unet() -> FixedUNet:
     """The shipped image-domain U-Net (manifest entry :data:`IMAGE_METHOD`)."""
-    return _load(str(store.weights_dir()), IMAGE_METHOD)
+    return _load(str(store.weights_dir()), IMAGE_METHOD, 0)
 
 
 @functools.cache
-def _load(directory: str, method: str) -> FixedUNet:
+def _load(directory: str, method: str, index: int) -> FixedUNet:
     entries = store.entries(directory, method)
-    if not entries:
+    if len(entries) <= index:
         raise store.WeightsMismatchError(f"the {method} weights are not installed")
-    data, digest = store.read_entry(directory, entries[0])
+    data, digest = store.read_entry(directory, entries[index])
     return load_unet(data, bytes.fromhex(digest)[:8])
 
 

@@ -76,6 +76,7 @@ def train(
     minutes: float | None = None,
     seed: int = 0,
     cache: Path | None = None,
+    only: str | None = None,
     command: str | None = None,
     log: bool = True,
 ) -> dict[str, Any]:
@@ -98,6 +99,8 @@ def train(
         Seed of the initialisation, the simulated noise and the patch sampler.
     cache : Path, optional
         Directory caching the simulated noise-free projections.
+    only : {"sinogram", "image"}, optional
+        sparse-unet: train only this restoration.
     command : str, optional
         The command line recorded in the weights' metadata.
 
@@ -117,8 +120,9 @@ def train(
         from .train_sparse import train_sparse_unet
 
         return train_sparse_unet(
-            data, out, steps=steps, minutes=minutes, seed=seed, command=command, log=log
-        )
+            data, out, steps=steps, minutes=minutes, seed=seed, only=only, command=command,
+            log=log,
+        )  # fmt: skip
     if method == "siren":
         return train_siren_init(
             rate_point, data, out, steps=steps, minutes=minutes, seed=seed, cache=cache,

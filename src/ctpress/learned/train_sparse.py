@@ -9,9 +9,9 @@ views (the first two thirds) join (a) as counts.
 
 - (a) sinogram domain: a random ``k`` of :data:`~ctpress.learned.sparse.TRAINED_KEEP_EVERY`,
   the whole noisy sinogram reduced to its stored views and prepared exactly as the codec
-  does (:func:`~ctpress.learned.sparse.sinogram_inputs`), a crop of
-  :data:`SINOGRAM_PATCH`; loss: mean squared error of the synthesised views against the
-  noisy views that were left out (normalised units).
+  does (:func:`~ctpress.learned.sparse.sinogram_inputs`, with the conjugate rays of its
+  geometry), a crop of :data:`SINOGRAM_PATCH`; loss: mean squared error of the
+  synthesised views against the noisy views that were left out (normalised units).
 - (b) image domain: FBP (ram-lak) of every ``k``-th view of a noisy sinogram against the
   FBP of all its views, both divided by the attenuation of water; loss: mean squared error
   on crops of :data:`IMAGE_PATCH`.
@@ -41,6 +41,7 @@ from ..recon import fbp
 from ..scan import DetectorShape, Geometry, GeometryKind
 from ..sim.phantom import MU_WATER_PER_MM
 from ..sim.simulate import simulate_scan
+from .conjugate import ConjugateRays, conjugate_rays
 from .data import HELD_OUT_VOLUMES, DataFiles, _stem, load_volume, real_scans
 from .fitting import fit
 from .models.unet import UNet
@@ -106,7 +107,7 @@ def noisy(line_integrals: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 class SinogramSampler:
-    """Batches (inputs (B, 3, v, c), targets (B, 1, v, c), masks (B, 1, v, c)) for (a):
+    """Batches (inputs (B, 7, v, c), targets (B, 1, v, c), masks (B, 1, v, c)) for (a):
     crops of ``patch`` (views, columns), with Poisson noise unless ``noise`` is False, every
     sinogram reduced to every k-th view for a k drawn from ``keep_every``."""
 
@@ -125,42 +126,47 @@ class SinogramSampler:
         self.patch = patch
         self.noise = noise
         self.keep_every = keep_every
+        self.rays = [
+            conjugate_rays(s.geometry, np.asarray(s.geometry.angles_rad), s.line_integrals.shape[1])
+            for s in sinograms
+        ]
 
     def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One crop: the views between the stored ones around it get their noise, the
-        whole sinogram's stored views give the normalisation (as a codec chunk's would)."""
+        """One crop of a whole noisy sinogram prepared as a codec chunk is: its stored
+        views give the normalisation and the conjugate-ray interpolation."""
         rng = self.rng
         real = bool(self.real) and rng.random() < 0.1
+        rays: ConjugateRays | None = None
         if real:
             source = to_linear(self.real[int(rng.integers(len(self.real)))], counts=True)
         else:
-            source = self.sinograms[int(rng.integers(len(self.sinograms)))].line_integrals
+            i = int(rng.integers(len(self.sinograms)))
+            source, rays = self.sinograms[i].line_integrals, self.rays[i]
         if rng.random() < 0.5:
             source = source[::-1]
+            rays = None if rays is None else rays.reversed_views()
         if rng.random() < 0.5:
             source = source[:, ::-1]
+            rays = None if rays is None else rays.flipped_columns()
+        source = np.asarray(source, dtype=np.float64)
+        if not real and self.noise:
+            source = noisy(source, rng)
         n_views = source.shape[0]
         k = int(rng.choice(self.keep_every))
         kept = stored_views(n_views, k)
         pv, pc = self.patch
         v0 = int(rng.integers(n_views - pv + 1))
         c0 = int(rng.integers(source.shape[1] - pc + 1))
-        first = int(kept[np.searchsorted(kept, v0, side="right") - 1])  # stored, <= v0
-        last = int(kept[np.searchsorted(kept, v0 + pv - 1)])  # stored, >= the crop's end
-        block = np.asarray(source[first : last + 1, c0 : c0 + pc], dtype=np.float64)
-        if not real and self.noise:
-            block = noisy(block, rng)
         lo = float(source[kept].min())
         span = float(source[kept].max()) - lo or 1.0
-        local = kept[(kept >= first) & (kept <= last)] - first
-        x, _, _ = sinogram_inputs(block[local][:, None], local, len(block), (lo, span))
-        window = slice(v0 - first, v0 - first + pv)
-        mask = np.ones(len(block))
-        mask[local] = 0
+        x, _, _ = sinogram_inputs(source[kept][:, None], kept, n_views, (lo, span), rays)
+        window = (slice(v0, v0 + pv), slice(c0, c0 + pc))
+        mask = np.ones(n_views)
+        mask[kept] = 0
         return (
-            x[0][:, window] / ONE,
-            ((block[window] - lo) / span)[None],
-            np.broadcast_to(mask[window, None], (pv, pc))[None],
+            x[0][:, window[0], window[1]] / ONE,
+            ((source[window] - lo) / span)[None],
+            np.broadcast_to(mask[window[0], None], (pv, pc))[None],
         )
 
     def batch(self) -> tuple[torch.Tensor, ...]:
@@ -251,12 +257,16 @@ def train_sparse_unet(
     steps: int | None = None,
     minutes: float | None = None,
     seed: int = 0,
+    only: str | None = None,
     command: str | None = None,
     log: bool = True,
 ) -> dict[str, Any]:
-    """Train both restorations; write (a) to ``out`` and (b) to
+    """Train both restorations, or ``only`` one (``"sinogram"`` or ``"image"``, which
+    then gets the whole time budget); write (a) to ``out`` and (b) to
     :func:`image_weights_path` (float32 safetensors, provenance in the metadata).
-    Returns the metadata of (a) with that of (b) under ``"image"``."""
+    Returns the metadata of the first trained with that of (b) under ``"image"``."""
+    if only not in (None, "sinogram", "image"):
+        raise InputError(f"sparse-unet trains the 'sinogram' or 'image' restoration, not {only!r}")
     t_start = time.perf_counter()
     torch.manual_seed(seed)
     say = print if log else (lambda *a, **k: None)
@@ -271,20 +281,24 @@ def train_sparse_unet(
     ]
     say(f"sparse-unet: {len(sinograms)} simulated sinograms, {len(real)} real ones")
     total_seconds = None if minutes is None else minutes * 60
-    sino_seconds = None if total_seconds is None else total_seconds * SINOGRAM_SHARE
-    sampler = SinogramSampler(sinograms, real, seed)
-    sino_model, sino_steps, sino_s, sino_hist = _fit(
-        SINOGRAM_UNET, sampler.batch, steps, sino_seconds, say, "sinogram"
-    )
-    t_pairs = time.perf_counter()
-    pairs = image_pairs(sinograms, seed + 1)
-    say(f"sparse-unet: {len(pairs)} image pairs in {time.perf_counter() - t_pairs:.0f} s")
-    image_seconds = None
-    if total_seconds is not None:
-        image_seconds = max(60.0, total_seconds - (time.perf_counter() - t_start))
-    image_model, image_steps, image_s, image_hist = _fit(
-        IMAGE_UNET, ImageSampler(pairs, seed + 2).batch, steps, image_seconds, say, "image"
-    )
+    share = {None: SINOGRAM_SHARE, "sinogram": 1.0, "image": 0.0}[only]
+    sino_seconds = None if total_seconds is None else total_seconds * share
+    trained = {}
+    if only != "image":
+        sampler = SinogramSampler(sinograms, real, seed)
+        trained["sinogram"] = _fit(
+            SINOGRAM_UNET, sampler.batch, steps, sino_seconds, say, "sinogram"
+        )
+    if only != "sinogram":
+        t_pairs = time.perf_counter()
+        pairs = image_pairs(sinograms, seed + 1)
+        say(f"sparse-unet: {len(pairs)} image pairs in {time.perf_counter() - t_pairs:.0f} s")
+        image_seconds = None
+        if total_seconds is not None:
+            image_seconds = max(60.0, total_seconds - (time.perf_counter() - t_start))
+        trained["image"] = _fit(
+            IMAGE_UNET, ImageSampler(pairs, seed + 2).batch, steps, image_seconds, say, "image"
+        )
     common = {
         "seed": seed,
         "device": "cpu",
@@ -297,10 +311,10 @@ def train_sparse_unet(
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     records: dict[str, dict[str, Any]] = {}
-    for label, model, n, seconds, history, path in (
-        ("sinogram", sino_model, sino_steps, sino_s, sino_hist, out),
-        ("image", image_model, image_steps, image_s, image_hist, image_weights_path(out)),
-    ):
+    paths = {"sinogram": out, "image": image_weights_path(out)}
+    option = f" --only {only}" if only else ""
+    for label, (model, n, seconds, history) in trained.items():
+        path = paths[label]
         metadata: dict[str, Any] = {
             **common,
             "method": f"sparse-unet-{label}",
@@ -308,13 +322,14 @@ def train_sparse_unet(
             "steps": n,
             "train_seconds": round(seconds, 1),
             "history": history[-5:],
-            "reproduce": f"ctpress train sparse-unet --out {out} --steps {n} --seed {seed}",
+            "reproduce": f"ctpress train sparse-unet --out {out} --steps {n} --seed {seed}{option}",
         }
         metadata["sha256"] = save_unet(model, path, metadata)
         say(f"wrote {path} (sha256 {metadata['sha256'][:16]}...)")
         records[label] = metadata
-    records["sinogram"]["total_seconds"] = round(time.perf_counter() - t_start, 1)
-    return {**records["sinogram"], "image": records["image"]}
+    first = records[next(iter(records))]
+    first["total_seconds"] = round(time.perf_counter() - t_start, 1)
+    return {**first, **({"image": records["image"]} if len(records) > 1 else {})}
 
 
 def save_unet(model: torch.nn.Module, path: Path, metadata: dict[str, Any]) -> str:

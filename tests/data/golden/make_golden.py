@@ -51,7 +51,33 @@ def golden_scans() -> dict[str, ctpress.Scan]:
     sinogram = ctpress.Scan(
         sino, ctpress.Geometry(kind="parallel", angles_rad=tuple(np.arange(n) * 0.5))
     )
-    return {"u16": cone, "f32": sinogram}
+    return {"u16": cone, "f32": sinogram, "fan360": _full_turn_fan()}
+
+
+def _full_turn_fan() -> ctpress.Scan:
+    """Raw counts of two disks in a fan-beam scan over a full turn (24 views, 2 rows,
+    48 columns of a flat detector), computed analytically: every ray is measured twice."""
+    n, rows, cols, sod, sdd, pitch = 24, 2, 48, 500.0, 900.0, 4.0
+    beta = np.arange(n) * (2 * np.pi / n)
+    gamma = np.arctan((np.arange(cols) - (cols - 1) / 2) * pitch / sdd)
+    source = sod * np.stack([np.cos(beta), np.sin(beta)], -1)[:, None, :]  # (n, 1, 2)
+    angle = beta[:, None] + np.pi + gamma[None, :]  # ray direction, (n, cols)
+    direction = np.stack([np.cos(angle), np.sin(angle)], -1)
+    line = np.zeros((n, cols))
+    for centre, radius, mu in (((0.0, 0.0), 150.0, 0.005), ((60.0, -40.0), 40.0, 0.008)):
+        to_centre = np.asarray(centre) - source
+        along = (to_centre * direction).sum(-1)
+        d2 = (to_centre**2).sum(-1) - along**2
+        line += 2 * mu * np.sqrt(np.clip(radius**2 - d2, 0, None))
+    counts = np.rint(40000 * np.exp(-line))[:, None, :] * np.ones((1, rows, 1))
+    geometry = ctpress.Geometry(
+        kind="fan",
+        angles_rad=tuple(beta),
+        source_isocenter_mm=sod,
+        source_detector_mm=sdd,
+        detector_spacing_mm=(1.0, pitch),
+    )
+    return ctpress.Scan(counts.astype(np.uint16), geometry, {"units": "counts", "i0": 4e4})
 
 
 #: (file name, scan, codec, rate options, codec settings)
@@ -89,6 +115,15 @@ CASES += [
     ("dvc_bpp", "u16", "dvc", {"bpp": 2}, {}),
     ("dvc_max_error", "u16", "dvc", {"max_error": 4}, {}),
     ("dvc_zero_motion_psnr", "u16", "dvc", {"psnr": 45}, {"motion": "zero"}),
+    # a full turn: the conjugate-ray tables (one chunk)
+    ("convlstm_conjugate_lossless", "fan360", "convlstm", {"lossless": True}, {"chunk_views": 24}),
+    (
+        "sparse-unet_conjugate_lossless",
+        "fan360",
+        "sparse-unet",
+        {"lossless": True},
+        {"keep_every": 4, "chunk_views": 24},
+    ),
     (
         "sparse-unet_linear_max_error",
         "u16",
@@ -136,7 +171,7 @@ def main() -> None:
         if (args.only and codec != args.only) or path.exists():
             continue
         scan = scans[scan_name]
-        ctpress.compress(scan, path, codec=codec, chunk_views=4, **rate, **settings)
+        ctpress.compress(scan, path, codec=codec, **{"chunk_views": 4, **rate, **settings})
         decoded = ctpress.decompress(path)
         checksums[path.name] = dict(
             decoded_digest(decoded),

@@ -221,3 +221,10 @@ def test_train_refuses_an_existing_weights_file_before_training(tmp_path: Path, 
     assert run("-q", "train", "vqvae", "--out", str(weights), "--steps", "1") == 2
     assert "pass --force" in capsys.readouterr().err
     assert weights.read_bytes() == b"the user's file"
+
+
+def test_train_only_applies_to_sparse_unet(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "w.safetensors"
+    assert run("-q", "train", "vqvae", "--out", str(out), "--steps", "1", "--only", "image") == 2
+    assert "--only applies to ctpress train sparse-unet" in capsys.readouterr().err
+    assert not out.exists()

@@ -79,18 +79,18 @@ class ConjugateRays:
         """(the table, bytes read) of a chunk of ``n_views`` views and ``cols`` columns,
         every field checked before anything is computed from it."""
         if len(buf) < _HEAD.size:
-            raise CorruptFileError("sparse-unet conjugate-ray table is truncated")
+            raise CorruptFileError("conjugate-ray table is truncated")
         turn, length = _HEAD.unpack_from(buf)
         end = _HEAD.size + length
         if end > len(buf) or not _turn_ok(turn, n_views):
-            raise CorruptFileError("sparse-unet conjugate-ray table is damaged")
+            raise CorruptFileError("conjugate-ray table is damaged")
         inflate = zlib.decompressobj()
         try:
             raw = inflate.decompress(buf[_HEAD.size : end], 8 * cols + 1)
         except zlib.error as exc:
-            raise CorruptFileError(f"sparse-unet conjugate-ray table is damaged ({exc})") from None
+            raise CorruptFileError(f"conjugate-ray table is damaged ({exc})") from None
         if len(raw) != 8 * cols or not inflate.eof or inflate.unconsumed_tail:
-            raise CorruptFileError("sparse-unet conjugate-ray table has the wrong size")
+            raise CorruptFileError("conjugate-ray table has the wrong size")
         payload = np.frombuffer(raw, dtype="<i4").astype(np.int64)
         shift = _undo_shift_differences(payload[:cols])
         column = np.cumsum(payload[cols:])
@@ -98,7 +98,7 @@ class ConjugateRays:
         if np.abs(shift).max(initial=0) > limit or np.any(
             (column != -1) & ((column < 0) | (column > (cols - 1) * COLUMN_UNIT))
         ):
-            raise CorruptFileError("sparse-unet conjugate-ray table holds impossible values")
+            raise CorruptFileError("conjugate-ray table holds impossible values")
         return cls(shift, column, int(turn)), end
 
 
@@ -119,7 +119,8 @@ def conjugate_rays(
 ) -> ConjugateRays | None:
     """The table of a chunk of views at ``angles`` (radians) of a scan with ``geometry``
     and ``cols`` columns, or None where the scan has no usable conjugate rays (no
-    geometry, helical, angles not evenly spaced, fewer than 8 views per turn).
+    geometry, helical, angles not evenly spaced, fewer than 8 or more than 16383 views
+    per turn).
     ``handedness`` -1 mirrors the fan-angle convention (the encoder keeps whichever
     predicts the chunk better)."""
     if geometry is None or angles is None or len(angles) < 2 or geometry.kind == "helical":
@@ -129,7 +130,7 @@ def conjugate_rays(
     if step == 0 or np.abs(steps - step).max() > 1e-6 * abs(step) + 1e-9:
         return None
     turn = round(2 * math.pi / abs(step) * VIEW_UNIT)
-    if not _turn_ok(turn, len(angles)):
+    if not _turn_ok(turn, len(angles)) or turn >= 1 << 30:  # the table holds int32
         return None
     spacing = geometry.detector_spacing_mm[1]
     offset = geometry.detector_offset_mm[1]

@@ -385,6 +385,8 @@ def lossless_variants(plan: Plan) -> list[Variant]:
     if learned_registered():
         if "predictor" in get_codec_class(LEARNED).settings():
             variants += [Variant(LEARNED, (("predictor", p),)) for p in PREDICTORS]
+            if "conjugate" in get_codec_class(LEARNED).settings():  # what the conjugate rays buy
+                variants.append(Variant(LEARNED, (("predictor", "all"), ("conjugate", False))))
         else:
             variants.append(Variant(LEARNED))
     return variants

@@ -210,6 +210,12 @@ def test_conjugate_rays_of_a_full_rotation_predict_the_second_half_turn(tmp_path
         assert len(chunk) < 0.99 * len(codec.encode(x))  # without the geometry: no table
         decoded = codec.decode(chunk).astype(np.int64)
         assert np.abs(decoded - x).max() <= (value or 0)
+    ablation = ConvLstm(conjugate=False)
+    assert ablation.get_config()["conjugate"] is False
+    without = ablation.encode(x, context)
+    assert not without[parse_chunk_header(without)[1] + 1] & kernel.CONJUGATE
+    with pytest.raises(InputError, match="conjugate"):
+        ConvLstm(conjugate="yes")  # type: ignore[arg-type]
     path = tmp_path / "chunk.bin"
     path.write_bytes(chunk)
     package_root = str(Path(ctpress.__file__).resolve().parents[1])

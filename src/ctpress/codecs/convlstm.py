@@ -13,7 +13,8 @@ uses decoded values, so errors do not accumulate along the views.
 ``predictor`` chooses the sub-predictors (the ablation of the benchmark): ``spatial``
 (causal neighbours of the view only, MED and gradients), ``previous`` (the previous
 view), ``both`` (spatial and previous view with its neighbours' changes), ``convlstm``
-(the learned prediction with its neighbours' corrections) and ``all`` (everything).
+(the learned prediction with its neighbours' corrections) and ``all`` (everything, with
+the conjugate rays where the chunk has them, unless ``conjugate`` is False).
 
 Lossless on float data needs their grid: ``grid=q`` codes values ``lo + k q`` exactly (and
 refuses data off the grid); without it float data take ``max_error`` (quantised onto a
@@ -129,8 +130,18 @@ class ConvLstm(Codec):
     #: The adaptive model restarts at every chunk: long chunks learn it once.
     preferred_chunk_bytes = 8 << 20
 
-    def __init__(self, *, predictor: str = "all", grid: float | None = None, **rate: Any) -> None:
+    def __init__(
+        self,
+        *,
+        predictor: str = "all",
+        grid: float | None = None,
+        conjugate: bool = True,
+        **rate: Any,
+    ) -> None:
         super().__init__(**rate)
+        if conjugate not in (True, False):
+            raise InputError(f"convlstm setting conjugate={conjugate!r}: must be true or false")
+        self.conjugate = conjugate
         if predictor not in PREDICTORS:
             raise InputError(
                 f"convlstm setting predictor={predictor!r}: must be one of {tuple(PREDICTORS)}"
@@ -139,15 +150,17 @@ class ConvLstm(Codec):
         self.grid = None if grid is None else number_setting(self.codec_id, "grid", grid, 0.0)
 
     def _options(self) -> dict[str, Any]:
-        return {"predictor": self.predictor, "grid": self.grid}
+        return {"predictor": self.predictor, "grid": self.grid, "conjugate": self.conjugate}
 
     #: The chunk's conjugate-ray table (set on a per-chunk copy by :meth:`_encode_chunk`).
     _rays: ConjugateRays | None = None
 
     def _encode_chunk(self, x: np.ndarray, context: ChunkContext | None) -> _Encoded:
         """The chunk under the rate control, with the conjugate sub-predictors where the
-        chunk's geometry has conjugate rays that predict it (predictor ``all``)."""
-        if context is None or self.predictor != "all" or x.dtype.name not in self.exact_dtypes:
+        chunk's geometry has conjugate rays that predict it (predictor ``all``, unless
+        ``conjugate`` is False: the ablation)."""
+        usable = self.conjugate and self.predictor == "all" and x.dtype.name in self.exact_dtypes
+        if context is None or not usable:
             return super()._encode_chunk(x, context)
         rays = causal_conjugate_rays(x, context.geometry, context.angles)
         if rays is None:

@@ -227,11 +227,14 @@ def test_a_tiny_unet_beats_linear_interpolation_on_an_unseen_phantom() -> None:
     model = _fit(config, sampler.batch, 500, None, lambda *a: None, "test", 5e-3)[0]
     tensors = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     network = FixedUNet.from_tensors(tensors, config)
-    unseen = sinogram(_ellipses(64, np.random.default_rng(99))).line_integrals
-    x = np.round(unseen * 4000)[:, None, :].astype(np.uint16)  # stored like a scanner's grid
+    unseen = sinogram(_ellipses(64, np.random.default_rng(99)))
+    x = np.round(unseen.line_integrals * 4000)[:, None, :].astype(np.uint16)  # a scanner's grid
     kept = sparse.stored_views(len(x), 4)
     missing = np.setdiff1d(np.arange(len(x)), kept)
-    learned = sparse.synthesise_views(x[kept], kept, len(x), False, network)
+    angles = np.asarray(unseen.geometry.angles_rad)
+    rays = sparse.choose_conjugate_rays(x, kept, False, unseen.geometry, angles)
+    assert rays is not None  # a full turn: the network sees the conjugate rays, as in training
+    learned = sparse.synthesise_views(x[kept], kept, len(x), False, network, rays)
     linear = sparse.interpolate_views(x[kept], kept, len(x), False)
 
     def mse(y: np.ndarray) -> float:

@@ -60,9 +60,10 @@ class ConjugateRays:
         return ConjugateRays(self.shift[::-1], np.where(column >= 0, last - column, -1), self.turn)
 
     def to_bytes(self) -> bytes:
-        """``i64`` turn, ``u32`` length, then zlib of int32 little-endian: the second
-        differences of ``shift`` (first two values as they are) and the first differences
-        of ``column``."""
+        """``i64`` turn, ``u32`` length, then zlib of int32 little-endian values in byte
+        planes (every value's lowest byte, then every value's second byte, ...): the
+        second differences of ``shift`` (its first value and first difference as they
+        are) and the first differences of ``column``."""
         shift_d = np.diff(self.shift, n=2, prepend=[0, 0])
         shift_d[0] = self.shift[0]
         if len(self.shift) > 1:
@@ -71,7 +72,8 @@ class ConjugateRays:
         payload = np.concatenate([shift_d, column_d])
         if np.abs(payload).max(initial=0) >= 2**31:
             raise ValueError("conjugate-ray table out of range")
-        packed = zlib.compress(payload.astype("<i4").tobytes(), 9)
+        planes = payload.astype("<i4").view(np.uint8).reshape(-1, 4).T
+        packed = zlib.compress(np.ascontiguousarray(planes).tobytes(), 9)
         return _HEAD.pack(self.turn, len(packed)) + packed
 
     @classmethod
@@ -91,7 +93,8 @@ class ConjugateRays:
             raise CorruptFileError(f"conjugate-ray table is damaged ({exc})") from None
         if len(raw) != 8 * cols or not inflate.eof or inflate.unconsumed_tail:
             raise CorruptFileError("conjugate-ray table has the wrong size")
-        payload = np.frombuffer(raw, dtype="<i4").astype(np.int64)
+        planes = np.frombuffer(raw, dtype=np.uint8).reshape(4, 2 * cols)
+        payload = np.ascontiguousarray(planes.T).view("<i4").ravel().astype(np.int64)
         shift = _undo_shift_differences(payload[:cols])
         column = np.cumsum(payload[cols:])
         limit = (MAX_TURNS + 2) * n_views * VIEW_UNIT
@@ -144,7 +147,8 @@ def conjugate_rays(
         if not sdd:
             return None
         gamma = u / sdd if geometry.detector_shape == "cylindrical" else np.arctan(u / sdd)
-    shift = np.rint((math.pi - 2 * handedness * gamma) / step * VIEW_UNIT).astype(np.int64)
+    # to 2**-10 views, which compresses the table twice as well (0.001 view is plenty)
+    shift = np.rint((math.pi - 2 * handedness * gamma) / step * 1024).astype(np.int64) << 6
     column = np.rint(mirrored * COLUMN_UNIT).astype(np.int64)
     column[(column < 0) | (column > (cols - 1) * COLUMN_UNIT)] = -1
     return ConjugateRays(shift, column, turn)

@@ -47,6 +47,7 @@ from ..learned.sparse import (
     stored_views,
     synthesise_views,
 )
+from ..learned.unet import FixedUNet
 from .base import Codec, _Encoded
 from .context import ChunkContext
 from .framing import checked_chunk_header
@@ -158,17 +159,17 @@ class SparseUnet(Codec):
         inner_chunk, kept_decoded = self.inner_codec.compress(
             np.ascontiguousarray(x[kept]), inner_context
         )
-        unet = self.restoration == "unet"
-        weights_id = sinogram_unet().weights_id if unet else bytes(8)
+        network = sinogram_unet() if self.restoration == "unet" else None
+        weights_id = bytes(8) if network is None else network.weights_id
         rays = None
-        if unet:
+        if network is not None:
             rays = choose_conjugate_rays(x, kept, counts, context.geometry, context.angles)
-        flags = (_COUNTS if counts else 0) | (_UNET if unet else 0)
+        flags = (_COUNTS if counts else 0) | (0 if network is None else _UNET)
         flags |= _CONJUGATE if rays is not None else 0
         head = _HEAD.pack(_VERSION, self.keep_every, flags, 0, n_views, weights_id)
         table = b"" if rays is None else rays.to_bytes()
         full = self._synthesise(
-            kept_decoded.reshape(len(kept), *x.shape[1:]), kept, n_views, counts, unet, rays
+            kept_decoded.reshape(len(kept), *x.shape[1:]), kept, n_views, counts, network, rays
         )
         return _Encoded(head + table + inner_chunk, {"t": "none", "w": x.dtype.str}, full)
 
@@ -187,12 +188,13 @@ class SparseUnet(Codec):
         kept: np.ndarray,
         n_views: int,
         counts: bool,
-        unet: bool,
+        network: FixedUNet | None,
         rays: ConjugateRays | None,
     ) -> np.ndarray:
-        if unet:
-            return synthesise_views(kept_values, kept, n_views, counts, sinogram_unet(), rays)
-        return interpolate_views(kept_values, kept, n_views, counts)
+        """The full chunk: the U-Net's synthesis, or linear interpolation without one."""
+        if network is None:
+            return interpolate_views(kept_values, kept, n_views, counts)
+        return synthesise_views(kept_values, kept, n_views, counts, network, rays)
 
     def compress(
         self, array: np.ndarray, context: ChunkContext | None = None
@@ -209,10 +211,7 @@ class SparseUnet(Codec):
         if flags & _UNET:  # the weights that made the chunk, if installed
             network = sinogram_unet_with_id(_HEAD.unpack_from(stream)[5])
         kept_values = self.inner_codec.decode(inner).reshape(len(kept), *shape[1:])
-        counts = bool(flags & _COUNTS)
-        if network is None:
-            return interpolate_views(kept_values, kept, shape[0], counts)
-        return synthesise_views(kept_values, kept, shape[0], counts, network, rays)
+        return self._synthesise(kept_values, kept, shape[0], bool(flags & _COUNTS), network, rays)
 
     def decode_stored(self, buf: bytes | bytearray | memoryview) -> np.ndarray:
         """The stored views of a chunk (n_stored, rows, cols), nothing synthesised."""

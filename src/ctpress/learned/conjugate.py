@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -154,6 +155,33 @@ def conjugate_rays(
     return ConjugateRays(shift, column, turn)
 
 
+def _between_columns(left: np.ndarray, right: np.ndarray, f: np.ndarray | int) -> np.ndarray:
+    """Values at ``f`` 256ths of the way from the ``left`` column to the ``right`` one
+    (int64, rounded by ``+ 128 >> 8``; ``left`` itself where ``f`` is 0)."""
+    mixed = (left * (COLUMN_UNIT - f) + right.astype(np.int64) * f + COLUMN_UNIT // 2) >> 8
+    return np.where(np.asarray(f) > 0, mixed, left)
+
+
+def best_conjugate_rays(
+    geometry: Geometry | None,
+    angles: np.ndarray | None,
+    cols: int,
+    score: Callable[[ConjugateRays], tuple[float, float]],
+) -> ConjugateRays | None:
+    """The encoder's choice: of the tables of both fan-angle conventions, the one whose
+    ``score`` (its error, the error it must beat) gives the lower error, if that is below
+    the error to beat; None otherwise, or when the chunk has no conjugate rays."""
+    best, best_error = None, math.inf
+    for handedness in (1, -1):
+        rays = conjugate_rays(geometry, angles, cols, handedness)
+        if rays is None:
+            return None
+        error, limit = score(rays)
+        if error < min(limit, best_error):
+            best, best_error = rays, error
+    return best
+
+
 def conjugate_interpolation(
     kept_values: np.ndarray, kept: np.ndarray, n_views: int, rays: ConjugateRays
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -173,9 +201,7 @@ def conjugate_interpolation(
         if c < 0:
             continue
         c0, f = divmod(c, COLUMN_UNIT)
-        v = kept_values[:, :, c0]
-        if f:
-            v = (v * (COLUMN_UNIT - f) + kept_values[:, :, c0 + 1] * f + COLUMN_UNIT // 2) >> 8
+        v = _between_columns(kept_values[:, :, c0], kept_values[:, :, min(c0 + 1, cols - 1)], f)
         base = kept * VIEW_UNIT - int(rays.shift[j])
         lo_turn = -((int(base.max()) + rays.turn - 1) // rays.turn) - 1  # covers [0, n)
         hi_turn = ((n_views - 1) * VIEW_UNIT - int(base.min())) // rays.turn + 1
@@ -231,11 +257,10 @@ def conjugate_view(
     c0 = rays.column[j] // COLUMN_UNIT
     c1 = np.minimum(c0 + 1, cols - 1)
     f = (rays.column[j] % COLUMN_UNIT)[:, None]
-    pair: list[np.ndarray] = []
-    for m in (m0[j], m0[j] + 1):  # the two decoded views, (valid columns, rows) each
-        v = decoded[m, :, c0].astype(np.int64)
-        right = decoded[m, :, c1].astype(np.int64)
-        pair.append(np.where(f > 0, (v * (COLUMN_UNIT - f) + right * f + 128) >> 8, v))
+    pair = [  # the two decoded views, (valid columns, rows) each
+        _between_columns(decoded[m, :, c0].astype(np.int64), decoded[m, :, c1], f)
+        for m in (m0[j], m0[j] + 1)
+    ]
     w1 = above[j][:, None]
     weighted = pair[0] * (VIEW_UNIT - w1) + pair[1] * w1 + VIEW_UNIT // 2
     prediction[:, j] = np.right_shift(weighted, 16).T
@@ -254,18 +279,16 @@ def causal_conjugate_rays(
     few views is closer to them, if it is closer than the previous view; None if neither
     is (or the chunk has no conjugate rays)."""
     n_views, _, cols = values.shape
-    best, best_error = None, None
     x = values.astype(np.int64)
-    for handedness in (1, -1):
-        rays = conjugate_rays(geometry, angles, cols, handedness)
-        if rays is None:
-            return None
+    probes = np.unique(np.linspace(n_views // 2, n_views - 1, _PROBE_VIEWS).astype(int))
+
+    def score(rays: ConjugateRays) -> tuple[float, float]:
         error, reference = 0.0, 0.0
-        for t in np.unique(np.linspace(n_views // 2, n_views - 1, _PROBE_VIEWS).astype(int)):
+        for t in probes:
             prediction, valid = conjugate_view(x, int(t), rays)
             if valid.any():
                 error += float(np.abs(prediction - x[t])[:, valid].mean())
                 reference += float(np.abs(x[t - 1] - x[t])[:, valid].mean())
-        if error < reference and (best_error is None or error < best_error):
-            best, best_error = rays, error
-    return best
+        return error, reference
+
+    return best_conjugate_rays(geometry, angles, cols, score)

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..scan import Geometry
 from . import store
-from .conjugate import VIEW_UNIT, ConjugateRays, conjugate_interpolation, conjugate_rays
+from .conjugate import VIEW_UNIT, ConjugateRays, best_conjugate_rays, conjugate_interpolation
 from .unet import BATCH_PIXELS, ONE, FixedUNet, UNetConfig, load_unet
 
 #: Manifest methods of the two restorations.
@@ -255,18 +255,13 @@ def choose_conjugate_rays(
     missing = np.ones(n_views, dtype=bool)
     missing[kept] = False
     truth = ((linear - lo) / span * ONE).transpose(1, 0, 2)[:, missing]
-    best, best_error = None, None
-    for handedness in (1, -1):
-        rays = conjugate_rays(geometry, angles, cols, handedness)
-        if rays is None:
-            return None
-        x = sinogram_inputs(linear[kept], kept, n_views, (lo, span), rays)[0]
-        if best_error is None:
-            best_error = _CONJUGATE_SLACK * float(np.abs(x[:, 0][:, missing] - truth).mean())
-        error = float(np.abs(x[:, 5][:, missing] - truth).mean())
-        if error < best_error:
-            best, best_error = rays, error
-    return best
+
+    def score(rays: ConjugateRays) -> tuple[float, float]:
+        x = sinogram_inputs(linear[kept], kept, n_views, (lo, span), rays)[0][:, :, missing]
+        linear_error = float(np.abs(x[:, 0] - truth).mean())  # the same for every table
+        return float(np.abs(x[:, 5] - truth).mean()), _CONJUGATE_SLACK * linear_error
+
+    return best_conjugate_rays(geometry, angles, cols, score)
 
 
 # ---------------------------------------------------------------- (b) image domain

@@ -41,13 +41,11 @@ from ..learned.conjugate import ConjugateRays
 from ..learned.sparse import (
     MAX_KEEP_EVERY,
     choose_conjugate_rays,
-    interpolate_views,
     sinogram_unet,
     sinogram_unet_with_id,
     stored_views,
-    synthesise_views,
+    synthesise,
 )
-from ..learned.unet import FixedUNet
 from .base import Codec, _Encoded
 from .context import ChunkContext
 from .framing import checked_chunk_header
@@ -168,7 +166,7 @@ class SparseUnet(Codec):
         flags |= _CONJUGATE if rays is not None else 0
         head = _HEAD.pack(_VERSION, self.keep_every, flags, 0, n_views, weights_id)
         table = b"" if rays is None else rays.to_bytes()
-        full = self._synthesise(
+        full = synthesise(
             kept_decoded.reshape(len(kept), *x.shape[1:]), kept, n_views, counts, network, rays
         )
         return _Encoded(head + table + inner_chunk, {"t": "none", "w": x.dtype.str}, full)
@@ -181,20 +179,6 @@ class SparseUnet(Codec):
         if self.log_counts is not None:
             return self.log_counts
         return (context.metadata or {}).get("units") == "counts"
-
-    @staticmethod
-    def _synthesise(
-        kept_values: np.ndarray,
-        kept: np.ndarray,
-        n_views: int,
-        counts: bool,
-        network: FixedUNet | None,
-        rays: ConjugateRays | None,
-    ) -> np.ndarray:
-        """The full chunk: the U-Net's synthesis, or linear interpolation without one."""
-        if network is None:
-            return interpolate_views(kept_values, kept, n_views, counts)
-        return synthesise_views(kept_values, kept, n_views, counts, network, rays)
 
     def compress(
         self, array: np.ndarray, context: ChunkContext | None = None
@@ -211,7 +195,7 @@ class SparseUnet(Codec):
         if flags & _UNET:  # the weights that made the chunk, if installed
             network = sinogram_unet_with_id(_HEAD.unpack_from(stream)[5])
         kept_values = self.inner_codec.decode(inner).reshape(len(kept), *shape[1:])
-        return self._synthesise(kept_values, kept, shape[0], bool(flags & _COUNTS), network, rays)
+        return synthesise(kept_values, kept, shape[0], bool(flags & _COUNTS), network, rays)
 
     def decode_stored(self, buf: bytes | bytearray | memoryview) -> np.ndarray:
         """The stored views of a chunk (n_stored, rows, cols), nothing synthesised."""

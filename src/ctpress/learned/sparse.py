@@ -186,7 +186,7 @@ def synthesise_views(
     ``rays``: the chunk's conjugate rays (:func:`choose_conjugate_rays`), if any;
     :func:`interpolate_views` is the same without a network."""
     network = sinogram_unet() if network is None else network
-    return _synthesise(kept_values, kept, n_views, counts, network, rays)
+    return synthesise(kept_values, kept, n_views, counts, network, rays)
 
 
 def interpolate_views(
@@ -194,10 +194,10 @@ def interpolate_views(
 ) -> np.ndarray:
     """Linear interpolation between the stored views (the baseline of restoration (a)),
     in the same exact domain."""
-    return _synthesise(kept_values, kept, n_views, counts, None, None)
+    return synthesise(kept_values, kept, n_views, counts, None, None)
 
 
-def _synthesise(
+def synthesise(
     kept_values: np.ndarray,
     kept: np.ndarray,
     n_views: int,
@@ -205,7 +205,8 @@ def _synthesise(
     network: FixedUNet | None,
     rays: ConjugateRays | None,
 ) -> np.ndarray:
-    """The full chunk, detector rows in groups of about BATCH_PIXELS values (so the U-Net's
+    """The full chunk: ``network``'s synthesis, or without one linear interpolation;
+    detector rows in groups of about BATCH_PIXELS values (so the U-Net's
     inputs and activations take a bounded memory whatever the chunk's size)."""
     linear = to_linear(kept_values, counts)
     lo = float(linear.min())

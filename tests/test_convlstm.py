@@ -47,6 +47,24 @@ def test_lossless_round_trip_is_bit_exact(predictor: str) -> None:
     assert len(data) < x.nbytes  # it compresses
 
 
+def test_counted_adaptation_beats_fixed_rates_and_version_1_still_decodes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Stream version 2's counters adapt at 1 / (n + 1.5) of their n-th update: a small
+    chunk codes smaller than with version 1's fixed rates, and version-1 streams (the
+    golden files hold more) still decode."""
+    x = _counts(n=12, rows=8, cols=64, seed=3)
+    sizes = {}
+    for version in (1, 2):
+        monkeypatch.setattr("ctpress.codecs.convlstm._VERSION", version)
+        data = ConvLstm().encode(x)
+        monkeypatch.undo()
+        assert data[parse_chunk_header(data)[1]] == version
+        np.testing.assert_array_equal(ConvLstm().decode(data), x)
+        sizes[version] = len(data)
+    assert sizes[2] < sizes[1]
+
+
 @pytest.mark.skipif(not SAVU.is_file(), reason="needs ../shared/data")
 def test_lossless_on_real_counts_beats_jpegls() -> None:
     x = np.load(SAVU)[60:]  # the views the predictor never trained on

@@ -26,7 +26,11 @@ mantissa bits, raw low bits) into an adaptive binary range coder (LZMA's carry-l
 coder; probabilities mixed from a fast and a slow counter) whose contexts are the
 quantised activity (recent errors around the pixel), mixed for the zero flag and the
 class with a model of the prediction's level (its octave: the noise of counts grows with
-it), and, for the sign, the fractional part of the prediction.
+it), and, for the sign, the fractional part of the prediction.  From stream version 2 each
+counter also counts its updates and adapts at the rate 1 / (n + 1.5) of its n-th update
+until that falls to its floor (2**-7 fast, 2**-9 slow): a context learns its statistics
+from its first few bits, which pays most in small chunks (version 1: fixed rates 2**-6
+and 2**-8).
 
 Every quantity is an integer, every operation exact (no floating point): encoder and
 decoder compute the same predictions on every machine by construction.  The encoder
@@ -61,8 +65,12 @@ _BIAS_LIMIT = 256
 _WEIGHT_ONE = 1 << 28
 #: NLMS step (2**-_MIXER_SHIFT), regulariser of its input power and bound of its weights.
 _MIXER_SHIFT, _MIXER_POWER, _MIXER_LIMIT = 7, 64, 1 << 18
-#: Adaptation shifts of the fast and the slow probability counter.
+#: Adaptation shifts of the fast and the slow probability counter (stream version 1).
 _FAST_SHIFT, _SLOW_SHIFT = 6, 8
+#: Version 2: the rate of a counter's n-th update, 2**16 / (n + 1.5), and its floors
+#: (units of 2**-16) for the fast and the slow counter; the update count saturates.
+_RATE = np.array([(2 << 16) // (2 * n + 3) for n in range(1024)], dtype=np.int64)
+_FAST_FLOOR, _SLOW_FLOOR, _MAX_COUNT = 1 << 9, 1 << 7, 1023
 #: Bytes the range coder appends when it is flushed.
 FLUSH_BYTES = 5
 
@@ -72,7 +80,8 @@ class CoderState:
     """The adaptive state of one chunk: probability counters, bias tables, the blend's
     error memory, and the range coder (encoder: output buffer; decoder: input)."""
 
-    probs: np.ndarray  # (n_bits, 2) uint16 counters (fast, slow), probability of a 0
+    probs: np.ndarray  # (n_bits, 2) uint16 counters (fast, slow): probability of a 0
+    # (version 2: (n_bits, 3), the third column the number of updates)
     bias: np.ndarray  # (N_CONTEXTS, 2) int64: sum and count of prediction errors
     errors: np.ndarray  # (2, N_PREDICTORS + 1, rows + 2, cols + 2) int64: view t, t-1
     mixer: np.ndarray  # (N_PREDICTORS,) int64: NLMS weights on the blend (units of 2**-16)
@@ -80,8 +89,12 @@ class CoderState:
     buffer: np.ndarray  # uint8
 
     @classmethod
-    def new(cls, rows: int, cols: int, buffer: np.ndarray, encoding: bool) -> CoderState:
-        probs = np.full((_N_BITS, 2), 1 << 15, dtype=np.uint16)
+    def new(
+        cls, rows: int, cols: int, buffer: np.ndarray, encoding: bool, counted: bool = True
+    ) -> CoderState:
+        """A fresh state; ``counted`` false gives stream version 1's fixed rates."""
+        probs = np.full((_N_BITS, 3 if counted else 2), 1 << 15, dtype=np.uint16)
+        probs[:, 2:] = 0
         errors = np.zeros((2, N_PREDICTORS + 1, rows + 2, cols + 2), dtype=np.int64)
         coder = np.array([0, 0xFFFFFFFF, 0, 1, 0, 0, 0], dtype=np.int64)
         mixer = np.zeros(N_PREDICTORS, dtype=np.int64)
@@ -182,9 +195,21 @@ def _code_bit(
 
 @numba.njit(cache=True, nogil=True)
 def _adapt(probs: np.ndarray, i: int, bit: int) -> None:
-    """Move the two counters of ``probs[i]`` (probability of a 0) towards ``bit``."""
+    """Move the two counters of ``probs[i]`` (probability of a 0) towards ``bit``: at
+    fixed rates, or with an update count (a third column) at the count's rate."""
     fast, slow = int(probs[i, 0]), int(probs[i, 1])
-    if bit == 0:
+    if probs.shape[1] == 3:
+        n = int(probs[i, 2])
+        rate = int(_RATE[n])
+        fast_rate, slow_rate = max(rate, _FAST_FLOOR), max(rate, _SLOW_FLOOR)
+        if bit == 0:
+            probs[i, 0] = fast + (((65536 - fast) * fast_rate) >> 16)
+            probs[i, 1] = slow + (((65536 - slow) * slow_rate) >> 16)
+        else:
+            probs[i, 0] = fast - ((fast * fast_rate) >> 16)
+            probs[i, 1] = slow - ((slow * slow_rate) >> 16)
+        probs[i, 2] = min(n + 1, _MAX_COUNT)
+    elif bit == 0:
         probs[i, 0] = fast + ((65536 - fast) >> _FAST_SHIFT)
         probs[i, 1] = slow + ((65536 - slow) >> _SLOW_SHIFT)
     else:

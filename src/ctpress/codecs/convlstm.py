@@ -26,7 +26,8 @@ CRC-32 is only a safety net.
 
 Stream (after the chunk header), little-endian:
 
-- ``u8`` version (1), ``u8`` flags (sub-predictor groups; a bound per value), ``u16`` E,
+- ``u8`` version (2; version 1, whose coder adapts at fixed rates, still decodes), ``u8``
+  flags (sub-predictor groups; a bound per value), ``u16`` E,
   ``u32`` views coded at E + 1 (from the first), ``u32`` largest value, ``u32`` views,
   rows, columns;
 - with the learned group: 8 bytes of the weights' SHA-256, ``u8`` n, then n ``u32``
@@ -82,7 +83,7 @@ PREDICTORS: dict[str, int] = {
 }
 #: Stream flag (with the sub-predictor groups): a bound per value from a noise model.
 PER_VALUE_BOUND = 16
-_VERSION = 1
+_VERSION = 2
 _HEAD = struct.Struct("<BBHIIIII")
 _NOISE = struct.Struct("<5d")
 #: Values one payload byte can hold at most (the coder spends at least
@@ -264,7 +265,9 @@ class ConvLstm(Codec):
         while True:  # rarely more than once: the buffer holds 24 bits per value
             sequence = None if model is None else model.sequence(work.shape[1], work.shape[2], norm)
             buffer = np.zeros(capacity, dtype=np.uint8)
-            state = kernel.CoderState.new(work.shape[1], work.shape[2], buffer, encoding=True)
+            state = kernel.CoderState.new(
+                work.shape[1], work.shape[2], buffer, True, counted=_VERSION > 1
+            )
             decoded = np.array(work, dtype=np.int64)
             self._run(
                 True, decoded, groups, maxval, (near, coarser), table, state, sequence, self._rays
@@ -316,7 +319,8 @@ class ConvLstm(Codec):
         dtype = np.dtype(work_dtype)
         predictors = groups & ~PER_VALUE_BOUND & ~kernel.CONJUGATE
         conjugate_ok = not groups & kernel.CONJUGATE or predictors == PREDICTORS["all"]
-        if version != _VERSION or predictors not in PREDICTORS.values() or not conjugate_ok:
+        known = version in (1, _VERSION) and predictors in PREDICTORS.values()
+        if not known or not conjugate_ok:
             raise CorruptFileError(f"convlstm stream version {version} / predictors {groups}")
         if dtype.name not in self.exact_dtypes or maxval > np.iinfo(dtype).max:
             raise CorruptFileError(f"convlstm stream declares values up to {maxval} in {dtype}")
@@ -364,7 +368,7 @@ class ConvLstm(Codec):
         if math.prod(shape) > (n_payload + 16) * _VALUES_PER_BYTE:
             raise CorruptFileError(f"convlstm payload of {n_payload} bytes cannot hold {shape}")
         views = np.zeros(shape, dtype=np.int64)
-        state = kernel.CoderState.new(shape[1], shape[2], payload, encoding=False)
+        state = kernel.CoderState.new(shape[1], shape[2], payload, False, counted=version > 1)
         self._run(False, views, groups, maxval, (near, coarser), table, state, sequence, rays)
         if state.coder[6] > kernel.FLUSH_BYTES:
             raise CorruptFileError("convlstm payload ended before the chunk was decoded")

@@ -131,6 +131,17 @@ CASES += [
         {"max_error": 3},
         {"keep_every": 2, "restoration": "linear", "inner": "zstd"},
     ),
+    # convlstm stream version 2 (counters adapting at 1 / (n + 1.5)); the files above are
+    # version 1
+    ("convlstm_stream2_lossless", "u16", "convlstm", {"lossless": True}, {}),
+    ("convlstm_stream2_max_error", "u16", "convlstm", {"max_error": 3}, {}),
+    (
+        "convlstm_stream2_conjugate_lossless",
+        "fan360",
+        "convlstm",
+        {"lossless": True},
+        {"chunk_views": 24},
+    ),
     (
         "sparse-unet_f32_max_error",
         "f32",

@@ -8,7 +8,12 @@ image to dvc, coded as an I-frame: not run); BD-rate of every codec against ``dv
 against ``hyperprior``, the zero-motion ablation, the same BD-rates in the reconstruction
 domain for the cone-beam scans (FDK of the decoded scan against FDK of the original views,
 inside the field of view), and encode / decode MB/s on 2 cores.
-x265 is not run (Debian's ffmpeg is not installed here).
+x265 (HEVC Main 12 through ffmpeg's libx265, the video codec users would name) is the
+video-coding reference where ``ffmpeg`` with libx265 is installed (Debian: ``apt-get install
+ffmpeg``) and skipped otherwise: every view is a 12-bit monochrome frame (the scan mapped
+linearly onto 0..4095; the mapping's error is in the PSNR and its two float64 ends in the
+size), preset ``slow``, ``-tune psnr``, constant QP 0-32 (an RD curve, so BD-rates compare
+curves, not targets), the raw HEVC bitstream's bytes.
 
 Usage::
 
@@ -22,6 +27,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -51,6 +58,68 @@ CODECS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("sz3", "sz3", {}),
     ("zfp", "zfp", {}),
 )
+
+
+#: x265's constant QPs (its RD curve) and the label of its rows.
+X265_QPS = (0, 4, 8, 12, 16, 20, 24, 28, 32)
+X265 = "x265 (Main 12)"
+#: Bytes of the 12-bit mapping x265 needs besides its bitstream (two float64 ends).
+X265_SIDE_BYTES = 16
+
+
+def x265_available() -> bool:
+    """Whether ffmpeg with libx265 is installed."""
+    if shutil.which("ffmpeg") is None:
+        return False
+    encoders = subprocess.run(
+        ["ffmpeg", "-hide_banner", "-encoders"], capture_output=True, text=True, check=False
+    ).stdout
+    return "libx265" in encoders
+
+
+def _ffmpeg(args: list[str], data: bytes) -> bytes:
+    done = subprocess.run(
+        ["ffmpeg", "-hide_banner", "-loglevel", "error", *args], input=data,
+        capture_output=True, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr.decode(errors="replace").strip()[-300:])
+    return done.stdout
+
+
+def x265_code(views: np.ndarray, qp: int) -> tuple[int, np.ndarray, float, float]:
+    """Code ``views`` (n, rows, cols) as a 12-bit monochrome HEVC stream at constant
+    ``qp``: (bytes, decoded views as float64 in the scan's units, encode s, decode s)."""
+    n, rows, cols = views.shape
+    lo, hi = float(views.min()), float(views.max())
+    scale = 4095 / ((hi - lo) or 1.0)
+    frames = np.round((views.astype(np.float64) - lo) * scale).astype("<u2")
+    t0 = time.perf_counter()
+    stream = _ffmpeg(
+        ["-f", "rawvideo", "-pix_fmt", "gray12le", "-s", f"{cols}x{rows}", "-r", "25",
+         "-i", "-", "-c:v", "libx265", "-preset", "slow", "-tune", "psnr",
+         "-x265-params", f"qp={qp}:log-level=error", "-f", "hevc", "-"],
+        frames.tobytes(),
+    )  # fmt: skip
+    t1 = time.perf_counter()
+    raw = _ffmpeg(["-f", "hevc", "-i", "-", "-f", "rawvideo", "-pix_fmt", "gray12le", "-"], stream)
+    t2 = time.perf_counter()
+    decoded = np.frombuffer(raw, dtype="<u2").reshape(n, rows, cols) / scale + lo
+    return len(stream) + X265_SIDE_BYTES, decoded, t1 - t0, t2 - t1
+
+
+def x265_point(scan: Scan, qp: int, reference: np.ndarray | None) -> dict[str, Any]:
+    """One x265 coding at constant ``qp``, measured as :func:`point` measures the
+    ctpress codecs (the decoded values cast back to the scan's dtype)."""
+    views = scan.array()
+    n_bytes, decoded, encode_s, decode_s = x265_code(views, qp)
+    info = np.iinfo(views.dtype) if views.dtype.kind in "iu" else None
+    if info is not None:
+        decoded = np.clip(np.round(decoded), info.min, info.max)
+    decoded_scan = Scan(decoded.astype(views.dtype), scan.geometry, scan.metadata)
+    return dict(
+        measure(scan, decoded_scan, n_bytes, encode_s, decode_s, reference), target=f"qp {qp}"
+    )
 
 
 def scans(quick: bool) -> dict[str, Scan]:
@@ -97,9 +166,6 @@ def point(
     reconstruction of the original views (``reference``), the decoded scan's
     reconstruction PSNR / SSIM / RMSE in HU inside the field of view, against the
     reference's range there."""
-    views = scan.array()
-    values = views.astype(np.float64)
-    value_range = float(values.max() - values.min())
     try:
         t0 = time.perf_counter()
         data = ctpress.compress(scan, codec=codec, bpp=bpp, jobs=2, **settings)
@@ -108,6 +174,18 @@ def point(
         t2 = time.perf_counter()
     except ctpress.CtpressError as exc:
         return {"target": bpp, "error": str(exc)}
+    return dict(measure(scan, decoded_scan, len(data), t1 - t0, t2 - t1, reference), target=bpp)
+
+
+def measure(
+    scan: Scan, decoded_scan: Scan, n_bytes: int, encode_s: float, decode_s: float,
+    reference: np.ndarray | None,
+) -> dict[str, Any]:  # fmt: skip
+    """Bits/value, PSNR against the scan's value range, MB/s, and with ``reference``
+    the reconstruction metrics of ``decoded_scan`` (see :func:`point`)."""
+    views = scan.array()
+    values = views.astype(np.float64)
+    value_range = float(values.max() - values.min())
     decoded = decoded_scan.array().astype(np.float64)
     mse = float(np.mean((decoded - values) ** 2))
     recon: dict[str, float] = {}
@@ -117,11 +195,10 @@ def point(
         recon = {f"recon_{k}": float(q[k]) for k in ("psnr_db", "ssim", "rmse_hu")}
     return {
         **recon,
-        "target": bpp,
-        "bits_per_value": 8 * len(data) / views.size,
+        "bits_per_value": 8 * n_bytes / views.size,
         "psnr_db": math.inf if mse == 0 else 10 * math.log10(value_range**2 / mse),
-        "encode_mb_s": views.nbytes / 1e6 / (t1 - t0),
-        "decode_mb_s": views.nbytes / 1e6 / (t2 - t1),
+        "encode_mb_s": views.nbytes / 1e6 / encode_s,
+        "decode_mb_s": views.nbytes / 1e6 / decode_s,
     }
 
 
@@ -148,6 +225,9 @@ def bd(
 def run(quick: bool) -> dict[str, Any]:
     results: dict[str, Any] = {}
     targets = BPP_TARGETS[:3] if quick else BPP_TARGETS
+    with_x265 = x265_available()
+    if not with_x265:
+        print("x265 skipped: ffmpeg with libx265 is not installed", flush=True)
     for name, scan in scans(quick).items():
         cone = scan.geometry is not None and scan.geometry.kind == "cone"
         reference = reconstruct(scan) if cone else None
@@ -159,6 +239,10 @@ def run(quick: bool) -> dict[str, Any]:
                 for p in curves[label]
             ]
             print(name, label, shown, flush=True)
+        if with_x265:
+            curves[X265] = [x265_point(scan, qp, reference) for qp in X265_QPS]
+            print(name, X265, [f"{p['bits_per_value']:.2f}b {p['psnr_db']:.1f}dB"
+                               for p in curves[X265]], flush=True)  # fmt: skip
         results[name] = {
             "curves": curves,
             "bd_rate_vs_dvc_percent": {
@@ -166,6 +250,14 @@ def run(quick: bool) -> dict[str, Any]:
             },
             "dvc_bd_rate_vs_hyperprior_percent": bd(curves["hyperprior"], curves["dvc"]),
             "motion_bd_rate_vs_zero_percent": bd(curves["dvc zero motion"], curves["dvc"]),
+            # the video codec users would name against the 3-D wavelet and the per-view codec
+            "x265_bd_rate_percent": {
+                f"vs {anchor}{domain}": bd(curves[anchor], curves[X265], key)
+                for anchor in ("sperr", "hyperprior")
+                for domain, key in (("", "psnr_db"), (" (recon)", "recon_psnr_db"))
+            }
+            if X265 in curves
+            else {},
             "recon_bd_rate_vs_dvc_percent": {
                 label: bd(curves["dvc"], curves[label], "recon_psnr_db")
                 for label in curves
@@ -180,6 +272,8 @@ def markdown(results: dict[str, Any]) -> str:
         return "n/a" if value is None else f"{value:+.1f} %"
 
     labels = [label for label, _, _ in CODECS[1:]]
+    if any(X265 in r["curves"] for r in results.values()):
+        labels.append(X265)
     lines = [
         "# dvc: video coding of the views (issue 15)",
         "",
@@ -192,7 +286,8 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     for name, r in results.items():
         bd_row = r["bd_rate_vs_dvc_percent"]
-        lines.append(f"| {name} | " + " | ".join(cell(bd_row[label]) for label in labels) + " |")
+        row = " | ".join(cell(bd_row.get(label)) for label in labels)
+        lines.append(f"| {name} | {row} |")
     lines += [
         "",
         "The same in the reconstruction domain (FDK of the decoded scan against FDK of the "
@@ -205,7 +300,19 @@ def markdown(results: dict[str, Any]) -> str:
     for name, r in results.items():
         bd_row = r["recon_bd_rate_vs_dvc_percent"]
         if any(v is not None for v in bd_row.values()):
-            row = " | ".join(cell(bd_row[label]) for label in labels)
+            row = " | ".join(cell(bd_row.get(label)) for label in labels)
+            lines.append(f"| {name} | {row} |")
+    x265_columns = sorted({k for r in results.values() for k in r.get("x265_bd_rate_percent", {})})
+    if x265_columns:
+        lines += [
+            "",
+            f"BD-rate of {X265} against SPERR and hyperprior (negative: x265 needs fewer bits):",
+            "",
+            "| scan | " + " | ".join(x265_columns) + " |",
+            "|---|" + "---:|" * len(x265_columns),
+        ]
+        for name, r in results.items():
+            row = " | ".join(cell(r["x265_bd_rate_percent"].get(k)) for k in x265_columns)
             lines.append(f"| {name} | {row} |")
     lines += ["", "| scan | dvc vs hyperprior | block motion vs zero motion |", "|---|---:|---:|"]
     for name, r in results.items():
@@ -223,7 +330,7 @@ def markdown(results: dict[str, Any]) -> str:
         for label, curve in r["curves"].items():
             for p in curve:
                 if "error" in p:
-                    lines.append(f"| {name} | {label} | target {p['target']:g}: n/a | | | | | |")
+                    lines.append(f"| {name} | {label} | target {p['target']}: n/a | | | | | |")
                     continue
                 recon = (
                     f"{p['recon_psnr_db']:.2f} | {p['recon_rmse_hu']:.2f}"

@@ -17,6 +17,7 @@ from ctpress import CorruptFileError
 from ctpress.codecs import dvc, get_codec
 from ctpress.codecs.framing import parse_chunk_header
 from ctpress.container import CtpzFile
+from ctpress.learned import video
 
 
 def moving_views(n: int = 12, rows: int = 16, cols: int = 96, seed: int = 0) -> np.ndarray:
@@ -35,11 +36,11 @@ def moving_views(n: int = 12, rows: int = 16, cols: int = 96, seed: int = 0) -> 
 def test_compensation_is_integer_and_exact() -> None:
     rng = np.random.default_rng(1)
     reference = rng.integers(-(2**25), 2**25, (8, 40)).astype(np.int64)
-    still = dvc.compensate(reference, np.zeros(3, np.int8))
+    still = video.compensate(reference, np.zeros(3, np.int8))
     np.testing.assert_array_equal(still, reference)
-    whole = dvc.compensate(reference, np.full(3, 4, np.int8))  # one pixel to the right
+    whole = video.compensate(reference, np.full(3, 4, np.int8))  # one pixel to the right
     np.testing.assert_array_equal(whole[:, 1:], reference[:, :-1])
-    half = dvc.compensate(reference, np.full(3, 2, np.int8))
+    half = video.compensate(reference, np.full(3, 2, np.int8))
     np.testing.assert_array_equal(half[:, 1:], (reference[:, 1:] + reference[:, :-1] + 1) // 2)
     assert half.dtype == np.int64
 
@@ -49,7 +50,7 @@ def test_block_motion_beats_zero_motion_at_the_same_operating_point() -> None:
     stream and a lower error than zero motion (the ablation the benchmark measures)."""
     views = moving_views()
     results = {}
-    for motion in dvc.MOTIONS:
+    for motion in video.MOTIONS:
         session = dvc.DvcSession(views, motion)
         op = (1, 1.0)
         error = session.values - session.prediction(op)
@@ -105,8 +106,9 @@ def _file(tmp_path: Path) -> Path:
 def _p_frame_offset(chunk: bytes) -> int:
     """Where the payload of view 1 (a P-frame) starts in a dvc chunk."""
     _, start = parse_chunk_header(chunk)
-    n_motion = dvc._SIDE.unpack_from(chunk, start)[-1]
-    table = start + dvc._SIDE.size
+    side = dvc._SIDES[dvc._VERSION]
+    n_motion = side.unpack_from(chunk, start)[-1]
+    table = start + side.size
     n_views = 8
     first = dvc._FRAME.unpack_from(chunk, table)[2]
     return table + n_views * dvc._FRAME.size + n_motion + first
@@ -153,3 +155,47 @@ def test_a_view_range_decodes_from_its_gop_alone(
         part = f.read_views(10, 13)
     np.testing.assert_array_equal(part, whole[10:13])
     assert decoded_shapes == [(8, 16, 96)]  # the second GOP only
+
+
+def test_the_p_frame_models_share_the_rate_points_of_the_i_frame_models() -> None:
+    """The dvc (P-frame) model of each rate point is a hyperprior of the same architecture
+    and step as the I-frame model, so one gain means one distortion for every view."""
+    from ctpress.learned import zoo
+
+    i_models, p_models = zoo.rate_points("hyperprior"), zoo.rate_points("dvc")
+    assert len(p_models) == len(i_models)
+    for i_entry, p_entry in zip(i_models, p_models, strict=True):
+        assert p_entry["config"] == i_entry["config"]
+        assert i_entry["sha256"] in p_entry["initial"]
+        assert p_entry["sha256"] != i_entry["sha256"]
+
+
+def test_streams_name_both_models_and_version_1_still_decodes() -> None:
+    """A version-2 stream carries the tags of its I and P models; a version-1 stream (one
+    model for every view) decodes to what its encoder predicted."""
+    from ctpress.learned import zoo
+
+    views = moving_views(n=8)
+    chunk, _ = get_codec("dvc", mode="bpp", value=1.5).compress(views)
+    _, start = parse_chunk_header(chunk)
+    side = dvc._SIDES[2].unpack_from(chunk, start)
+    assert side[1] == 2
+    rate_point = side[2]
+    for method, tag in zip((dvc.I_MODEL, dvc.P_MODEL), side[9:11], strict=True):
+        assert tag == bytes.fromhex(zoo.rate_points(method)[rate_point]["sha256"])[:8]
+
+    def one_model(method: str, rate_point: int) -> tuple[object, str]:
+        return zoo.load_model(dvc.I_MODEL, rate_point)
+
+    session = dvc.DvcSession(views, "block", loader=one_model)
+    op = (rate_point, side[5])
+    stream = session.pack(op, None, b"")  # version 2 with the I model's tag twice
+    fields = list(dvc._SIDES[2].unpack_from(stream))
+    fields[1] = 1
+    del fields[10]
+    version_1 = dvc._SIDES[1].pack(*fields) + stream[dvc._SIDES[2].size :]
+    np.testing.assert_array_equal(
+        dvc.decode_dvc(version_1, views.shape, "float64"), session.prediction(op)
+    )
+    with pytest.raises(CorruptFileError, match="version 1 or 2"):
+        dvc.decode_dvc(version_1[:4] + b"\x03" + version_1[5:], views.shape, "float64")

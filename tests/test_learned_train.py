@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -93,3 +94,40 @@ def test_train_convlstm_writes_a_loadable_view_predictor(tmp_path):
     assert held["integer"]["mean_abs_error"] > 0
     predictor = ViewPredictor.from_weights(out.read_bytes(), b"12345678")
     assert predictor.hidden == meta["config"]["hidden"]
+
+
+def test_train_dvc_fine_tunes_the_p_frame_model_of_a_rate_point(tmp_path, monkeypatch):
+    """``ctpress train dvc`` writes a hyperprior of the rate point's architecture with
+    its provenance and the held-out BD-rate of its P-frames; installed beside the shipped
+    I-frame model, ``--codec dvc`` codes with it and the file names its weights."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "projections").mkdir()
+    views = 20000 + np.cumsum(rng.integers(-50, 50, (12, 32, 64)), axis=2)
+    np.save(tmp_path / "projections" / "tiny_scan.npy", views.astype(np.uint16))
+    out = tmp_path / "dvc.safetensors"
+    args = ["-q", "train", "dvc", "--data", str(tmp_path), "--out", str(out)]
+    assert main([*args, "--steps", "2", "--seed", "1"]) == 0
+    model, meta = zoo.load_weights(out.read_bytes())
+    hyperprior = zoo.rate_points("hyperprior")[0]
+    assert model.config() == hyperprior["config"]
+    assert meta["method"] == "dvc" and meta["steps"] == 2 and meta["rate_point"] == 0
+    assert hyperprior["sha256"] in meta["initial"] and meta["train_images"] == 7
+    held = meta["held_out"]["tiny_scan[held-out views]"]
+    assert len(held["initial"]) == len(held["trained"]) == len(held["gains"])
+    bits, psnr = np.array(held["trained"]).T  # at increasing gains: fewer bits, lower PSNR
+    assert np.all(bits >= 0) and bits[0] > bits[-1] and psnr[0] > psnr[-1] > 0
+
+    weights = tmp_path / "zoo"
+    shutil.copytree(zoo.weights_dir(), weights)
+    monkeypatch.setenv(zoo.ENV_DIR, str(weights))
+    zoo.clear_cache()
+    try:
+        record = zoo.install(out)
+        assert zoo.rate_points("dvc")[0]["sha256"] == record["sha256"]
+        x = views[:6].astype(np.uint16)
+        data = ctpress.compress(x, codec="dvc", rate_point=0, max_error=3)
+        assert np.abs(ctpress.decompress(data).projections.astype(int) - x).max() <= 3
+        assert bytes.fromhex(record["sha256"])[:8] in data
+    finally:
+        monkeypatch.delenv(zoo.ENV_DIR)
+        zoo.clear_cache()

@@ -411,9 +411,12 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="train a learned codec's rate point (CPU, or GPU if present); for siren: "
         "meta-learn the initialisation of one architecture; for convlstm: the inter-view "
-        "predictor; for sparse-unet: both restorations (the image one to OUT-image.safetensors)",
+        "predictor; for sparse-unet: both restorations (the image one to OUT-image.safetensors); "
+        "for dvc: the P-frame residual model of a rate point",
     )
-    p.add_argument("method", choices=["hyperprior", "vqvae", "siren", "convlstm", "sparse-unet"])
+    p.add_argument(
+        "method", choices=["hyperprior", "vqvae", "siren", "convlstm", "sparse-unet", "dvc"]
+    )
     p.add_argument("--data", nargs="+", type=Path, help="data root(s), directories or .npy files")
     p.add_argument("--out", type=Path, required=True, help="output weights (.safetensors)")
     p.add_argument("--rate-point", type=int, default=0, help="index of the rate point to train")
@@ -846,7 +849,8 @@ def _angle_range(text: str, n_views: int) -> list[float]:
 
 def _cmd_train(args: argparse.Namespace) -> None:
     from .learned.data import default_data_dir
-    from .learned.train import main_command, train
+    from .learned.fitting import main_command
+    from .learned.train import train
 
     data = args.data or [
         default_data_dir() or Path(__file__).parent / "data" / "default_volume.npz"

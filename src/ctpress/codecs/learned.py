@@ -57,6 +57,7 @@ import numpy as np
 from ..errors import CorruptFileError, InputError, RateControlError
 from ..frames import image_shape
 from ..learned import fixed_point, residual
+from ..learned.fixed_point import reconstruct
 from ..learned.store import WeightsMismatchError
 from .base import Codec, _Encoded, decoded_like, odd_step
 from .search import solve
@@ -431,8 +432,6 @@ _V1_METHODS = ("vqvae",)
 _SIDE = struct.Struct("<4sBBBxdddd8sIII")
 _FLAG_INTEGER = 1
 _FLAG_RESIDUAL = 2
-#: Grid bounds of the zoo models' reconstruction (normalised output, 2**-20 units).
-_GRID_LIMIT = 2**30
 
 ModelLoader = Callable[[str, int], tuple["LearnedModel", str]]
 ZooOp = tuple[int, float]
@@ -448,17 +447,6 @@ def _load_model(method: str, rate_point: int) -> tuple[LearnedModel, str]:
 def _padded(shape: tuple[int, int, int], multiple: int) -> tuple[int, int, int]:
     m, h, w = shape
     return (m, -(-h // multiple) * multiple, -(-w // multiple) * multiple)
-
-
-def reconstruct(
-    model: LearnedModel, coded: Coded, shape: tuple[int, int, int]
-) -> tuple[np.ndarray, int]:
-    """The decoder-side grid of a model's reconstruction of images of ``shape`` (m, H, W)
-    (int32, 2**-20 of the chunk's range) and its CRC-32."""
-    _, h, w = shape
-    out = model.synthesise(coded.latent)[:, 0, :h, :w].numpy()
-    grid = fixed_point.to_grid(out, -_GRID_LIMIT, _GRID_LIMIT)
-    return grid, fixed_point.grid_check(grid)
 
 
 def decode_learned(

@@ -34,6 +34,8 @@ from ..sim.simulate import quantise_uint16, simulate_scan
 HELD_OUT_VOLUMES = ("totalseg_pulmonary_ct_cropped_1p5mm", "dcmqact_ge_human_head_tilted")
 #: Volumes never used: no licence stated (stent) or unclear licence for derived weights.
 EXCLUDED_VOLUMES = ("imageio_stent", "pyradplan_tg119")
+#: Volumes of separate slices (each projected as a fan-beam slice, never in cone beam).
+SLICE_VOLUMES = ("pydicom_data_ct_slices",)
 #: Incident photons per detector pixel of the simulated scans.
 DOSES = (2.5e4, 1e5, 4e5)
 #: Incident photons per detector pixel of the simulated raw-count scans (fit in uint16).
@@ -147,7 +149,7 @@ def simulated_scans(
 
     Noise-free line integrals are cached in ``cache`` (they take seconds to minutes)."""
     hu, voxel = load_volume(path)
-    if hu.shape[0] == 1 or _stem(path) == "pydicom_data_ct_slices":
+    if hu.shape[0] == 1 or _stem(path) in SLICE_VOLUMES:
         slices = [hu[i] for i in range(hu.shape[0])]
     else:
         slices = [hu]

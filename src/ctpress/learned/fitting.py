@@ -1,5 +1,5 @@
 """The optimisation loop of ``ctpress train`` (Adam, cosine decay, a time budget turned
-into a step count).
+into a step count) and the commands recorded with the weights it trains.
 
 A run given ``seconds`` times its first :data:`TIMING_STEPS` steps and fixes its step
 count from them; the count is recorded with the weights, so ``--steps`` reproduces it.
@@ -8,8 +8,11 @@ count from them; the count is recorded with the weights, so ``--steps`` reproduc
 from __future__ import annotations
 
 import math
+import shlex
+import sys
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -68,3 +71,17 @@ def fit(
                 + " ".join(f"{k} {v:.4g}" for k, v in stats.items())
             )
     return total, time.perf_counter() - t0, history
+
+
+def reproduce_command(
+    method: str, rate_point: int, data: list[Path], out: Path, steps: int, seed: int
+) -> str:
+    """The ``ctpress train`` command that reruns a training with a fixed step count."""
+    args = ["ctpress", "train", method, "--rate-point", str(rate_point), "--data"]
+    args += [str(p) for p in data]
+    return shlex.join([*args, "--out", str(out), "--steps", str(steps), "--seed", str(seed)])
+
+
+def main_command() -> str:
+    """The current process's command line (recorded in the weights)."""
+    return shlex.join(["ctpress", *sys.argv[1:]])

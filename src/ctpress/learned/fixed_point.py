@@ -23,12 +23,17 @@ from __future__ import annotations
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from .models.base import Coded, LearnedModel
+
 #: The decoder's output grid: 2**-GRID_BITS of the chunk's range.
 GRID_BITS = 20
+#: Grid bounds of the zoo models' reconstruction (normalised output, 2**-20 units).
+GRID_LIMIT = 2**30
 #: Fraction bits of quantised weights.
 WEIGHT_BITS = 16
 #: Fraction bits of activations (inputs, hidden values and outputs).
@@ -49,6 +54,17 @@ def to_grid(unit: np.ndarray, lo: int, hi: int) -> np.ndarray:
 def grid_check(grid: np.ndarray) -> int:
     """CRC-32 of a grid (int32 little-endian)."""
     return zlib.crc32(np.ascontiguousarray(grid, dtype="<i4").tobytes())
+
+
+def reconstruct(
+    model: LearnedModel, coded: Coded, shape: tuple[int, int, int]
+) -> tuple[np.ndarray, int]:
+    """The decoder-side grid of a zoo model's reconstruction of images of ``shape``
+    (m, H, W) (int32, 2**-20 of the chunk's range) and its CRC-32."""
+    _, h, w = shape
+    out = model.synthesise(coded.latent)[:, 0, :h, :w].numpy()
+    grid = to_grid(out, -GRID_LIMIT, GRID_LIMIT)
+    return grid, grid_check(grid)
 
 
 def grid_values(grid: np.ndarray, offset: float, scale: float, integer: bool) -> np.ndarray:

@@ -16,8 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -39,7 +37,7 @@ from .data import (
     simulated_scans,
     training_images,
 )
-from .fitting import TIMING_STEPS, fit
+from .fitting import TIMING_STEPS, fit, reproduce_command
 from .layers import pad_to_multiple
 from .models.base import LearnedModel
 from .models.siren import SirenArch, SirenStack
@@ -84,7 +82,7 @@ def train(
 
     Parameters
     ----------
-    method : {"hyperprior", "vqvae", "siren", "convlstm", "sparse-unet"}
+    method : {"hyperprior", "vqvae", "siren", "convlstm", "sparse-unet", "dvc"}
     rate_point : int
         Index into :data:`RATE_POINTS` (architecture and lambda), or for ``siren`` into
         :data:`SIREN_INITS` (the architecture whose initialisation is meta-learned).
@@ -114,6 +112,13 @@ def train(
     if method == "convlstm":
         return train_view_predictor(
             data, out, steps=steps, minutes=minutes, seed=seed, cache=cache, command=command,
+            log=log,
+        )  # fmt: skip
+    if method == "dvc":
+        from .train_dvc import train_dvc
+
+        return train_dvc(
+            rate_point, data, out, steps=steps, minutes=minutes, seed=seed, command=command,
             log=log,
         )  # fmt: skip
     if method == "sparse-unet":
@@ -189,15 +194,6 @@ def train(
     return metadata
 
 
-def reproduce_command(
-    method: str, rate_point: int, data: list[Path], out: Path, steps: int, seed: int
-) -> str:
-    """The ``ctpress train`` command that reruns a training with a fixed step count."""
-    args = ["ctpress", "train", method, "--rate-point", str(rate_point), "--data"]
-    args += [str(p) for p in data]
-    return shlex.join([*args, "--out", str(out), "--steps", str(steps), "--seed", str(seed)])
-
-
 def evaluate(model: LearnedModel, scans: dict[str, Any]) -> dict[str, Any]:
     """Real coding of each held-out scan at this rate point (gain 1, no residual), as
     the codec does it: images normalised by the scan's range, padded, compressed, the
@@ -216,7 +212,9 @@ def evaluate(model: LearnedModel, scans: dict[str, Any]) -> dict[str, Any]:
         unit = torch.from_numpy(((images - lo) / scale)[:, None])
         strings, recon = model.compress(pad_to_multiple(unit, model.downsampling))
         _, h, w = images.shape
-        grid = fixed_point.to_grid(recon[:, 0, :h, :w].numpy(), -(2**30), 2**30)
+        grid = fixed_point.to_grid(
+            recon[:, 0, :h, :w].numpy(), -fixed_point.GRID_LIMIT, fixed_point.GRID_LIMIT
+        )
         values = fixed_point.grid_values(grid, lo, scale, x.dtype.kind in "ui")
         decoded = np.clip(np.rint(values), x.min(), x.max()).astype(x.dtype).reshape(x.shape)
         q = metrics.projection_metrics(x, decoded, perceptual=False)
@@ -230,11 +228,6 @@ def evaluate(model: LearnedModel, scans: dict[str, Any]) -> dict[str, Any]:
         return results
     results["mean"] = {k: round(float(np.mean([r[k] for r in results.values()])), 4) for k in keys}
     return results
-
-
-def main_command() -> str:
-    """The current process's command line (recorded in the weights)."""
-    return shlex.join(["ctpress", *sys.argv[1:]])
 
 
 def _normalised(x: np.ndarray) -> np.ndarray:

@@ -33,10 +33,12 @@ from .store import (
 )
 from .store import clear_cache as clear_cache
 
-#: Model class of each method.
+#: Model class of each method (``dvc``: the P-frame residual model of ``--codec dvc``, a
+#: hyperprior fine-tuned by ``ctpress train dvc``).
 MODELS: dict[str, type[LearnedModel]] = {
     MeanScaleHyperprior.method: MeanScaleHyperprior,
     VQVAE.method: VQVAE,
+    "dvc": MeanScaleHyperprior,
 }
 
 

@@ -142,6 +142,10 @@ CASES += [
         {"lossless": True},
         {"chunk_views": 24},
     ),
+    # dvc stream version 2 (P-frames by the dvc model of ``ctpress train dvc``); the dvc
+    # files above are version 1
+    ("dvc_stream2_bpp", "u16", "dvc", {"bpp": 2}, {}),
+    ("dvc_stream2_max_error", "u16", "dvc", {"max_error": 4}, {}),
     (
         "sparse-unet_f32_max_error",
         "f32",

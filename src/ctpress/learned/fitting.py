@@ -22,6 +22,11 @@ import torch
 TIMING_STEPS = 20
 
 
+def training_device() -> torch.device:
+    """A GPU when one is present, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def cosine_decay(step: int, total: int) -> float:
     """1 over the timing steps, then a cosine decay to 0.01 at ``total``."""
     if step < TIMING_STEPS:

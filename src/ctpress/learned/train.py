@@ -37,7 +37,7 @@ from .data import (
     simulated_scans,
     training_images,
 )
-from .fitting import TIMING_STEPS, fit, reproduce_command
+from .fitting import TIMING_STEPS, fit, reproduce_command, training_device
 from .layers import pad_to_multiple
 from .models.base import LearnedModel
 from .models.siren import SirenArch, SirenStack
@@ -58,10 +58,6 @@ SIREN_TASK_VIEWS = (16, 96)
 PATCH = {"hyperprior": 256, "vqvae": 64}
 BATCH = {"hyperprior": 16, "vqvae": 16}
 LEARNING_RATE = 1e-3
-
-
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def train(
@@ -147,7 +143,7 @@ def train(
     )
     images = training_images(train_files, seed, cache)
     say(f"{len(images)} training images ({sum(i.size for i in images) / 1e6:.1f} Mpx)")
-    device = _device()
+    device = training_device()
     model = zoo.build_model(method, RATE_POINTS[method][rate_point])
     patch = PATCH[method] // model.training_scale
     views = [model.training_view(img) for img in images]
@@ -436,7 +432,7 @@ def train_view_predictor(
     if not scans["multi"] or not scans["fan"]:
         raise InputError("the view predictor needs multi-row and rows=1 training scans")
     say("view predictor training scans: " + ", ".join(f"{k} {len(v)}" for k, v in scans.items()))
-    device = _device()
+    device = training_device()
     model = ConvLSTMPredictor(PREDICTOR_HIDDEN).to(device)
     sampler = ViewWindowSampler(scans, seed)
 

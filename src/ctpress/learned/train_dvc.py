@@ -45,7 +45,7 @@ from .data import (
     load_volume,
     real_scans,
 )
-from .fitting import fit, main_command, reproduce_command
+from .fitting import fit, main_command, reproduce_command, training_device
 from .fixed_point import grid_values
 from .models.base import LearnedModel
 from .models.hyperprior import MeanScaleHyperprior
@@ -68,8 +68,8 @@ HELD_DOSE = "i0=100000"
 
 
 def dvc_scans(files: DataFiles, seed: int) -> dict[str, np.ndarray]:
-    """Multi-row scans (n_views, rows, cols) uint16 of the volumes and real projections
-    of ``files`` (names as keys): see the module docstring."""
+    """Cone-beam scans (n_views, rows, cols) uint16 simulated from the volumes of
+    ``files`` (names as keys): see the module docstring."""
     scans: dict[str, np.ndarray] = {}
     for k, path in enumerate(files.volumes):
         if _stem(path) in SLICE_VOLUMES:
@@ -90,7 +90,8 @@ def _real_multi_row(files: DataFiles, held_out: bool) -> dict[str, np.ndarray]:
 
 
 def _gops(scan: np.ndarray) -> list[np.ndarray]:
-    """The GOPs of a scan, each normalised to [0, 1] as the codec normalises a chunk."""
+    """The GOPs of a scan with P-frames, each normalised to [0, 1] as the codec
+    normalises a chunk."""
     units = []
     for start in range(0, len(scan) - 1, GOP):
         x = scan[start : start + GOP].astype(np.float64)
@@ -223,16 +224,17 @@ def train_dvc(
     model, _ = _initial_model(rate_point)
     views = [model.training_view(image) for image in images]
     sampler = ResidualSampler(views, seed)
-    model.train()
+    device = training_device()
+    model.to(device).train()
 
     def loss() -> tuple[torch.Tensor, dict[str, float]]:
-        return model.training_loss(torch.from_numpy(sampler.batch(BATCH)))
+        return model.training_loss(torch.from_numpy(sampler.batch(BATCH)).to(device))
 
     total, train_s, history = fit(
         model.parameters(), loss, steps=steps, seconds=None if minutes is None else minutes * 60,
-        learning_rate=LEARNING_RATE, say=say, label="dvc P-frame model (cpu)",
+        learning_rate=LEARNING_RATE, say=say, label=f"dvc P-frame model ({device})",
     )  # fmt: skip
-    model.eval()
+    model.cpu().eval()
     model.update()
     held_scans = {k: v for k, v in dvc_scans(held_files, seed=12345).items() if HELD_DOSE in k}
     held = evaluate_p_frames(
@@ -248,7 +250,7 @@ def train_dvc(
         "seed": seed,
         "train_seconds": round(train_s, 1),
         "total_seconds": round(time.perf_counter() - t_start, 1),
-        "device": "cpu",
+        "device": str(device),
         "torch_threads": torch.get_num_threads(),
         "train_data": names,
         "train_images": len(images),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -199,3 +200,18 @@ def test_streams_name_both_models_and_version_1_still_decodes() -> None:
     )
     with pytest.raises(CorruptFileError, match="version 1 or 2"):
         dvc.decode_dvc(version_1[:4] + b"\x03" + version_1[5:], views.shape, "float64")
+
+
+def test_global_motion_is_one_shift_per_view_and_decodes() -> None:
+    """The global-shift ablation stores one shift per view, applied to every block, and
+    decodes to what the encoder predicted."""
+    views = moving_views()
+    session = dvc.DvcSession(views, "global")
+    op = (1, 1.0)
+    gop, motion = session.coded(op)
+    assert np.all(gop.moves == gop.moves[:, :1]) and np.any(gop.moves[1:] != 0)
+    assert len(zlib.decompress(motion)) == len(views)
+    stream = session.pack(op, None, b"")
+    np.testing.assert_array_equal(
+        dvc.decode_dvc(stream, views.shape, "float64"), session.prediction(op)
+    )

@@ -5,7 +5,8 @@ A chunk is one group of views (GOP, :attr:`Dvc.preferred_chunk_views` views by d
 :mod:`ctpress.learned.video`: the first view (I-frame) as an image by the shipped
 ``hyperprior`` model; every other view (P-frame) as the residual against a
 motion-compensated prediction from the previous *decoded* view (one column shift per block
-of 16 columns, ``motion="block"``, or none, ``motion="zero"``, the ablation), by the
+of 16 columns, ``motion="block"``; the ablations: one shift per view, ``"global"``, or
+none, ``"zero"``), by the
 shipped ``dvc`` model of the same rate point: a ``hyperprior`` whose entropy model
 ``ctpress train dvc`` fine-tuned on such residuals (stream version 1 coded them with the
 ``hyperprior`` model itself; it still decodes).
@@ -20,11 +21,12 @@ rows (sinograms) are one image, coded intra.
 
 Stream (little-endian): ``_SIDE`` = ``4s`` magic ``CTDV``, ``u8`` version 2, ``u8`` rate
 point, ``u8`` flags (bit 0 integer data, bit 1 residual layer present), ``u8`` motion (0
-zero, 1 block), ``f64`` gain, offset, scale, residual step, ``8s`` weights tag of the I
-model, ``8s`` weights tag of the P model, ``u32`` motion bytes (version 1: one ``8s`` tag,
-of the model of both); then one ``_FRAME`` per view (``u32`` latent check, ``u32`` grid
-check, ``u32`` payload length); the motion (zlib of int8, views x blocks, the first view's
-row zero); the views' payloads; the residual stream.
+zero, 1 block, 2 global: version 2 only), ``f64`` gain, offset, scale, residual step,
+``8s`` weights tag of the I model, ``8s`` weights tag of the P model, ``u32`` motion bytes
+(version 1: one ``8s`` tag, of the model of both); then one ``_FRAME`` per view (``u32``
+latent check, ``u32`` grid check, ``u32`` payload length); the motion (zlib of int8, views
+x blocks, or views x 1 for global motion, the first view's row zero); the views' payloads;
+the residual stream.
 """
 
 from __future__ import annotations
@@ -90,7 +92,8 @@ class DvcSession(ModelSession):
         if op not in self._coded:
             i_model, p_model = self.loader(I_MODEL, op[0])[0], self.loader(P_MODEL, op[0])[0]
             gop = code_gop(self.unit(), i_model, p_model, op[1], self.motion)
-            motion = zlib.compress(gop.moves.tobytes(), 9) if self.motion == "block" else b""
+            table = gop.moves if self.motion == "block" else gop.moves[:, :1]
+            motion = zlib.compress(table.tobytes(), 9) if self.motion != "zero" else b""
             self._coded[op] = gop, motion
         return self._coded[op]
 
@@ -145,7 +148,7 @@ def decode_dvc(
         side.unpack_from(stream)
     )
     check_side("dvc", flags, gain, offset, scale, step)
-    if motion >= len(MOTIONS):
+    if motion >= len(MOTIONS) or (version == 1 and MOTIONS[motion] == "global"):
         raise CorruptFileError(f"dvc stream has an unknown motion {motion}")
     m, h, w = image_shape(tuple(shape))
     pos = side.size + m * _FRAME.size
@@ -155,6 +158,8 @@ def decode_dvc(
     moves = np.zeros((m, blocks_of(w)), dtype=np.int8)
     if MOTIONS[motion] == "block":
         moves = _motion_of(stream[pos : pos + n_motion], m, blocks_of(w))
+    elif MOTIONS[motion] == "global":
+        moves = np.repeat(_motion_of(stream[pos : pos + n_motion], m, 1), blocks_of(w), axis=1)
     elif n_motion:
         raise CorruptFileError("dvc stream has motion bytes without motion")
     pos += n_motion
@@ -194,9 +199,9 @@ class Dvc(LearnedCodec):
 
     Parameters
     ----------
-    motion : {"block", "zero"}
-        Motion compensation of the P-frames: a column shift per block of 16 columns, or
-        none.
+    motion : {"block", "global", "zero"}
+        Motion compensation of the P-frames: a column shift per block of 16 columns, one
+        for the whole view, or none.
     rate_point, mode, value, data_range
         As for ``hyperprior``.
     """

@@ -6,12 +6,13 @@ trained on exactly the residual images this loop gives it.
 
 The views of a GOP, normalised to [0, 1] by the chunk's offset and scale, are coded in
 order: the first (I-frame) as an image by the I model; every other view (P-frame) as the
-residual against a motion-compensated prediction from the previous *decoded* view,
-shifted by half the range, by the P model.  Motion is one column displacement per block
-of :data:`BLOCK_COLUMNS` detector columns (all rows), in quarter pixels within
-+-:data:`SEARCH_QUARTERS`, searched against the decoded reference (``"block"``), or none
-(``"zero"``).  A projection is a superposition: structures at different depths move at
-different speeds, which one displacement per block follows only coarsely (see
+residual against a motion-compensated prediction from the previous *decoded* view, shifted
+by half the range, by the P model. Motion is one column displacement per block of
+:data:`BLOCK_COLUMNS` detector columns (all rows), in quarter pixels within
++-:data:`SEARCH_QUARTERS`, searched against the decoded reference (``"block"``), one
+displacement for the whole view (``"global"``), or none (``"zero"``). A projection is a
+superposition: structures at different depths move at different speeds, which one
+displacement per block follows only coarsely (see
 ``benchmarks/study_view_prediction.py``).
 
 The prediction is exact by construction: decoded views are integers on the decoder-side
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from .models.base import Coded, LearnedModel
 
 #: Motion models of the P-frames.
-MOTIONS = ("zero", "block")
+MOTIONS = ("zero", "block", "global")
 #: Detector columns per motion block, and the search range in quarter pixels.
 BLOCK_COLUMNS = 16
 SEARCH_QUARTERS = 8
@@ -55,9 +56,10 @@ def compensate(reference: np.ndarray, moves: np.ndarray) -> np.ndarray:
     return (a * (4 - frac) + b * frac + 2) // 4
 
 
-def search_motion(target: np.ndarray, reference: np.ndarray) -> np.ndarray:
+def search_motion(target: np.ndarray, reference: np.ndarray, per_block: bool = True) -> np.ndarray:
     """Per block, the shift of ``reference`` (int64 grid) nearest ``target`` (float, grid
-    units) in squared error; ties go to the smaller shift (int8)."""
+    units) in squared error, or with ``per_block`` False the one shift of every block
+    nearest over the whole view; ties go to the smaller shift (int8, one per block)."""
     cols = reference.shape[-1]
     n_blocks = blocks_of(cols)
     pad = n_blocks * BLOCK_COLUMNS - cols
@@ -67,7 +69,10 @@ def search_motion(target: np.ndarray, reference: np.ndarray) -> np.ndarray:
         diff = target - compensate(reference, np.full(n_blocks, s))
         per_column = np.pad(np.sum(diff * diff, axis=0), (0, pad))
         errors[k] = per_column.reshape(n_blocks, BLOCK_COLUMNS).sum(axis=1)
-    return np.asarray(candidates, dtype=np.int8)[np.argmin(errors, axis=0)]
+    shifts = np.asarray(candidates, dtype=np.int8)
+    if not per_block:
+        return np.full(n_blocks, shifts[np.argmin(errors.sum(axis=1))], dtype=np.int8)
+    return shifts[np.argmin(errors, axis=0)]
 
 
 def blocks_of(cols: int) -> int:
@@ -132,8 +137,8 @@ def code_gop(
             coded, grid = code_image(i_model, view, gain)
             decoded[t] = grid
         else:
-            if motion == "block":
-                moves[t] = search_motion(view * scale, decoded[t - 1])
+            if motion != "zero":
+                moves[t] = search_motion(view * scale, decoded[t - 1], motion == "block")
             prediction = compensate(decoded[t - 1], moves[t])
             image = view - prediction / scale + 0.5
             coded, grid = code_image(p_model, image, gain)

@@ -146,6 +146,7 @@ CASES += [
     # files above are version 1
     ("dvc_stream2_bpp", "u16", "dvc", {"bpp": 2}, {}),
     ("dvc_stream2_max_error", "u16", "dvc", {"max_error": 4}, {}),
+    ("dvc_stream2_global_motion_psnr", "u16", "dvc", {"psnr": 45}, {"motion": "global"}),
     (
         "sparse-unet_f32_max_error",
         "f32",

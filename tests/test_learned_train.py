@@ -13,15 +13,28 @@ from ctpress.cli import main
 from ctpress.learned import zoo
 
 
+def tiny_projections(tmp_path, shape, seed: int = 0, name: str = "tiny_scan"):
+    """A smooth uint16 scan of ``shape`` saved as ``projections/NAME.npy`` under
+    ``tmp_path`` (a data root for ``ctpress train --data``); returns the views."""
+    rng = np.random.default_rng(seed)
+    (tmp_path / "projections").mkdir(exist_ok=True)
+    views = (20000 + np.cumsum(rng.integers(-50, 50, shape), axis=-1)).astype(np.uint16)
+    np.save(tmp_path / "projections" / f"{name}.npy", views)
+    return views
+
+
+def train_tiny(tmp_path, method: str, out_name: str, steps: int, seed: int):
+    """``ctpress train METHOD`` on the data root ``tmp_path``; returns the weights path."""
+    out = tmp_path / out_name
+    args = ["-q", "train", method, "--data", str(tmp_path), "--out", str(out)]
+    assert main([*args, "--steps", str(steps), "--seed", str(seed)]) == 0
+    return out
+
+
 @pytest.mark.parametrize("method", ["hyperprior", "vqvae"])
 def test_train_writes_installable_weights(method, tmp_path, monkeypatch):
-    rng = np.random.default_rng(0)
-    (tmp_path / "projections").mkdir()
-    views = 20000 + np.cumsum(rng.integers(-50, 50, (12, 32, 64)), axis=2)
-    np.save(tmp_path / "projections" / "tiny_scan.npy", views.astype(np.uint16))
-    out = tmp_path / "w.safetensors"
-    args = ["-q", "train", method, "--data", str(tmp_path), "--out", str(out)]
-    assert main([*args, "--steps", "2", "--seed", "1"]) == 0
+    tiny_projections(tmp_path, (12, 32, 64))
+    out = train_tiny(tmp_path, method, "w.safetensors", steps=2, seed=1)
     model, meta = zoo.load_weights(out.read_bytes())
     assert model.method == method
     assert meta["steps"] == 2 and meta["seed"] == 1 and meta["rate_point"] == 0
@@ -38,7 +51,7 @@ def test_train_writes_installable_weights(method, tmp_path, monkeypatch):
         record = zoo.install(out)
         manifest = json.loads((weights / zoo.MANIFEST).read_text())
         assert manifest["methods"][method][0]["sha256"] == record["sha256"]
-        x = rng.integers(1000, 3000, (4, 16, 40)).astype(np.uint16)
+        x = np.random.default_rng(0).integers(1000, 3000, (4, 16, 40)).astype(np.uint16)
         data = ctpress.compress(x, codec=method, max_error=3)
         assert np.abs(ctpress.decompress(data).projections.astype(int) - x).max() <= 3
     finally:
@@ -47,13 +60,8 @@ def test_train_writes_installable_weights(method, tmp_path, monkeypatch):
 
 
 def test_train_siren_writes_an_installable_initialisation(tmp_path, monkeypatch):
-    rng = np.random.default_rng(0)
-    (tmp_path / "projections").mkdir()
-    views = 20000 + np.cumsum(rng.integers(-50, 50, (30, 8, 32)), axis=2)
-    np.save(tmp_path / "projections" / "tiny_scan.npy", views.astype(np.uint16))
-    out = tmp_path / "init.safetensors"
-    args = ["-q", "train", "siren", "--data", str(tmp_path), "--out", str(out)]
-    assert main([*args, "--steps", "3", "--seed", "2"]) == 0
+    views = tiny_projections(tmp_path, (30, 8, 32))
+    out = train_tiny(tmp_path, "siren", "init.safetensors", steps=3, seed=2)
     meta = json.loads(zoo._safetensors_metadata(out.read_bytes())["metadata"])
     assert meta["method"] == "siren" and meta["steps"] == 3 and meta["seed"] == 2
     assert meta["config"]["width"] == 16 and "--steps 3 --seed 2" in meta["reproduce"]
@@ -83,9 +91,7 @@ def test_train_convlstm_writes_a_loadable_view_predictor(tmp_path):
     fan = 3000 + np.cumsum(rng.integers(-20, 20, (24, 300)), axis=1)
     np.save(tmp_path / "projections" / "tiny_cone.npy", cone.astype(np.uint16))
     np.save(tmp_path / "projections" / "tiny_fan.npy", fan.astype(np.uint16))
-    out = tmp_path / "convlstm.safetensors"
-    args = ["-q", "train", "convlstm", "--data", str(tmp_path), "--out", str(out)]
-    assert main([*args, "--steps", "2", "--seed", "1"]) == 0
+    out = train_tiny(tmp_path, "convlstm", "convlstm.safetensors", steps=2, seed=1)
     meta = json.loads(zoo._safetensors_metadata(out.read_bytes())["metadata"])
     assert meta["method"] == "convlstm" and meta["steps"] == 2 and meta["seed"] == 1
     assert "--steps 2 --seed 1" in meta["reproduce"]
@@ -100,13 +106,8 @@ def test_train_dvc_fine_tunes_the_p_frame_model_of_a_rate_point(tmp_path, monkey
     """``ctpress train dvc`` writes a hyperprior of the rate point's architecture with
     its provenance and the held-out BD-rate of its P-frames; installed beside the shipped
     I-frame model, ``--codec dvc`` codes with it and the file names its weights."""
-    rng = np.random.default_rng(0)
-    (tmp_path / "projections").mkdir()
-    views = 20000 + np.cumsum(rng.integers(-50, 50, (12, 32, 64)), axis=2)
-    np.save(tmp_path / "projections" / "tiny_scan.npy", views.astype(np.uint16))
-    out = tmp_path / "dvc.safetensors"
-    args = ["-q", "train", "dvc", "--data", str(tmp_path), "--out", str(out)]
-    assert main([*args, "--steps", "2", "--seed", "1"]) == 0
+    views = tiny_projections(tmp_path, (12, 32, 64))
+    out = train_tiny(tmp_path, "dvc", "dvc.safetensors", steps=2, seed=1)
     model, meta = zoo.load_weights(out.read_bytes())
     hyperprior = zoo.rate_points("hyperprior")[0]
     assert model.config() == hyperprior["config"]

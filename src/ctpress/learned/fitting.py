@@ -17,6 +17,9 @@ from typing import Any
 
 import torch
 
+from .._version import __version__
+from .data import HELD_OUT_VOLUMES, DataFiles
+
 #: Steps timed before a time budget becomes a step count (the learning rate is constant
 #: over them, so a ``steps`` run and a ``seconds`` run of the same count are the same).
 TIMING_STEPS = 20
@@ -90,3 +93,37 @@ def reproduce_command(
 def main_command() -> str:
     """The current process's command line (recorded in the weights)."""
     return shlex.join(["ctpress", *sys.argv[1:]])
+
+
+def training_record(
+    method: str,
+    rate_point: int,
+    train_files: DataFiles,
+    data: list[Path],
+    out: Path,
+    *,
+    steps: int,
+    seed: int,
+    train_seconds: float,
+    started: float,
+    device: torch.device | str,
+) -> dict[str, Any]:
+    """The provenance every trained weights file records: what was trained on which data
+    (the held-out volumes named), how long, where, with which versions, and the
+    ``ctpress train`` command that reproduces it (``started``: ``time.perf_counter()`` at
+    the start of the run)."""
+    return {
+        "method": method,
+        "rate_point": rate_point,
+        "steps": steps,
+        "seed": seed,
+        "train_seconds": round(train_seconds, 1),
+        "total_seconds": round(time.perf_counter() - started, 1),
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "train_data": sorted({p.stem for p in (*train_files.volumes, *train_files.projections)}),
+        "held_out_volumes": list(HELD_OUT_VOLUMES),
+        "reproduce": reproduce_command(method, rate_point, data, out, steps, seed),
+        "ctpress": __version__,
+        "torch": torch.__version__,
+    }

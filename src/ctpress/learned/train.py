@@ -24,12 +24,10 @@ import numpy as np
 import torch
 
 from .. import metrics
-from .._version import __version__
 from ..errors import InputError
 from ..frames import to_images
 from . import fixed_point, inr, zoo
 from .data import (
-    HELD_OUT_VOLUMES,
     DataFiles,
     PatchSampler,
     held_out_scans,
@@ -37,7 +35,7 @@ from .data import (
     simulated_scans,
     training_images,
 )
-from .fitting import TIMING_STEPS, fit, reproduce_command, training_device
+from .fitting import TIMING_STEPS, fit, training_device, training_record
 from .layers import pad_to_multiple
 from .models.base import LearnedModel
 from .models.siren import SirenArch, SirenStack
@@ -162,25 +160,15 @@ def train(
     )  # fmt: skip
     model = model.cpu().eval()
     model.update(torch.from_numpy(PatchSampler(views, patch, seed + 1).batch(256)))
-    data_names = sorted({p.stem for p in (*train_files.volumes, *train_files.projections)})
     metadata: dict[str, Any] = {
-        "method": method,
-        "rate_point": rate_point,
+        **training_record(
+            method, rate_point, train_files, data, out, steps=total, seed=seed,
+            train_seconds=train_s, started=t_start, device=device,
+        ),
         "config": model.config(),
-        "steps": total,
-        "seed": seed,
-        "train_seconds": round(train_s, 1),
-        "total_seconds": round(time.perf_counter() - t_start, 1),
-        "device": str(device),
-        "torch_threads": torch.get_num_threads(),
-        "train_data": data_names,
-        "held_out_volumes": list(HELD_OUT_VOLUMES),
         "command": command or "",
-        "reproduce": reproduce_command(method, rate_point, data, out, total, seed),
-        "ctpress": __version__,
-        "torch": torch.__version__,
         "history": history[-5:],
-    }
+    }  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     held = evaluate(model, held_out_scans(held_files, cache))
     metadata["held_out"] = held
@@ -296,25 +284,15 @@ def train_siren_init(
             "psnr_db_meta_init": round(_siren_fit_psnr(arch, x, init, 200), 3),
             "psnr_db_standard_init": round(_siren_fit_psnr(arch, x, None, 200), 3),
         }
-    data_names = sorted({p.stem for p in (*train_files.volumes, *train_files.projections)})
     metadata: dict[str, Any] = {
-        "method": "siren",
-        "rate_point": rate_point,
+        **training_record(
+            "siren", rate_point, train_files, data, out, steps=total, seed=seed,
+            train_seconds=train_s, started=t_start, device="cpu",
+        ),
         "config": arch.to_dict(),
-        "steps": total,
-        "seed": seed,
-        "train_seconds": round(train_s, 1),
-        "total_seconds": round(time.perf_counter() - t_start, 1),
-        "device": "cpu",
-        "torch_threads": torch.get_num_threads(),
-        "train_data": data_names,
-        "held_out_volumes": list(HELD_OUT_VOLUMES),
         "held_out": held,
         "command": command or "",
-        "reproduce": reproduce_command("siren", rate_point, data, out, total, seed),
-        "ctpress": __version__,
-        "torch": torch.__version__,
-    }
+    }  # fmt: skip
     metadata["sha256"] = inr.save_meta_init(init, out, metadata)
     say(f"wrote {out}; held-out 200-step fits (dB): {held}")
     return metadata
@@ -448,22 +426,14 @@ def train_view_predictor(
         label=f"view predictor ({device}; bits/value, normalised)",
     )  # fmt: skip
     model = model.cpu().eval()
-    data_names = sorted({p.stem for p in (*train_files.volumes, *train_files.projections)})
     metadata: dict[str, Any] = {
-        "method": "convlstm",
+        **training_record(
+            "convlstm", 0, train_files, data, out, steps=total, seed=seed,
+            train_seconds=train_s, started=t_start, device=device,
+        ),
         "config": model.config(),
-        "steps": total,
-        "seed": seed,
-        "train_seconds": round(train_s, 1),
-        "device": str(device),
-        "torch_threads": torch.get_num_threads(),
-        "train_data": data_names,
-        "held_out_volumes": list(HELD_OUT_VOLUMES),
         "command": command or "",
-        "reproduce": reproduce_command("convlstm", 0, data, out, total, seed),
-        "ctpress": __version__,
-        "torch": torch.__version__,
-    }
+    }  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     sha = save_view_predictor(model, out, metadata)
     held = evaluate_view_predictor(model, out, predictor_held_out(held_files, cache))

@@ -31,21 +31,19 @@ import numpy as np
 import torch
 
 from .. import bdrate
-from .._version import __version__
 from ..errors import InputError
 from ..scan import DetectorShape
 from ..sim.simulate import simulate_scan
 from . import zoo
 from .data import (
     DOSES,
-    HELD_OUT_VOLUMES,
     SLICE_VOLUMES,
     DataFiles,
     _stem,
     load_volume,
     real_scans,
 )
-from .fitting import fit, main_command, reproduce_command, training_device
+from .fitting import fit, main_command, training_device, training_record
 from .fixed_point import grid_values
 from .models.base import LearnedModel
 from .models.hyperprior import MeanScaleHyperprior
@@ -240,28 +238,18 @@ def train_dvc(
     held = evaluate_p_frames(
         initial, model, {**held_scans, **_real_multi_row(held_files, held_out=True)}
     )
-    names = sorted({p.stem for p in (*train_files.volumes, *train_files.projections)})
     metadata: dict[str, Any] = {
-        "method": "dvc",
-        "rate_point": rate_point,
+        **training_record(
+            "dvc", rate_point, train_files, data, out, steps=total, seed=seed,
+            train_seconds=train_s, started=t_start, device=device,
+        ),
         "config": model.config(),
         "initial": f"hyperprior rate point {rate_point}, sha256 {initial_sha}",
-        "steps": total,
-        "seed": seed,
-        "train_seconds": round(train_s, 1),
-        "total_seconds": round(time.perf_counter() - t_start, 1),
-        "device": str(device),
-        "torch_threads": torch.get_num_threads(),
-        "train_data": names,
         "train_images": len(images),
-        "held_out_volumes": list(HELD_OUT_VOLUMES),
         "command": command or main_command(),
-        "reproduce": reproduce_command("dvc", rate_point, data, out, total, seed),
-        "ctpress": __version__,
-        "torch": torch.__version__,
         "history": history[-5:],
         "held_out": held,
-    }
+    }  # fmt: skip
     metadata["sha256"] = zoo.save_weights(model, out, metadata)
     say(f"wrote {out}; held-out BD-rate of the P-frames: {held.get('mean_bd_rate_percent')} %")
     return metadata

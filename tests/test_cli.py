@@ -228,3 +228,17 @@ def test_train_only_applies_to_sparse_unet(tmp_path: Path, capsys) -> None:
     assert run("-q", "train", "vqvae", "--out", str(out), "--steps", "1", "--only", "image") == 2
     assert "--only applies to ctpress train sparse-unet" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_train_dvc_refuses_data_without_multi_row_scans_and_unknown_rate_points(
+    tmp_path: Path, capsys
+) -> None:
+    (tmp_path / "projections").mkdir()
+    np.save(tmp_path / "projections" / "sino.npy", np.ones((12, 64), np.uint16))
+    out = tmp_path / "w.safetensors"
+    train = ("-q", "train", "dvc", "--data", str(tmp_path), "--out", str(out), "--steps", "1")
+    assert run(*train) == 2
+    assert "ctpress train dvc needs multi-row scans" in capsys.readouterr().err
+    assert run(*train, "--rate-point", "9") == 2
+    assert "unknown rate point 9 of 'dvc' (0..2)" in capsys.readouterr().err
+    assert not out.exists()

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import bdrate
+from .. import bdrate, metrics
 from ..errors import InputError
 from ..scan import DetectorShape
 from ..sim.simulate import simulate_scan
@@ -87,15 +87,15 @@ def _real_multi_row(files: DataFiles, held_out: bool) -> dict[str, np.ndarray]:
     return {name: views for name, views in found if views.shape[1] >= 8}
 
 
-def _gops(scan: np.ndarray) -> list[np.ndarray]:
-    """The GOPs of a scan with P-frames, each normalised to [0, 1] as the codec
-    normalises a chunk."""
-    units = []
-    for start in range(0, len(scan) - 1, GOP):
-        x = scan[start : start + GOP].astype(np.float64)
-        lo, hi = float(x.min()), float(x.max())
-        units.append((x - lo) / (hi - lo if hi > lo else 1.0))
-    return units
+def _gops(scan: np.ndarray) -> list[tuple[np.ndarray, float, float]]:
+    """The GOPs of a scan as the codec normalises its chunks: (views float64, offset,
+    scale), ``(views - offset) / scale`` in [0, 1]."""
+    gops = []
+    for start in range(0, len(scan), GOP):
+        views = scan[start : start + GOP].astype(np.float64)
+        lo, hi = float(views.min()), float(views.max())
+        gops.append((views, lo, hi - lo if hi > lo else 1.0))
+    return gops
 
 
 def p_frame_images(
@@ -106,9 +106,11 @@ def p_frame_images(
     lo, hi = (math.log(g) for g in model.gain_range)
     images: list[np.ndarray] = []
     for scan in scans.values():
-        for unit in _gops(scan):
-            gain = float(np.exp(rng.uniform(lo, hi)))
-            images += code_gop(unit, model, model, gain, "block").p_images
+        for views, offset, scale in _gops(scan):
+            if len(views) > 1:  # a GOP of one view has no P-frame
+                gain = float(np.exp(rng.uniform(lo, hi)))
+                unit = (views - offset) / scale
+                images += code_gop(unit, model, model, gain, "block").p_images
     return images
 
 
@@ -179,20 +181,14 @@ def evaluate_p_frames(
 def _p_frame_point(
     scan: np.ndarray, i_model: LearnedModel, p_model: LearnedModel, gain: float
 ) -> tuple[float, float]:
-    """(bits/value of the P-frames' latents, PSNR dB of the decoded scan)."""
-    bits, squared, values = 0, 0.0, 0
-    x = scan.astype(np.float64)
-    for start in range(0, len(scan), GOP):
-        views = x[start : start + GOP]
-        lo, hi = float(views.min()), float(views.max())
-        scale = hi - lo if hi > lo else 1.0
-        gop = code_gop((views - lo) / scale, i_model, p_model, gain, "block")
+    """(bits/value of the P-frames' latents, PSNR dB of the decoded scan against its
+    range)."""
+    bits, decoded = 0, []
+    for views, offset, scale in _gops(scan):
+        gop = code_gop((views - offset) / scale, i_model, p_model, gain, "block")
         bits += 8 * sum(len(c.payload) for c in gop.coded[1:])
-        decoded = grid_values(gop.decoded, lo, scale, integer=True)
-        squared += float(np.sum((decoded - views) ** 2))
-        values += views.size
-    span = float(x.max() - x.min()) or 1.0
-    return bits / values, 10 * math.log10(span**2 / max(squared / values, 1e-12))
+        decoded.append(grid_values(gop.decoded, offset, scale, integer=True))
+    return bits / scan.size, metrics.psnr_db(scan, np.concatenate(decoded))
 
 
 def train_dvc(
@@ -213,13 +209,13 @@ def train_dvc(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     train_files, held_files = DataFiles.find(data).split()
-    initial, initial_sha = _initial_model(rate_point)
+    model, initial_sha = _initial_model(rate_point)  # the copy to train
+    initial, _ = zoo.load_model("hyperprior", rate_point)  # the shipped model, as it codes
     scans = {**dvc_scans(train_files, seed), **_real_multi_row(train_files, held_out=False)}
     if not scans:
         raise InputError("ctpress train dvc needs multi-row scans: volumes or real projections")
     images = p_frame_images(scans, initial, rng)
     say(f"{len(images)} P-frame residual images from {len(scans)} training scans")
-    model, _ = _initial_model(rate_point)
     views = [model.training_view(image) for image in images]
     sampler = ResidualSampler(views, seed)
     device = training_device()

@@ -4,9 +4,9 @@ compensation, per-view checks)."""
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -105,14 +105,12 @@ def _file(tmp_path: Path) -> Path:
 
 
 def _p_frame_offset(chunk: bytes) -> int:
-    """Where the payload of view 1 (a P-frame) starts in a dvc chunk."""
+    """A word three quarters into the GOP stream's range-coded words of a dvc chunk of 8
+    views: P-frames (the I-frame comes first and takes less than a quarter)."""
     _, start = parse_chunk_header(chunk)
-    side = dvc._SIDES[dvc._VERSION]
-    n_motion = side.unpack_from(chunk, start)[-1]
-    table = start + side.size
-    n_views = 8
-    first = dvc._FRAME.unpack_from(chunk, table)[2]
-    return table + n_views * dvc._FRAME.size + n_motion + first
+    stream = start + dvc._SIDES[dvc._VERSION].size + 8 * dvc._CHECK.size
+    (n_words,) = struct.unpack_from("<I", chunk, stream)
+    return stream + 4 + 4 * (3 * n_words // 4)
 
 
 def test_a_corrupted_p_frame_is_detected_and_the_other_gops_decode(tmp_path: Path) -> None:
@@ -171,35 +169,37 @@ def test_the_p_frame_models_share_the_rate_points_of_the_i_frame_models() -> Non
         assert p_entry["sha256"] != i_entry["sha256"]
 
 
-def test_streams_name_both_models_and_version_1_still_decodes() -> None:
-    """A version-2 stream carries the tags of its I and P models; a version-1 stream (one
-    model for every view) decodes to what its encoder predicted."""
+def test_streams_name_both_models_and_refuse_unknown_versions() -> None:
+    """A version-3 stream carries the tags of its I and P models (versions 1 and 2 decode
+    from the golden files); a stream of an unknown version is refused."""
     from ctpress.learned import zoo
 
     views = moving_views(n=8)
     chunk, _ = get_codec("dvc", mode="bpp", value=1.5).compress(views)
     _, start = parse_chunk_header(chunk)
-    side = dvc._SIDES[2].unpack_from(chunk, start)
-    assert side[1] == 2
+    side = dvc._SIDES[3].unpack_from(chunk, start)
+    assert side[1] == 3
     rate_point = side[2]
     for method, tag in zip((dvc.I_MODEL, dvc.P_MODEL), side[9:11], strict=True):
         assert tag == bytes.fromhex(zoo.rate_points(method)[rate_point]["sha256"])[:8]
+    stream = chunk[start:]
+    with pytest.raises(CorruptFileError, match="version 1 or 2 or 3"):
+        dvc.decode_dvc(stream[:4] + b"\x04" + stream[5:], views.shape, "float64")
 
-    def one_model(method: str, rate_point: int) -> tuple[object, str]:
-        return zoo.load_model(dvc.I_MODEL, rate_point)
 
-    session = dvc.DvcSession(views, "block", loader=one_model)
-    op = (rate_point, side[5])
-    stream = session.pack(op, None, b"")  # version 2 with the I model's tag twice
-    fields = list(dvc._SIDES[2].unpack_from(stream))
-    fields[1] = 1
-    del fields[10]
-    version_1 = dvc._SIDES[1].pack(*fields) + stream[dvc._SIDES[2].size :]
+def test_the_gop_shares_one_stream_with_no_per_view_lengths() -> None:
+    """Version 3 stores per view only its 4-byte grid check: the side information, the
+    checks and the GOP's one stream make up the whole chunk stream."""
+    views = moving_views(n=8)
+    session = dvc.DvcSession(views, "block")
+    op = (1, 1.0)
+    gop = session.coded(op)
+    stream = session.pack(op, None, b"")
+    assert len(stream) == dvc._SIDES[3].size + 4 * len(views) + len(gop.stream)
+    assert sum(gop.view_bits) == 8 * len(gop.stream)
     np.testing.assert_array_equal(
-        dvc.decode_dvc(version_1, views.shape, "float64"), session.prediction(op)
+        dvc.decode_dvc(stream, views.shape, "float64"), session.prediction(op)
     )
-    with pytest.raises(CorruptFileError, match="version 1 or 2"):
-        dvc.decode_dvc(version_1[:4] + b"\x03" + version_1[5:], views.shape, "float64")
 
 
 def test_global_motion_is_one_shift_per_view_and_decodes() -> None:
@@ -208,9 +208,8 @@ def test_global_motion_is_one_shift_per_view_and_decodes() -> None:
     views = moving_views()
     session = dvc.DvcSession(views, "global")
     op = (1, 1.0)
-    gop, motion = session.coded(op)
+    gop = session.coded(op)
     assert np.all(gop.moves == gop.moves[:, :1]) and np.any(gop.moves[1:] != 0)
-    assert len(zlib.decompress(motion)) == len(views)
     stream = session.pack(op, None, b"")
     np.testing.assert_array_equal(
         dvc.decode_dvc(stream, views.shape, "float64"), session.prediction(op)

@@ -32,13 +32,14 @@ from __future__ import annotations
 
 import struct
 import zlib
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from ..errors import CorruptFileError, InputError
 from ..frames import image_shape
 from ..learned.fixed_point import reconstruct
+from ..learned.tables import SymbolReader
 from ..learned.video import (
     MOTIONS,
     SEARCH_QUARTERS,
@@ -47,6 +48,7 @@ from ..learned.video import (
     blocks_of,
     code_gop,
     compensate,
+    decode_gop,
 )
 from .learned import (
     LearnedCodec,
@@ -65,10 +67,22 @@ from .learned import (
 )
 from .registry import register_codec
 
+if TYPE_CHECKING:
+    from ..learned.models.base import LearnedModel
+
 _MAGIC = b"CTDV"
-_VERSION = 2
-#: Side information of each stream version (version 1: one model for I- and P-frames).
-_SIDES = {1: struct.Struct("<4sBBBBdddd8sI"), 2: struct.Struct("<4sBBBBdddd8s8sI")}
+_VERSION = 3
+#: Side information of each stream version (version 1: one model for I- and P-frames;
+#: the last field is the length of the motion bytes in versions 1 and 2, of the GOP's
+#: stream in version 3).
+_SIDES = {
+    1: struct.Struct("<4sBBBBdddd8sI"),
+    2: struct.Struct("<4sBBBBdddd8s8sI"),
+    3: struct.Struct("<4sBBBBdddd8s8sI"),
+}
+#: Per view: version 3 its grid check; versions 1 and 2 its latent check, grid check and
+#: payload length.
+_CHECK = struct.Struct("<I")
 _FRAME = struct.Struct("<III")
 #: The zoo methods of the I- and P-frame models.
 I_MODEL, P_MODEL = "hyperprior", "dvc"
@@ -81,45 +95,40 @@ class DvcSession(ModelSession):
         super().__init__("dvc", x, image_shape(x.shape))
         self.motion = motion
         self.loader = loader
-        self._coded: dict[ZooOp, tuple[CodedGop, bytes]] = {}
+        self._coded: dict[ZooOp, CodedGop] = {}
 
     def gain_range(self, rate_point: int) -> tuple[float, float]:
         return self.loader(I_MODEL, rate_point)[0].gain_range
 
-    def coded(self, op: ZooOp) -> tuple[CodedGop, bytes]:
-        """The GOP coded at ``op`` and its motion bytes; cached."""
+    def coded(self, op: ZooOp) -> CodedGop:
+        """The GOP coded at ``op``; cached."""
         if op not in self._coded:
             i_model, p_model = self.loader(I_MODEL, op[0])[0], self.loader(P_MODEL, op[0])[0]
-            gop = code_gop(self.unit(), i_model, p_model, op[1], self.motion)
-            table = gop.moves if self.motion == "block" else gop.moves[:, :1]
-            motion = zlib.compress(table.tobytes(), 9) if self.motion != "zero" else b""
-            self._coded[op] = gop, motion
+            self._coded[op] = code_gop(self.unit(), i_model, p_model, op[1], self.motion)
         return self._coded[op]
 
     def latent_bits(self, op: ZooOp) -> float:
-        gop, motion = self.coded(op)
-        size = _SIDES[_VERSION].size + len(gop.coded) * _FRAME.size + len(motion)
-        return 8.0 * (size + sum(len(c.payload) for c in gop.coded)) / self.values.size
+        gop = self.coded(op)
+        size = _SIDES[_VERSION].size + len(gop.grid_checks) * _CHECK.size + len(gop.stream)
+        return 8.0 * size / self.values.size
 
     def prediction(self, op: ZooOp) -> np.ndarray:
-        return self.grid_values(self.coded(op)[0].decoded)
+        return self.grid_values(self.coded(op).decoded)
 
     def pack(self, op: ZooOp, step: float | None, tail: bytes) -> bytes:
-        gop, motion = self.coded(op)
+        gop = self.coded(op)
         tags = [weights_tag(self.loader(method, op[0])[1]) for method in (I_MODEL, P_MODEL)]
         side = _SIDES[_VERSION].pack(
             _MAGIC, _VERSION, op[0], side_flags(self.integer, step), MOTIONS.index(self.motion),
-            op[1], self.offset, self.scale, step or 0.0, *tags, len(motion),
+            op[1], self.offset, self.scale, step or 0.0, *tags, len(gop.stream),
         )  # fmt: skip
-        table = b"".join(
-            _FRAME.pack(c.check, grid, len(c.payload))
-            for c, grid in zip(gop.coded, gop.grid_checks, strict=True)
-        )
-        return side + table + motion + b"".join(c.payload for c in gop.coded) + tail
+        checks = b"".join(_CHECK.pack(check) for check in gop.grid_checks)
+        return side + checks + gop.stream + tail
 
 
 def _motion_of(data: bytes, n_views: int, n_blocks: int) -> np.ndarray:
-    """The motion table (n_views, n_blocks) int8 from its zlib bytes, checked."""
+    """The motion table (n_views, n_blocks) int8 from its zlib bytes (versions 1 and 2),
+    checked."""
     try:
         raw = zlib.decompressobj().decompress(data, n_views * n_blocks + 1)
     except zlib.error as exc:
@@ -135,7 +144,7 @@ def _motion_of(data: bytes, n_views: int, n_blocks: int) -> np.ndarray:
 def decode_dvc(
     stream: bytes, shape: tuple[int, ...], work_dtype: str, loader: ModelLoader = _load_model
 ) -> np.ndarray:
-    """Decode a ``dvc`` chunk stream (version 1 or 2) to an array of ``shape`` and
+    """Decode a ``dvc`` chunk stream (version 1, 2 or 3) to an array of ``shape`` and
     ``work_dtype``; every length is checked against the stream before anything of that
     size is decoded."""
     if len(stream) < 5 or stream[:4] != _MAGIC or stream[4] not in _SIDES:
@@ -143,21 +152,56 @@ def decode_dvc(
     side = _SIDES[stream[4]]
     if len(stream) < side.size:
         raise CorruptFileError("dvc stream is truncated")
-    _, version, rate_point, flags, motion, gain, offset, scale, step, *tags, n_motion = (
+    _, version, rate_point, flags, motion, gain, offset, scale, step, *tags, length = (
         side.unpack_from(stream)
     )
     check_side("dvc", flags, gain, offset, scale, step)
     if motion >= len(MOTIONS) or (version == 1 and MOTIONS[motion] == "global"):
         raise CorruptFileError(f"dvc stream has an unknown motion {motion}")
     m, h, w = image_shape(tuple(shape))
-    pos = side.size + m * _FRAME.size
+    methods = (I_MODEL, I_MODEL) if version == 1 else (I_MODEL, P_MODEL)
+    if version == 1:  # one model coded every view
+        tags *= 2
+    if version == 3:
+        pos = side.size + m * _CHECK.size
+        end = pos + length
+        if end > len(stream):
+            raise CorruptFileError("dvc stream is truncated")
+    else:
+        pos, end, frames, moves = _legacy_layout(stream, side.size, length, MOTIONS[motion], m, w)
+    q = residual_of("dvc", stream[end:], flags, (m, h, w))
+    i_model, p_model = (
+        checked_model("dvc", f"{method} rate point {rate_point}", loader(method, rate_point),
+                      tag, gain)
+        for method, tag in zip(methods, tags, strict=True)
+    )  # fmt: skip
+    if version == 3:
+        checks = struct.unpack_from(f"<{m}I", stream, side.size)
+        reader = SymbolReader(stream[pos:end])
+        decoded = decode_gop(
+            reader, i_model, p_model, gain, MOTIONS[motion], (m, h, w),
+            lambda t, grid: check_grid("dvc", grid, checks[t]),
+        )  # fmt: skip
+        reader.finish()
+    else:
+        decoded = _decode_frames(stream, pos, frames, moves, i_model, p_model, gain, (m, h, w))
+    values = decoded_values(decoded, offset, scale, flags, q, step)
+    return values.reshape(shape).astype(work_dtype)
+
+
+def _legacy_layout(
+    stream: bytes, pos: int, n_motion: int, motion: str, m: int, w: int
+) -> tuple[int, int, list[tuple[int, int, int]], np.ndarray]:
+    """Versions 1 and 2: where the views' payloads start and end, their frame table
+    (latent check, grid check, length) and the motion (m, blocks)."""
+    frames_at, pos = pos, pos + m * _FRAME.size
     if pos + n_motion > len(stream):
         raise CorruptFileError("dvc stream is truncated")
-    frames = [_FRAME.unpack_from(stream, side.size + t * _FRAME.size) for t in range(m)]
+    frames = [_FRAME.unpack_from(stream, frames_at + t * _FRAME.size) for t in range(m)]
     moves = np.zeros((m, blocks_of(w)), dtype=np.int8)
-    if MOTIONS[motion] == "block":
+    if motion == "block":
         moves = _motion_of(stream[pos : pos + n_motion], m, blocks_of(w))
-    elif MOTIONS[motion] == "global":
+    elif motion == "global":
         moves = np.repeat(_motion_of(stream[pos : pos + n_motion], m, 1), blocks_of(w), axis=1)
     elif n_motion:
         raise CorruptFileError("dvc stream has motion bytes without motion")
@@ -165,17 +209,22 @@ def decode_dvc(
     end = pos + sum(length for _, _, length in frames)
     if end > len(stream):
         raise CorruptFileError("dvc stream is truncated")
-    if version == 1:  # one model coded every view
-        methods, tags = (I_MODEL, I_MODEL), tags * 2
-    else:
-        methods = (I_MODEL, P_MODEL)
-    i_model, p_model = (
-        checked_model("dvc", f"{method} rate point {rate_point}", loader(method, rate_point),
-                      tag, gain)
-        for method, tag in zip(methods, tags, strict=True)
-    )  # fmt: skip
-    q = residual_of("dvc", stream[end:], flags, (m, h, w))
-    decoded = np.empty((m, h, w), dtype=np.int64)
+    return pos, end, frames, moves
+
+
+def _decode_frames(
+    stream: bytes,
+    pos: int,
+    frames: list[tuple[int, int, int]],
+    moves: np.ndarray,
+    i_model: LearnedModel,
+    p_model: LearnedModel,
+    gain: float,
+    shape: tuple[int, int, int],
+) -> np.ndarray:
+    """Versions 1 and 2: the views from their separate payloads, on the grid (int64)."""
+    _, h, w = shape
+    decoded = np.empty(shape, dtype=np.int64)
     for t, (latent_check, grid_check, length) in enumerate(frames):
         model = i_model if t == 0 else p_model
         padded = _padded((1, h, w), model.downsampling)
@@ -187,8 +236,7 @@ def decode_dvc(
             decoded[t] = grid[0]
         else:
             decoded[t] = add_residual(compensate(decoded[t - 1], moves[t]), grid[0])
-    values = decoded_values(decoded, offset, scale, flags, q, step)
-    return values.reshape(shape).astype(work_dtype)
+    return decoded
 
 
 @register_codec

@@ -131,15 +131,17 @@ class FactorizedPrior(nn.Module):
             self._coder = _stored_table_coder(self, self.channels, "FactorizedPrior")
         return self._coder
 
+    def rows(self, shape: tuple[int, ...]) -> np.ndarray:
+        """The table of each latent of a (n, C, h, w) array: its channel's (flattened)."""
+        return np.broadcast_to(np.arange(self.channels)[None, :, None, None], shape).ravel()
+
     def compress(self, z_int: np.ndarray) -> bytes:
         """Code integer latents ``z_int`` of shape (n, C, h, w)."""
-        rows = np.broadcast_to(np.arange(self.channels)[None, :, None, None], z_int.shape)
-        return self.coder().encode(z_int.ravel(), rows.ravel())
+        return self.coder().encode(z_int.ravel(), self.rows(z_int.shape))
 
     def decompress(self, data: bytes, shape: tuple[int, int, int, int]) -> np.ndarray:
         """Inverse of :meth:`compress`: int64 array of ``shape`` (n, C, h, w)."""
-        rows = np.broadcast_to(np.arange(self.channels)[None, :, None, None], shape)
-        return self.coder().decode(data, rows.ravel()).reshape(shape)
+        return self.coder().decode(data, self.rows(shape)).reshape(shape)
 
 
 # --------------------------------------------------------- Gaussian conditional

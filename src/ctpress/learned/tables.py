@@ -144,7 +144,7 @@ class TableCoder:
         return out
 
     def encode(self, values: np.ndarray, rows: np.ndarray) -> bytes:
-        """Code ``values[i]`` with table ``rows[i]``.
+        """Code ``values[i]`` with table ``rows[i]`` as one block.
 
         Parameters
         ----------
@@ -154,80 +154,197 @@ class TableCoder:
         Returns
         -------
         bytes
-            ``u32 number of words``, the range coder's 32-bit words, then the escapes.
+            ``u32 number of words``, the range coder's 32-bit words, then the escapes
+            (:class:`SymbolWriter` with one :meth:`~SymbolWriter.put`).
         """
-        values = np.asarray(values, dtype=np.int64).ravel()
-        rows = np.asarray(rows, dtype=np.int64).ravel()
-        symbols = values - self.offsets[rows]
-        escaped = b""
-        if self.escapes:
-            top = self.lengths[rows] - 2  # last interior symbol + 1
-            symbols = symbols + 1
-            low = symbols < 1
-            high = symbols > top
-            extra = np.where(low, -symbols, np.where(high, symbols - top - 1, -1))
-            symbols = np.where(low, 0, np.where(high, top + 1, symbols))
-            escaped = pack_varints(extra[extra >= 0].astype(np.uint64))
-        elif symbols.size and (symbols.min() < 0 or (symbols >= self.lengths[rows]).any()):
-            raise ValueError("value outside the support of its table")
-        order = self._row_order(rows)
-        encoder = _constriction().stream.queue.RangeEncoder()
-        sorted_rows = rows[order]
-        sorted_symbols = symbols[order].astype(np.int32)
-        bounds = np.flatnonzero(np.diff(sorted_rows)) + 1
-        for seg_rows, seg in zip(
-            np.split(sorted_rows, bounds), np.split(sorted_symbols, bounds), strict=True
-        ):
-            if seg.size:
-                encoder.encode(seg, self._model(int(seg_rows[0])))
-        words = encoder.get_compressed()
-        return struct.pack("<I", words.size) + words.astype("<u4").tobytes() + escaped
+        writer = SymbolWriter()
+        writer.put(self, values, rows)
+        return writer.finish()
 
     def decode(self, data: bytes, rows: np.ndarray) -> np.ndarray:
         """Inverse of :meth:`encode` given the same ``rows``; returns int64 values."""
+        reader = SymbolReader(data)
+        values = reader.take(self, rows)
+        reader.finish()
+        return values
+
+    def _symbols(self, values: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, bytes]:
+        """The table columns of ``values`` under ``rows`` and their escapes (varints)."""
+        symbols = values - self.offsets[rows]
+        if not self.escapes:
+            if symbols.size and (symbols.min() < 0 or (symbols >= self.lengths[rows]).any()):
+                raise ValueError("value outside the support of its table")
+            return symbols, b""
+        top = self.lengths[rows] - 2  # last interior symbol + 1
+        symbols = symbols + 1
+        low = symbols < 1
+        high = symbols > top
+        extra = np.where(low, -symbols, np.where(high, symbols - top - 1, -1))
+        symbols = np.where(low, 0, np.where(high, top + 1, symbols))
+        return symbols, pack_varints(extra[extra >= 0].astype(np.uint64))
+
+    def _segments(self, rows: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The coding order of ``rows`` (grouped by table, stable) and its runs."""
+        order = self._row_order(rows)
+        sorted_rows = rows[order]
+        bounds = np.flatnonzero(np.diff(sorted_rows)) + 1
+        return order, [seg for seg in np.split(sorted_rows, bounds) if seg.size]
+
+
+class SymbolWriter:
+    """One range-coded stream for many :meth:`put` calls, each with its own
+    :class:`TableCoder`: a GOP's views share one stream, with none of the per-block
+    costs (word count, the coder's final words) that separate blocks repeat.
+
+    Stream: ``u32`` number of words, the range coder's 32-bit words, then the escapes of
+    every call in call order (LEB128).  The decoder (:class:`SymbolReader`) makes the same
+    calls in the same order, so it may choose each call's tables from what it decoded
+    before.  :meth:`put_neighbours` codes small integers with a table chosen by the value
+    the same slot had in the previous call with that key.
+    """
+
+    def __init__(self) -> None:
+        self._encoder = _constriction().stream.queue.RangeEncoder()
+        self._escapes: list[bytes] = []
+        self._previous: dict[str, np.ndarray] = {}
+
+    def put(self, coder: TableCoder, values: np.ndarray, rows: np.ndarray) -> None:
+        """Code ``values[i]`` with ``coder``'s table ``rows[i]`` (int arrays, one shape)."""
+        values = np.asarray(values, dtype=np.int64).ravel()
         rows = np.asarray(rows, dtype=np.int64).ravel()
+        symbols, escaped = coder._symbols(values, rows)
+        order, segments = coder._segments(rows)
+        sorted_symbols = symbols[order].astype(np.int32)
+        start = 0
+        for seg in segments:
+            model = coder._model(int(seg[0]))
+            self._encoder.encode(sorted_symbols[start : start + seg.size], model)
+            start += seg.size
+        self._escapes.append(escaped)
+
+    def put_neighbours(self, coder: NeighbourCoder, key: str, values: np.ndarray) -> None:
+        """Code the small integers ``values`` (1-D) with ``coder``, each with the table of
+        the value its slot had at the previous call with ``key``."""
+        values = np.asarray(values, dtype=np.int64).ravel()
+        rows = coder.rows(self._previous.get(key), values.size)
+        self.put(coder.table, coder.symbols(values), rows)
+        self._previous[key] = values
+
+    def bits(self) -> int:
+        """Bits written so far (whole 32-bit words: differences sum to the total)."""
+        return int(self._encoder.num_bits())
+
+    def finish(self) -> bytes:
+        """The stream (see the class docstring)."""
+        words = self._encoder.get_compressed()
+        escapes = b"".join(self._escapes)
+        return struct.pack("<I", words.size) + words.astype("<u4").tobytes() + escapes
+
+
+class SymbolReader:
+    """Reads what :class:`SymbolWriter` wrote, call by call (see there)."""
+
+    def __init__(self, data: bytes) -> None:
         if len(data) < 4:
             raise CorruptFileError("entropy-coded block is truncated")
         (n_words,) = struct.unpack_from("<I", data)
-        end = 4 + 4 * n_words
-        if end > len(data):
+        self._escapes_at = 4 + 4 * n_words
+        if self._escapes_at > len(data):
             raise CorruptFileError("entropy-coded block is truncated")
-        if rows.size and (rows.min() < 0 or rows.max() >= self.rows):
-            raise CorruptFileError("entropy table indexes are out of range")
         words = np.frombuffer(data, dtype="<u4", count=n_words, offset=4).astype(np.uint32)
-        decoder = _constriction().stream.queue.RangeDecoder(words)
-        order = self._row_order(rows)
-        sorted_rows = rows[order]
-        symbols = np.empty(rows.size, dtype=np.int64)
-        bounds = np.flatnonzero(np.diff(sorted_rows)) + 1
+        self._decoder = _constriction().stream.queue.RangeDecoder(words)
+        self._data = data
+        self._previous: dict[str, np.ndarray] = {}
+
+    def take(self, coder: TableCoder, rows: np.ndarray) -> np.ndarray:
+        """The values of the matching :meth:`SymbolWriter.put` (int64, the shape of
+        ``rows``, flattened)."""
+        rows = np.asarray(rows, dtype=np.int64).ravel()
+        if rows.size and (rows.min() < 0 or rows.max() >= coder.rows):
+            raise CorruptFileError("entropy table indexes are out of range")
+        order, segments = coder._segments(rows)
         decoded = []
-        for seg_rows in np.split(sorted_rows, bounds):
-            if seg_rows.size:
-                model = self._model(int(seg_rows[0]))
-                try:
-                    decoded.append(decoder.decode(model, seg_rows.size))
-                except AssertionError:  # constriction: the words are not a valid code
-                    raise CorruptFileError("entropy-coded block is damaged") from None
+        for seg in segments:
+            try:
+                decoded.append(self._decoder.decode(coder._model(int(seg[0])), seg.size))
+            except AssertionError:  # constriction: the words are not a valid code
+                raise CorruptFileError("entropy-coded block is damaged") from None
+        symbols = np.empty(rows.size, dtype=np.int64)
         if decoded:
             symbols[order] = np.concatenate(decoded)
-        if self.escapes:
-            top = self.lengths[rows] - 2
-            low = symbols == 0
-            high = symbols == top + 1
-            n_extra = int(low.sum() + high.sum())
-            extra, used = unpack_varints(data[end:], n_extra)
-            if end + used != len(data):
-                raise CorruptFileError("entropy-coded block has trailing or missing bytes")
-            values = symbols - 1
-            esc = np.flatnonzero(low | high)
-            values[esc] = np.where(
-                low[esc], -1 - extra.astype(np.int64), top[esc] + extra.astype(np.int64)
-            )
+        if not coder.escapes:
+            return symbols + coder.offsets[rows]
+        top = coder.lengths[rows] - 2
+        low = symbols == 0
+        high = symbols == top + 1
+        extra, used = unpack_varints(self._data[self._escapes_at :], int(low.sum() + high.sum()))
+        self._escapes_at += used
+        values = symbols - 1
+        esc = np.flatnonzero(low | high)
+        values[esc] = np.where(
+            low[esc], -1 - extra.astype(np.int64), top[esc] + extra.astype(np.int64)
+        )
+        return values + coder.offsets[rows]
+
+    def take_neighbours(self, coder: NeighbourCoder, key: str, count: int) -> np.ndarray:
+        """The ``count`` values of the matching :meth:`SymbolWriter.put_neighbours`."""
+        symbols = self.take(coder.table, coder.rows(self._previous.get(key), count))
+        values = coder.values(symbols)
+        self._previous[key] = values
+        return values
+
+    def finish(self) -> None:
+        """Check that every escape byte was used (what follows belongs to no call)."""
+        if self._escapes_at != len(self._data):
+            raise CorruptFileError("entropy-coded block has trailing or missing bytes")
+
+
+class NeighbourCoder:
+    """Small integers ``lo .. hi`` (and optionally one ``special`` value outside them,
+    e.g. a zeroed band) with fixed integer tables: one per value of the same slot in the
+    previous call, peaked there (frequencies halve with each step away), and one for a
+    slot with no previous value, peaked at ``first`` and halving every 4 steps.  Built
+    from integers alone: every machine codes with the same tables."""
+
+    def __init__(self, lo: int, hi: int, first: int, special: int | None = None) -> None:
+        self.lo, self.hi, self.special = lo, hi, special
+        self.n = hi - lo + 1 + (special is not None)
+        values = self.values(np.arange(self.n))
+        rows = [self._row(values, values == v, 1) for v in values]
+        rows.append(self._row(values, values == first, 4))
+        self.table = TableCoder(
+            np.concatenate(rows), np.zeros(self.n + 1), np.full(self.n + 1, self.n), escapes=False
+        )
+
+    def _row(self, values: np.ndarray, peak: np.ndarray, per_halving: int) -> np.ndarray:
+        """Integer frequencies peaked at ``values[peak]``."""
+        if self.special is not None and peak[0]:  # after a special value: mostly special
+            distance = np.where(values == self.special, 0, 2 + np.abs(values))
         else:
-            if end != len(data):
-                raise CorruptFileError("entropy-coded block has trailing bytes")
-            values = symbols
-        return values + self.offsets[rows]
+            centre = int(values[peak][0])
+            distance = np.abs(values - centre) // per_halving
+            if self.special is not None:  # the special value stays likely
+                distance = np.where(values == self.special, 2, distance)
+        return np.left_shift(1, np.maximum(0, 14 - distance)).astype(np.int64)
+
+    def symbols(self, values: np.ndarray) -> np.ndarray:
+        """Table columns of ``values``."""
+        if self.special is None:
+            return values - self.lo
+        return np.where(values == self.special, 0, values - self.lo + 1)
+
+    def values(self, symbols: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`symbols`."""
+        symbols = np.asarray(symbols, dtype=np.int64)
+        if self.special is None:
+            return symbols + self.lo
+        return np.where(symbols == 0, self.special, symbols + self.lo - 1)
+
+    def rows(self, previous: np.ndarray | None, count: int) -> np.ndarray:
+        """The table of each of ``count`` slots given their ``previous`` values."""
+        if previous is None or previous.size != count:
+            return np.full(count, self.n, dtype=np.int64)
+        return self.symbols(previous)
 
 
 def pack_varints(values: np.ndarray) -> bytes:

@@ -181,12 +181,12 @@ def evaluate_p_frames(
 def _p_frame_point(
     scan: np.ndarray, i_model: LearnedModel, p_model: LearnedModel, gain: float
 ) -> tuple[float, float]:
-    """(bits/value of the P-frames' latents, PSNR dB of the decoded scan against its
+    """(bits/value of the P-frames in the GOPs' streams, PSNR dB of the decoded scan against its
     range)."""
     bits, decoded = 0, []
     for views, offset, scale in _gops(scan):
         gop = code_gop((views - offset) / scale, i_model, p_model, gain, "block")
-        bits += 8 * sum(len(c.payload) for c in gop.coded[1:])
+        bits += sum(gop.view_bits[1:])
         decoded.append(grid_values(gop.decoded, offset, scale, integer=True))
     return bits / scan.size, metrics.psnr_db(scan, np.concatenate(decoded))
 

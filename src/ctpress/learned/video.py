@@ -23,21 +23,27 @@ prediction on every machine.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .fixed_point import GRID_BITS, GRID_LIMIT, grid_check, reconstruct
+from .tables import NeighbourCoder, SymbolReader, SymbolWriter
 
 if TYPE_CHECKING:
-    from .models.base import Coded, LearnedModel
+    from .models.base import LearnedModel
+    from .models.hyperprior import MeanScaleHyperprior
 
 #: Motion models of the P-frames.
 MOTIONS = ("zero", "block", "global")
 #: Detector columns per motion block, and the search range in quarter pixels.
 BLOCK_COLUMNS = 16
 SEARCH_QUARTERS = 8
+#: Coder of the motion in a GOP's stream: each block's shift with the table of the shift
+#: the block had in the previous view.
+MOTION_CODER = NeighbourCoder(-SEARCH_QUARTERS, SEARCH_QUARTERS, first=0)
 #: Half the chunk's range on the grid: the offset of a P-frame's residual image.
 HALF = 1 << (GRID_BITS - 1)
 
@@ -86,16 +92,18 @@ def add_residual(prediction: np.ndarray, residual_grid: np.ndarray) -> np.ndarra
     return np.clip(prediction + residual_grid - HALF, -GRID_LIMIT, GRID_LIMIT)
 
 
-def code_image(model: LearnedModel, image: np.ndarray, gain: float) -> tuple[Coded, np.ndarray]:
-    """One normalised image (H, W) coded: its latents and the decoder's grid (int64)."""
+def code_image(
+    model: MeanScaleHyperprior, image: np.ndarray, gain: float, writer: SymbolWriter
+) -> np.ndarray:
+    """One normalised image (H, W) coded into ``writer``: the decoder's grid (int64)."""
     import torch
 
     from .layers import pad_to_multiple
 
     x = pad_to_multiple(torch.from_numpy(image[None, None]), model.downsampling)
-    coded = model.code(model.analyse(x), gain)
+    coded = model.code_into(model.analyse(x), gain, writer)
     grid, _ = reconstruct(model, coded, (1, *image.shape))
-    return coded, grid[0].astype(np.int64)
+    return grid[0].astype(np.int64)
 
 
 @dataclass
@@ -104,10 +112,15 @@ class CodedGop:
 
     Attributes
     ----------
-    coded : list of Coded
-        Per view, the model's latents (the I-frame's, then the P-frames' residuals').
+    stream : bytes
+        The GOP's one range-coded stream (:class:`~ctpress.learned.tables.SymbolWriter`):
+        per view in order, its motion (P-frames, unless the motion is ``"zero"``) and its
+        latents (the I-frame's, then the P-frames' residuals').
     grid_checks : list of int
         Per view, the CRC-32 of the model's output grid (what the decoder checks).
+    view_bits : list of int
+        Per view, the stream's bits it added (whole 32-bit words; they sum to the stream's
+        words).
     decoded : ndarray (m, H, W) int64
         The decoded views on the grid.
     moves : ndarray (m, blocks) int8
@@ -116,34 +129,87 @@ class CodedGop:
         The residual images the P model coded (its training data).
     """
 
-    coded: list[Coded]
+    stream: bytes
     grid_checks: list[int]
+    view_bits: list[int]
     decoded: np.ndarray
     moves: np.ndarray
     p_images: list[np.ndarray]
+
+
+def _motion_slots(moves: np.ndarray, motion: str) -> np.ndarray:
+    """The motion values a view stores: one per block, one for the view, or none."""
+    return {"block": moves, "global": moves[:1], "zero": moves[:0]}[motion]
+
+
+def gop_model(model: LearnedModel) -> MeanScaleHyperprior:
+    """``model`` as the hyperprior that codes into a GOP's stream (TypeError if not)."""
+    from .models.hyperprior import MeanScaleHyperprior
+
+    if not isinstance(model, MeanScaleHyperprior):
+        raise TypeError(f"a GOP is coded by hyperprior models, not {type(model).__name__}")
+    return model
 
 
 def code_gop(
     unit: np.ndarray, i_model: LearnedModel, p_model: LearnedModel, gain: float, motion: str
 ) -> CodedGop:
     """Code the views ``unit`` (m, H, W), normalised to [0, 1], at quantisation ``gain``
-    in the closed loop (see the module docstring)."""
+    in the closed loop (see the module docstring) into one stream."""
+    i_coder, p_coder = gop_model(i_model), gop_model(p_model)
     scale = 2.0**GRID_BITS
+    writer = SymbolWriter()
     decoded = np.empty(unit.shape, dtype=np.int64)
     moves = np.zeros((len(unit), blocks_of(unit.shape[2])), dtype=np.int8)
-    coded_views, checks, p_images = [], [], []
+    checks, view_bits, p_images = [], [], []
     for t, view in enumerate(unit):
+        start = writer.bits()
         if t == 0:
-            coded, grid = code_image(i_model, view, gain)
+            grid = code_image(i_coder, view, gain, writer)
             decoded[t] = grid
         else:
             if motion != "zero":
                 moves[t] = search_motion(view * scale, decoded[t - 1], motion == "block")
+                writer.put_neighbours(MOTION_CODER, "motion", _motion_slots(moves[t], motion))
             prediction = compensate(decoded[t - 1], moves[t])
             image = view - prediction / scale + 0.5
-            coded, grid = code_image(p_model, image, gain)
+            grid = code_image(p_coder, image, gain, writer)
             decoded[t] = add_residual(prediction, grid)
             p_images.append(image)
-        coded_views.append(coded)
         checks.append(grid_check(grid))
-    return CodedGop(coded_views, checks, decoded, moves, p_images)
+        view_bits.append(writer.bits() - start)
+    stream = writer.finish()
+    view_bits[-1] += 8 * len(stream) - sum(view_bits)  # the final words, counted last
+    return CodedGop(stream, checks, view_bits, decoded, moves, p_images)
+
+
+def decode_gop(
+    reader: SymbolReader,
+    i_model: LearnedModel,
+    p_model: LearnedModel,
+    gain: float,
+    motion: str,
+    shape: tuple[int, int, int],
+    check_view: Callable[[int, np.ndarray], None],
+) -> np.ndarray:
+    """Inverse of :func:`code_gop` for views of ``shape`` (m, H, W): the decoded grid
+    (int64); ``check_view(t, grid)`` sees each model output (the table choice is not
+    checked apart: a wrong one changes the output)."""
+    m, h, w = shape
+    decoded = np.empty(shape, dtype=np.int64)
+    moves = np.zeros(blocks_of(w), dtype=np.int64)
+    i_coder, p_coder = gop_model(i_model), gop_model(p_model)
+    for t in range(m):
+        if t and motion != "zero":
+            slots = _motion_slots(moves, motion).size
+            moves[:] = reader.take_neighbours(MOTION_CODER, "motion", slots)
+        model = i_coder if t == 0 else p_coder
+        d = model.downsampling
+        coded = model.decode_from(reader, (1, -(-h // d) * d, -(-w // d) * d), gain)
+        grid, _ = reconstruct(model, coded, (1, h, w))
+        check_view(t, grid)
+        if t == 0:
+            decoded[t] = grid[0]
+        else:
+            decoded[t] = add_residual(compensate(decoded[t - 1], moves), grid[0])
+    return decoded

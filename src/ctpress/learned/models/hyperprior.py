@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -53,6 +54,7 @@ from ..layers import (
     wavelet_norms,
     wavelet_subbands,
 )
+from ..tables import NeighbourCoder, SymbolReader, SymbolWriter, TableCoder
 from .base import (
     MISMATCH,
     Coded,
@@ -78,6 +80,9 @@ RDOQ_LAMBDA = 2 * math.log(2) / 12
 #: smallest table still costs about 0.015 bits per zero, a floor that was 10-15 % of the
 #: file for sinograms at 0.1 bits/value.
 ZERO_BAND = -128
+#: Coder of the table shifts in a shared stream (:meth:`MeanScaleHyperprior.code_into`):
+#: each with the table of its subband's shift in the previous image.
+SHIFT_CODER = NeighbourCoder(-32, 32, first=0, special=ZERO_BAND)
 #: Range of the quantisation gains drawn in training (log-uniform).
 TRAINING_GAINS = (0.5, 2.0)
 
@@ -91,15 +96,15 @@ class HyperAnalysis:
     ----------
     y : Tensor
         Latents (n, m, h, w), float64.
-    z_payload : bytes
-        The entropy-coded hyper-latents.
+    z_int : ndarray (n, z, h', w') int64
+        The integer hyper-latents.
     params : Tensor
         Hyper-decoder output (n, 2m, h, w): means and log-scales, float64, computed from
         the integer hyper-latents exactly as the decoder does.
     """
 
     y: Tensor
-    z_payload: bytes
+    z_int: np.ndarray
     params: Tensor
 
 
@@ -303,7 +308,7 @@ class MeanScaleHyperprior(LearnedModel):
                 y = self._analysis(x.float())
                 z_int = torch.round(self.h_a(y)).to(torch.int64).numpy()
         params = self._hyper_decode(z_int, (y.shape[-2], y.shape[-1]))
-        return HyperAnalysis(to_float64(y), self.prior.compress(z_int), params)
+        return HyperAnalysis(to_float64(y), z_int, params)
 
     def _hyper_decode(self, z_int: np.ndarray, size: tuple[int, int]) -> Tensor:
         h_s = self.float64("h_s", self.h_s)
@@ -314,10 +319,42 @@ class MeanScaleHyperprior(LearnedModel):
         """Payload: the u32 lengths of its parts, then the parts: the hyper-latents, one
         int8 table shift per subband (:data:`ZERO_BAND`: all zeros, not coded), and the
         range-coded symbols of each group."""
+        parts = [self.prior.compress(analysis.z_int)]
+        shifts: list[int] = []
+
+        def put(coder: TableCoder, values: np.ndarray, rows: np.ndarray) -> None:
+            parts.append(coder.encode(values, rows))
+
+        y_hat, check = self._code_groups(analysis, gain, shifts.extend, put)
+        parts.insert(1, np.asarray(shifts, dtype=np.int8).tobytes())
+        head = struct.pack(f"<{len(parts)}I", *(len(p) for p in parts))
+        return Coded(head + b"".join(parts), y_hat, check)
+
+    def code_into(self, analysis: HyperAnalysis, gain: float, writer: SymbolWriter) -> Coded:
+        """:meth:`code` into a stream shared with other images (payload empty): the
+        hyper-latents, then per group its subbands' table shifts (each with the table of
+        the shift its subband had in the writer's previous image, :data:`SHIFT_CODER`)
+        and its symbols."""
+
+        def put_shifts(shifts: list[int]) -> None:
+            writer.put_neighbours(SHIFT_CODER, "shifts", np.asarray(shifts))
+
+        z_int = analysis.z_int
+        writer.put(self.prior.coder(), z_int.ravel(), self.prior.rows(z_int.shape))
+        y_hat, check = self._code_groups(analysis, gain, put_shifts, writer.put)
+        return Coded(b"", y_hat, check)
+
+    def _code_groups(
+        self,
+        analysis: HyperAnalysis,
+        gain: float,
+        put_shifts: Callable[[list[int]], None],
+        put: Callable[[TableCoder, np.ndarray, np.ndarray], None],
+    ) -> tuple[Tensor, int]:
+        """Quantise the latents group by group, handing each group's table shifts and
+        symbols to ``put_shifts`` and ``put``; the dequantised latents and their check."""
         y, params = analysis.y, analysis.params
         step = self.step * gain
-        parts = [analysis.z_payload]
-        shifts: list[int] = []
         y_hat = y[:, :0]
         indexes = []
 
@@ -342,6 +379,7 @@ class MeanScaleHyperprior(LearnedModel):
                 q = quantise(u, index)
                 symbols = q.numpy()
                 coded = np.ones(b - a, dtype=bool)
+                shifts = []
                 for lo, hi in self._subbands(g):
                     band = symbols[:, lo:hi]
                     shift, bits = self.conditional.index_offset(index[:, lo:hi], band)
@@ -351,13 +389,11 @@ class MeanScaleHyperprior(LearnedModel):
                         shift, coded[lo:hi] = ZERO_BAND, False
                         q[:, lo:hi] = 0
                     shifts.append(shift)
+                put_shifts(shifts)
                 indexes.append(index[:, coded].ravel())
-                symbols = q.numpy()[:, coded].ravel()
-                parts.append(self.conditional.coder().encode(symbols, indexes[-1]))
+                put(self.conditional.coder(), q.numpy()[:, coded].ravel(), indexes[-1])
                 y_hat = torch.cat([y_hat, q * step + mean], dim=1)
-        parts.insert(1, np.asarray(shifts, dtype=np.int8).tobytes())
-        head = struct.pack(f"<{len(parts)}I", *(len(p) for p in parts))
-        return Coded(head + b"".join(parts), y_hat, index_check(np.concatenate(indexes)))
+        return y_hat, index_check(np.concatenate(indexes))
 
     def _subbands(self, g: int) -> list[tuple[int, int]]:
         """Channel ranges, relative to group ``g``, that share one table shift: the
@@ -370,8 +406,6 @@ class MeanScaleHyperprior(LearnedModel):
 
     def decode(self, payload: bytes, shape: tuple[int, int, int], gain: float, check: int) -> Coded:
         n, h, w = shape
-        y_size = (h // 16, w // 16)
-        z_size = (-(-y_size[0] // 4), -(-y_size[1] // 4))
         count = 2 + len(self.groups)
         if len(payload) < 4 * count:
             raise CorruptFileError("hyperprior payload is truncated")
@@ -380,9 +414,52 @@ class MeanScaleHyperprior(LearnedModel):
             raise CorruptFileError("hyperprior payload length does not match its parts")
         ends = np.cumsum([4 * count, *lengths])
         parts = [payload[ends[i] : ends[i + 1]] for i in range(count)]
-        z_int = self.prior.decompress(parts[0], (n, self.z, *z_size))
-        shifts = iter(np.frombuffer(parts[1], dtype=np.int8).tolist())
-        params = self._hyper_decode(z_int, y_size)
+        z_int = self.prior.decompress(parts[0], (n, self.z, *self._z_size(h, w)))
+        shifts = np.frombuffer(parts[1], dtype=np.int8).astype(np.int64)
+        bands = np.cumsum([0, *(len(self._subbands(g)) for g in range(len(self.groups)))])
+
+        def take(g: int, coder: TableCoder, rows: np.ndarray) -> np.ndarray:
+            return coder.decode(parts[g + 2], rows)
+
+        y_hat, indexes = self._decode_groups(
+            z_int, (h, w), gain, lambda g: shifts[bands[g] : bands[g + 1]], take
+        )
+        check_or_fail(check, indexes)
+        return Coded(payload, y_hat, check)
+
+    def decode_from(self, reader: SymbolReader, shape: tuple[int, int, int], gain: float) -> Coded:
+        """Inverse of :meth:`code_into`; the check is the decoder's (compare it with the
+        encoder's)."""
+        n, h, w = shape
+        prior = self.prior
+        z_shape = (n, self.z, *self._z_size(h, w))
+        z_int = reader.take(prior.coder(), prior.rows(z_shape)).reshape(z_shape)
+
+        def shifts_of(g: int) -> np.ndarray:
+            return reader.take_neighbours(SHIFT_CODER, "shifts", len(self._subbands(g)))
+
+        def take(g: int, coder: TableCoder, rows: np.ndarray) -> np.ndarray:
+            return reader.take(coder, rows)
+
+        y_hat, indexes = self._decode_groups(z_int, (h, w), gain, shifts_of, take)
+        return Coded(b"", y_hat, index_check(indexes))
+
+    @staticmethod
+    def _z_size(h: int, w: int) -> tuple[int, int]:
+        return -(-(h // 16) // 4), -(-(w // 16) // 4)
+
+    def _decode_groups(
+        self,
+        z_int: np.ndarray,
+        size: tuple[int, int],
+        gain: float,
+        shifts_of: Callable[[int], np.ndarray],
+        take: Callable[[int, TableCoder, np.ndarray], np.ndarray],
+    ) -> tuple[Tensor, np.ndarray]:
+        """The latents from the hyper-latents and, per group ``g``, its table shifts
+        (``shifts_of(g)``) and symbols (``take(g, coder, rows)``); with the table
+        indexes the encoder's check covers."""
+        params = self._hyper_decode(z_int, (size[0] // 16, size[1] // 16))
         step = self.step * gain
         y_hat = params[:, :0]
         indexes = []
@@ -392,25 +469,21 @@ class MeanScaleHyperprior(LearnedModel):
                     mean, scale = self._group_params(g, params, y_hat, float64=True)
                     index = self.conditional.indexes(scale, step)
                     coded = np.ones(b - a, dtype=bool)
-                    for lo, hi in self._subbands(g):
-                        shift = next(shifts)
+                    for (lo, hi), shift in zip(self._subbands(g), shifts_of(g), strict=True):
                         if shift == ZERO_BAND:
                             coded[lo:hi] = False
                         else:
-                            index[:, lo:hi] = self._shifted(index[:, lo:hi], shift)
+                            index[:, lo:hi] = self._shifted(index[:, lo:hi], int(shift))
                     indexes.append(index[:, coded].ravel())
                     q = np.zeros(index.shape, dtype=np.int64)
-                    q[:, coded] = (
-                        self.conditional.coder()
-                        .decode(parts[g + 2], indexes[-1])
-                        .reshape(q[:, coded].shape)
+                    q[:, coded] = take(g, self.conditional.coder(), indexes[-1]).reshape(
+                        q[:, coded].shape
                     )
                     q_t = torch.from_numpy(q).double()
                     y_hat = torch.cat([y_hat, q_t * step + mean], dim=1)
         except Exception:  # the chunk's checksum passed: the tables differ from the encoder's
             raise CorruptFileError(MISMATCH) from None
-        check_or_fail(check, np.concatenate(indexes))
-        return Coded(payload, y_hat, check)
+        return y_hat, np.concatenate(indexes)
 
     def synthesise(self, latent: Tensor) -> Tensor:
         with torch.no_grad():

@@ -18,14 +18,16 @@ searches (over the rate points and gains, each probe coding the GOP again) and t
 hashes come from :class:`~ctpress.codecs.learned.LearnedCodec`.  Views of fewer than 8
 rows (sinograms) are one image, coded intra.
 
-Stream (little-endian): ``_SIDE`` = ``4s`` magic ``CTDV``, ``u8`` version 2, ``u8`` rate
-point, ``u8`` flags (bit 0 integer data, bit 1 residual layer present), ``u8`` motion (0
-zero, 1 block, 2 global: version 2 only), ``f64`` gain, offset, scale, residual step,
-``8s`` weights tag of the I model, ``8s`` weights tag of the P model, ``u32`` motion bytes
-(version 1: one ``8s`` tag, of the model of both); then one ``_FRAME`` per view (``u32``
-latent check, ``u32`` grid check, ``u32`` payload length); the motion (zlib of int8, views
-x blocks, or views x 1 for global motion, the first view's row zero); the views' payloads;
-the residual stream.
+Stream (little-endian), version 3: ``_SIDES[3]`` = ``4s`` magic ``CTDV``, ``u8`` version,
+``u8`` rate point, ``u8`` flags (bit 0 integer data, bit 1 residual layer present), ``u8``
+motion (0 zero, 1 block, 2 global), ``f64`` gain, offset, scale, residual step, ``8s``
+weights tag of the I model, ``8s`` weights tag of the P model, ``u32`` length of the GOP
+stream; one ``u32`` grid check per view; the GOP stream (motion and latents of every
+view, :func:`ctpress.learned.video.code_gop`); the residual stream.  Versions 1 and 2
+(still decoded) end the side information with the motion's length, then per view a
+``_FRAME`` (latent check, grid check, payload length), the motion (zlib of int8), the
+views' separate payloads (version 1: one weights tag, of the model of both I- and
+P-frames); see docs/format.md.
 """
 
 from __future__ import annotations
@@ -260,7 +262,7 @@ class Dvc(LearnedCodec):
         "(residual model trained on them)"
     )
     #: One GOP: the views of a chunk (``--chunk-views`` sets the GOP length).
-    preferred_chunk_views: ClassVar[int | None] = 16
+    preferred_chunk_views: ClassVar[int | None] = 64
 
     def __init__(self, *, motion: str = "block", rate_point: int | None = None, **rate: Any):
         super().__init__(rate_point=rate_point, **rate)

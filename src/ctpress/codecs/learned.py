@@ -465,18 +465,18 @@ def decode_learned(
     (magic, version, rate_point, flags, gain, offset, scale, step, sha8, latent_check,
      recon_check, n_latent) = _SIDE.unpack_from(stream)  # fmt: skip
     if magic != _MAGIC or version not in (1, _VERSION):
-        raise CorruptFileError(f"not a version-{_VERSION} learned stream")
+        raise CorruptFileError(f"not a learned stream of version 1 or {_VERSION}")
     check_side(method, flags, gain, offset, scale, step)
     if version == 1 and method not in _V1_METHODS:
         raise WeightsMismatchError(
             f"this {method} stream was written by an earlier ctpress (learned stream version 1)"
             ": decode it with the ctpress version that wrote it"
         )
+    if _SIDE.size + n_latent > len(stream):
+        raise CorruptFileError(f"{method} stream is truncated")
     model = checked_model(
         method, f"rate point {rate_point}", loader(method, rate_point), sha8, gain
     )
-    if _SIDE.size + n_latent > len(stream):
-        raise CorruptFileError(f"{method} stream is truncated")
     images = image_shape(tuple(shape))
     # the residual first: its block table is checked against the shape before the model
     # decodes latents of that shape

@@ -147,6 +147,12 @@ CASES += [
     ("dvc_stream2_bpp", "u16", "dvc", {"bpp": 2}, {}),
     ("dvc_stream2_max_error", "u16", "dvc", {"max_error": 4}, {}),
     ("dvc_stream2_global_motion_psnr", "u16", "dvc", {"psnr": 45}, {"motion": "global"}),
+    # dvc stream version 3 (one range-coded stream per GOP, a quality cascade over the
+    # views); the dvc files above are versions 1 and 2
+    ("dvc_stream3_bpp", "u16", "dvc", {"bpp": 2}, {}),
+    ("dvc_stream3_max_error", "u16", "dvc", {"max_error": 4}, {}),
+    ("dvc_stream3_global_motion_psnr", "u16", "dvc", {"psnr": 45}, {"motion": "global"}),
+    ("dvc_stream3_zero_motion_psnr", "u16", "dvc", {"psnr": 45}, {"motion": "zero"}),
     (
         "sparse-unet_f32_max_error",
         "f32",

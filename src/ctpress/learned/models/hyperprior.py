@@ -22,10 +22,12 @@ Two transforms ``g_a`` / ``g_s``:
   JPEG 2000 at 0.4 bits/value on the held-out scans).
 
 At coding time the encoder also picks, per wavelet subband and chunk, a shift of the
-scale-table indexes (one signed byte each, :meth:`ScaleConditional.index_offset`): it
-corrects scale predictions that are biased on data unlike the training data (on held-out
-cone-beam projections the finest level's scales were about half the true ones), and
-rounds each latent to the nearest integer or one step towards zero by rate-distortion cost
+scale-table indexes (:meth:`ScaleConditional.index_offset`; one signed byte each in a
+payload of its own, range-coded with the previous image's as context in a stream shared
+by several images, :meth:`MeanScaleHyperprior.code_into`): it corrects scale predictions
+that are biased on data unlike the training data (on held-out cone-beam projections the
+finest level's scales were about half the true ones), and rounds each latent to the
+nearest integer or one step towards zero by rate-distortion cost
 (:data:`RDOQ_LAMBDA`).
 """
 
@@ -325,7 +327,7 @@ class MeanScaleHyperprior(LearnedModel):
         def put(coder: TableCoder, values: np.ndarray, rows: np.ndarray) -> None:
             parts.append(coder.encode(values, rows))
 
-        y_hat, check = self._code_groups(analysis, gain, shifts.extend, put)
+        y_hat, check = self._code_groups(analysis, gain, lambda g, s: shifts.extend(s), put)
         parts.insert(1, np.asarray(shifts, dtype=np.int8).tobytes())
         head = struct.pack(f"<{len(parts)}I", *(len(p) for p in parts))
         return Coded(head + b"".join(parts), y_hat, check)
@@ -333,11 +335,11 @@ class MeanScaleHyperprior(LearnedModel):
     def code_into(self, analysis: HyperAnalysis, gain: float, writer: SymbolWriter) -> Coded:
         """:meth:`code` into a stream shared with other images (payload empty): the
         hyper-latents, then per group its subbands' table shifts (each with the table of
-        the shift its subband had in the writer's previous image, :data:`SHIFT_CODER`)
-        and its symbols."""
+        the shift its subband had in the writer's previous image, :data:`SHIFT_CODER`;
+        the stream's first image: the table of no previous shift) and its symbols."""
 
-        def put_shifts(shifts: list[int]) -> None:
-            writer.put_neighbours(SHIFT_CODER, "shifts", np.asarray(shifts))
+        def put_shifts(g: int, shifts: list[int]) -> None:
+            writer.put_neighbours(SHIFT_CODER, f"shifts {g}", np.asarray(shifts))
 
         z_int = analysis.z_int
         writer.put(self.prior.coder(), z_int.ravel(), self.prior.rows(z_int.shape))
@@ -348,7 +350,7 @@ class MeanScaleHyperprior(LearnedModel):
         self,
         analysis: HyperAnalysis,
         gain: float,
-        put_shifts: Callable[[list[int]], None],
+        put_shifts: Callable[[int, list[int]], None],
         put: Callable[[TableCoder, np.ndarray, np.ndarray], None],
     ) -> tuple[Tensor, int]:
         """Quantise the latents group by group, handing each group's table shifts and
@@ -389,7 +391,7 @@ class MeanScaleHyperprior(LearnedModel):
                         shift, coded[lo:hi] = ZERO_BAND, False
                         q[:, lo:hi] = 0
                     shifts.append(shift)
-                put_shifts(shifts)
+                put_shifts(g, shifts)
                 indexes.append(index[:, coded].ravel())
                 put(self.conditional.coder(), q.numpy()[:, coded].ravel(), indexes[-1])
                 y_hat = torch.cat([y_hat, q * step + mean], dim=1)
@@ -436,7 +438,7 @@ class MeanScaleHyperprior(LearnedModel):
         z_int = reader.take(prior.coder(), prior.rows(z_shape)).reshape(z_shape)
 
         def shifts_of(g: int) -> np.ndarray:
-            return reader.take_neighbours(SHIFT_CODER, "shifts", len(self._subbands(g)))
+            return reader.take_neighbours(SHIFT_CODER, f"shifts {g}", len(self._subbands(g)))
 
         def take(g: int, coder: TableCoder, rows: np.ndarray) -> np.ndarray:
             return reader.take(coder, rows)
@@ -481,6 +483,8 @@ class MeanScaleHyperprior(LearnedModel):
                     )
                     q_t = torch.from_numpy(q).double()
                     y_hat = torch.cat([y_hat, q_t * step + mean], dim=1)
+        except CorruptFileError:  # damaged bytes, not the tables
+            raise
         except Exception:  # the chunk's checksum passed: the tables differ from the encoder's
             raise CorruptFileError(MISMATCH) from None
         return y_hat, np.concatenate(indexes)

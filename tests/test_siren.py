@@ -225,3 +225,27 @@ def test_cli_codec_options(tmp_path, stack, capsys):
     assert "has no setting 'stepz'" in capsys.readouterr().err
     assert main([*base, "--psnr", "28", "-O", "width=wide"]) == 2
     assert not out.with_name("x.ctpz.tmp").exists()
+
+
+def test_a_view_larger_than_a_block_is_evaluated_in_rows(monkeypatch):
+    """A view larger than the evaluation block is evaluated a few rows at a time, so the
+    temporaries stay small however large a (crafted) stream's views are, and the grid is
+    the one whole views give."""
+    arch = SirenArch(width=12, depth=2)
+    net = SirenStack(arch, segments=1, seed=3)
+    weights = [t.detach() for t in net.tensors()]
+    bounds = np.array([0, 4])
+    views = np.arange(4)
+    whole = inr.evaluate(arch, weights, bounds, 0, views, 24, 40)
+    sizes = []
+    addmm = torch.addmm
+
+    def counted(bias, h, w):
+        sizes.append(h.shape[0])
+        return addmm(bias, h, w)
+
+    monkeypatch.setattr(inr, "_EVAL_BLOCK", 100)
+    monkeypatch.setattr(torch, "addmm", counted)
+    in_rows = inr.evaluate(arch, weights, bounds, 0, views, 24, 40)
+    assert max(sizes) <= 100
+    np.testing.assert_array_equal(in_rows, whole)

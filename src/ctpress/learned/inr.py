@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import math
 import time
@@ -354,26 +355,24 @@ def evaluate(
         parts.append((torch.cos(z), torch.sin(z)))
     (ca, sa), (cb, sb), (cc, sc) = parts
     out = np.empty((len(views), rows, cols), dtype=np.float64)
+    # blocks of whole views, or of rows of one view when a view is larger than a block:
+    # the temporaries stay within _EVAL_BLOCK x width values whatever the view's size
     per_block = max(1, _EVAL_BLOCK // (rows * cols))
+    row_block = rows if rows * cols <= _EVAL_BLOCK else max(1, _EVAL_BLOCK // cols)
     n_layers = arch.depth + 1
     with torch.no_grad():
-        for i in range(0, len(views), per_block):
+        for i, r in itertools.product(range(0, len(views), per_block), range(0, rows, row_block)):
+            v, rr = slice(i, i + per_block), slice(r, r + row_block)
             # exp(i(A + B)) per (view, row), then the imaginary part of times exp(iC)
-            re = (
-                ca[i : i + per_block, None, :] * cb[None]
-                - sa[i : i + per_block, None, :] * sb[None]
-            )
-            im = (
-                sa[i : i + per_block, None, :] * cb[None]
-                + ca[i : i + per_block, None, :] * sb[None]
-            )
+            re = ca[v, None, :] * cb[None, rr] - sa[v, None, :] * sb[None, rr]
+            im = sa[v, None, :] * cb[None, rr] + ca[v, None, :] * sb[None, rr]
             h = re[:, :, None, :] * sc[None, None] + im[:, :, None, :] * cc[None, None]
             h = h.reshape(-1, arch.width)
             for k in range(1, n_layers):
                 h = torch.addmm(params[2 * k + 1], h, params[2 * k].T)
                 if k < n_layers - 1:
                     h = torch.sin(arch.omega0 * h)
-            out[i : i + per_block] = h.reshape(-1, rows, cols).numpy()
+            out[v, rr] = h.reshape(out[v, rr].shape).numpy()
     return fixed_point.to_grid((out + 1.0) * 0.5, 0, 2**fixed_point.GRID_BITS)
 
 

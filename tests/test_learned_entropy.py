@@ -16,6 +16,9 @@ from ctpress.learned.entropy import ScaleConditional
 from ctpress.learned.models.hyperprior import ZERO_BAND, MeanScaleHyperprior
 from ctpress.learned.tables import (
     PRECISION,
+    NeighbourCoder,
+    SymbolReader,
+    SymbolWriter,
     TableCoder,
     pack_varints,
     quantise_pmf,
@@ -189,3 +192,55 @@ def test_hyperprior_zeroes_subbands_that_cost_more_than_they_give():
     assert (shifts == ZERO_BAND).sum() >= 3
     decoded = model.decode(coded.payload, (2, 96, 96), 8.0, coded.check)
     assert torch.equal(decoded.latent, coded.latent)
+
+
+def test_index_offset_keeps_a_shift_that_is_cheap_to_store():
+    """With the cost of storing each shift, the choice stays at the previous shift unless
+    moving saves more bits than the change costs."""
+    conditional = ScaleConditional("laplace")
+    conditional.update()
+    rng = np.random.default_rng(6)
+    predicted = np.exp(rng.uniform(np.log(0.5), np.log(20.0), 2000))
+    values = np.round(rng.laplace(0.0, 2.0 * predicted)).astype(np.int64)
+    index = conditional.indexes(torch.from_numpy(predicted))
+    best, best_bits = conditional.index_offset(index, values)
+    previous = best - 3
+
+    def costly(d: int) -> float:
+        return 0.0 if d == previous else 1e6
+
+    assert conditional.index_offset(index, values, shift_bits=costly, start=previous)[0] == (
+        previous
+    )
+    free = conditional.index_offset(index, values, shift_bits=lambda d: 0.0, start=previous)
+    assert free == (best, best_bits)
+
+
+def test_shared_stream_round_trips_many_calls_with_neighbour_contexts():
+    """Several coders' calls in one stream (escapes included) and small integers coded
+    after their previous values decode call by call; the per-call tables follow the
+    previous values, so repeated values cost little."""
+    rng = np.random.default_rng(7)
+    lengths = np.array([5, 9])
+    freqs = np.concatenate([quantise_pmf(rng.random((1, n)))[0] for n in lengths])
+    coder = TableCoder(freqs, np.array([-1, -3]), lengths, escapes=True)
+    small = NeighbourCoder(-32, 32, first=0, special=ZERO_BAND)
+    calls = []
+    for _ in range(6):
+        rows = rng.integers(0, 2, 300)
+        values = rng.integers(-4, 5, 300)
+        values[::37] = rng.integers(-(10**6), 10**6, values[::37].size)
+        calls.append((rows, values, np.array([3, -2, ZERO_BAND, 30])))
+    writer = SymbolWriter()
+    for rows, values, shifts in calls:
+        writer.put(coder, values, rows)
+        writer.put_neighbours(small, "shifts", shifts)
+    data = writer.finish()
+    reader = SymbolReader(data)
+    for rows, values, shifts in calls:
+        np.testing.assert_array_equal(reader.take(coder, rows), values)
+        np.testing.assert_array_equal(reader.take_neighbours(small, "shifts", 4), shifts)
+    reader.finish()
+    assert small.bits(3, previous=3) < 2 < small.bits(3, previous=None)
+    with pytest.raises(CorruptFileError):
+        SymbolReader(data + b"\x00").finish()

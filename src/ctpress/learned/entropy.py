@@ -22,6 +22,7 @@ Layers here (CompressAI-style):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -234,12 +235,19 @@ class ScaleConditional(nn.Module):
         return self._coder
 
     def index_offset(
-        self, indexes: np.ndarray, values: np.ndarray, search: int = 32
+        self,
+        indexes: np.ndarray,
+        values: np.ndarray,
+        search: int = 32,
+        shift_bits: Callable[[int], float] | None = None,
+        start: int = 0,
     ) -> tuple[int, float]:
         """The shift ``d`` of the table indexes (``clip(indexes + d)``, i.e. scales
         multiplied by about ``1.118**d``) that codes ``values`` in the fewest bits, within
-        ``-search .. search``, found by walking downhill from 0 (the cost is close to
-        convex in ``d``), and those bits (:meth:`TableCoder.bits`).  Encoder side: it
+        ``-search .. search``, found by walking downhill from ``start`` (the cost is close
+        to convex in ``d``), and those bits (:meth:`TableCoder.bits`); with
+        ``shift_bits``, the fewest bits counting ``shift_bits(d)``, the cost of storing
+        ``d`` (e.g. after the shift of the previous image, ``start``).  Encoder side: it
         corrects, per subband and chunk, a scale prediction that is biased on data unlike
         the training data; the decoder applies the stored shift to its integer indexes, so
         no float reaches the decoder."""
@@ -264,9 +272,12 @@ class ScaleConditional(nn.Module):
                 costs[d] = float(weights @ coder.bits(pair_values, shifted))
             return costs[d]
 
-        best = 0
+        def total(d: int) -> float:
+            return cost(d) + (shift_bits(d) if shift_bits is not None else 0.0)
+
+        best = max(-search, min(search, start))
         for direction in (-1, 1):
-            while abs(best + direction) <= search and cost(best + direction) < cost(best):
+            while abs(best + direction) <= search and total(best + direction) < total(best):
                 best += direction
         return best, cost(best)
 

@@ -230,6 +230,10 @@ class SymbolWriter:
         self.put(coder.table, coder.symbols(values), rows)
         self._previous[key] = values
 
+    def previous(self, key: str) -> np.ndarray | None:
+        """The values of the last :meth:`put_neighbours` with ``key`` (None before)."""
+        return self._previous.get(key)
+
     def bits(self) -> int:
         """Bits written so far (whole 32-bit words: differences sum to the total)."""
         return int(self._encoder.num_bits())
@@ -339,6 +343,11 @@ class NeighbourCoder:
         if self.special is None:
             return symbols + self.lo
         return np.where(symbols == 0, self.special, symbols + self.lo - 1)
+
+    def bits(self, value: int, previous: int | None) -> float:
+        """Code length in bits of ``value`` after ``previous`` (None: no previous value)."""
+        row = self.n if previous is None else int(self.symbols(np.asarray([previous]))[0])
+        return float(self.table.bits(self.symbols(np.asarray([value])), np.asarray([row]))[0])
 
     def rows(self, previous: np.ndarray | None, count: int) -> np.ndarray:
         """The table of each of ``count`` slots given their ``previous`` values."""

@@ -37,6 +37,7 @@ import math
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, cast
 
 import numpy as np
@@ -343,7 +344,9 @@ class MeanScaleHyperprior(LearnedModel):
 
         z_int = analysis.z_int
         writer.put(self.prior.coder(), z_int.ravel(), self.prior.rows(z_int.shape))
-        y_hat, check = self._code_groups(analysis, gain, put_shifts, writer.put)
+        y_hat, check = self._code_groups(
+            analysis, gain, put_shifts, writer.put, lambda g: writer.previous(f"shifts {g}")
+        )
         return Coded(b"", y_hat, check)
 
     def _code_groups(
@@ -352,9 +355,12 @@ class MeanScaleHyperprior(LearnedModel):
         gain: float,
         put_shifts: Callable[[int, list[int]], None],
         put: Callable[[TableCoder, np.ndarray, np.ndarray], None],
+        previous_shifts: Callable[[int], np.ndarray | None] = lambda g: None,
     ) -> tuple[Tensor, int]:
         """Quantise the latents group by group, handing each group's table shifts and
-        symbols to ``put_shifts`` and ``put``; the dequantised latents and their check."""
+        symbols to ``put_shifts`` and ``put``; the dequantised latents and their check.
+        With ``previous_shifts(g)`` (a group's shifts in the previous image of a shared
+        stream), each shift is chosen counting its cost in :data:`SHIFT_CODER` bits."""
         y, params = analysis.y, analysis.params
         step = self.step * gain
         y_hat = y[:, :0]
@@ -382,9 +388,17 @@ class MeanScaleHyperprior(LearnedModel):
                 symbols = q.numpy()
                 coded = np.ones(b - a, dtype=bool)
                 shifts = []
-                for lo, hi in self._subbands(g):
+                before = previous_shifts(g)
+                for k, (lo, hi) in enumerate(self._subbands(g)):
                     band = symbols[:, lo:hi]
-                    shift, bits = self.conditional.index_offset(index[:, lo:hi], band)
+                    if before is None:
+                        shift, bits = self.conditional.index_offset(index[:, lo:hi], band)
+                    else:
+                        last = int(before[k])
+                        shift, bits = self.conditional.index_offset(
+                            index[:, lo:hi], band, start=0 if last == ZERO_BAND else last,
+                            shift_bits=partial(SHIFT_CODER.bits, previous=last),
+                        )  # fmt: skip
                     index[:, lo:hi] = self._shifted(index[:, lo:hi], shift)
                     added_error = float((u[:, lo:hi] ** 2 - (u[:, lo:hi] - q[:, lo:hi]) ** 2).sum())
                     if added_error <= RDOQ_LAMBDA * bits:  # cheaper as zeros, not coded

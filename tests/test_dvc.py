@@ -214,3 +214,20 @@ def test_global_motion_is_one_shift_per_view_and_decodes() -> None:
     np.testing.assert_array_equal(
         dvc.decode_dvc(stream, views.shape, "float64"), session.prediction(op)
     )
+
+
+def test_prediction_filters_are_integer_and_smooth_a_noisy_reference() -> None:
+    """The column filters are exact integer binomial smoothing (edges repeated; filter 0
+    leaves the prediction as it is), and on still views with fresh noise in every view the
+    encoder smooths most blocks' predictions."""
+    rng = np.random.default_rng(2)
+    prediction = rng.integers(-(2**25), 2**25, (4, 40)).astype(np.int64)
+    np.testing.assert_array_equal(video.filtered(prediction, np.zeros(3, np.int8)), prediction)
+    edge = np.pad(prediction, ((0, 0), (1, 1)), mode="edge")
+    by_hand = (edge[:, :-2] + 2 * edge[:, 1:-1] + edge[:, 2:] + 2) >> 2
+    strong = video.PREDICTION_FILTERS.index((1, 2, 1))
+    np.testing.assert_array_equal(video.filtered(prediction, np.full(3, strong, np.int8)), by_hand)
+    still = np.full((6, 16, 96), 20000.0) + rng.normal(0, 300, (6, 16, 96))
+    views = np.clip(still, 0, 65535).astype(np.uint16)
+    gop = dvc.DvcSession(views, "zero").coded((2, 0.5))
+    assert np.mean(gop.filters[1:] > 0) > 0.5

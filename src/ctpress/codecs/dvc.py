@@ -6,7 +6,8 @@ A chunk is one group of views (GOP, :attr:`Dvc.preferred_chunk_views` views by d
 ``hyperprior`` model; every other view (P-frame) as the residual against a
 motion-compensated prediction from the previous *decoded* view (one column shift per block
 of 16 columns, ``motion="block"``; the ablations: one shift per view, ``"global"``, or
-none, ``"zero"``), by the shipped ``dvc`` model of the same rate point: a ``hyperprior``
+none, ``"zero"``; then per block a smoothing along the columns or none), by the shipped
+``dvc`` model of the same rate point: a ``hyperprior``
 whose entropy model ``ctpress train dvc`` fine-tuned on such residuals (stream version 1
 coded them with the ``hyperprior`` model itself; it still decodes).
 

@@ -15,13 +15,18 @@ superposition: structures at different depths move at different speeds, which on
 displacement per block follows only coarsely (see
 ``benchmarks/study_view_prediction.py``).
 
+The compensated prediction is then smoothed along the columns, per block, by the
+filter of :data:`PREDICTION_FILTERS` the encoder picks (none, or binomial kernels that
+average the reference's noise).
+
 Everything a GOP stores but its per-view checks goes into one range-coded stream
 (:class:`~ctpress.learned.tables.SymbolWriter`), view by view: its motion (each block's
-shift with the table of the block's shift in the previous view, :data:`MOTION_CODER`)
-and its latents (:meth:`~ctpress.learned.models.hyperprior.MeanScaleHyperprior.code_into`).
-A view costs no framing of its own: on the 16 x 192 views of the default scan, separate
-payloads per view spent about 60 bytes each on lengths, table-shift bytes and the range
-coder's final words (a third of the file at 0.5 bits/value).
+shift with the table of the block's shift in the previous view, :data:`MOTION_CODER`),
+its filters (likewise, :data:`FILTER_CODER`) and its latents
+(:meth:`~ctpress.learned.models.hyperprior.MeanScaleHyperprior.code_into`). A view costs
+no framing of its own: on the 16 x 192 views of the default scan, separate payloads per
+view spent about 60 bytes each on lengths, table-shift bytes and the range coder's final
+words (a third of the file at 0.5 bits/value).
 
 The prediction is exact by construction: decoded views are integers on the decoder-side
 grid (2**-20 of the chunk's range) and motion compensation interpolates them with integer
@@ -52,6 +57,15 @@ SEARCH_QUARTERS = 8
 #: Coder of the motion in a GOP's stream: each block's shift with the table of the shift
 #: the block had in the previous view.
 MOTION_CODER = NeighbourCoder(-SEARCH_QUARTERS, SEARCH_QUARTERS, first=0)
+#: Prediction filters along the detector columns, chosen per motion block: binomial
+#: kernels (integer taps, their sum a power of two), the first none.  The noise of every
+#: view is new, so a reference passes its own noise into the prediction; smoothing it
+#: along the columns averages that noise where the structure allows (the encoder picks,
+#: per block, the filter whose prediction is nearest the view).
+PREDICTION_FILTERS = ((1,), (1, 6, 1), (1, 2, 1), (1, 4, 6, 4, 1))
+#: Coder of the filters in a GOP's stream: each block's with the table of the block's
+#: filter in the previous view.
+FILTER_CODER = NeighbourCoder(0, len(PREDICTION_FILTERS) - 1, first=0)
 #: Quantisation gain of each view relative to the GOP's (a quality cascade, as low-delay
 #: video coders cascade their quantiser): the I-frame and every :data:`ANCHOR_PERIOD`-th
 #: P-frame finer, the others coarser; the finer views lift the prediction of the views
@@ -74,6 +88,42 @@ def compensate(reference: np.ndarray, moves: np.ndarray) -> np.ndarray:
     a = reference[:, np.clip(left, 0, cols - 1)]
     b = reference[:, np.clip(left + 1, 0, cols - 1)]
     return (a * (4 - frac) + b * frac + 2) // 4
+
+
+def smoothed(prediction: np.ndarray, kernel: tuple[int, ...]) -> np.ndarray:
+    """``prediction`` (rows, cols) int64 filtered along the columns by the integer
+    ``kernel`` (odd length, sum a power of two), edges repeated, rounded by a shift."""
+    cols = prediction.shape[-1]
+    half, total = len(kernel) // 2, sum(kernel)
+    out = np.full(prediction.shape, total // 2, dtype=np.int64)
+    for offset, tap in enumerate(kernel, start=-half):
+        out += tap * prediction[:, np.clip(np.arange(cols) + offset, 0, cols - 1)]
+    return out >> (total.bit_length() - 1)
+
+
+def filtered(prediction: np.ndarray, filters: np.ndarray) -> np.ndarray:
+    """``prediction`` (rows, cols) with each block's filter of :data:`PREDICTION_FILTERS`
+    (``filters``, one index per block) applied."""
+    cols = prediction.shape[-1]
+    per_column = np.repeat(filters.astype(np.int64), BLOCK_COLUMNS)[:cols]
+    out = prediction.copy()
+    for k in np.unique(per_column[per_column > 0]):
+        chosen = per_column == k
+        out[:, chosen] = smoothed(prediction, PREDICTION_FILTERS[k])[:, chosen]
+    return out
+
+
+def search_filters(target: np.ndarray, prediction: np.ndarray) -> np.ndarray:
+    """Per block, the filter of :data:`PREDICTION_FILTERS` whose output is nearest
+    ``target`` (float, grid units) in squared error; ties to the lighter (int8)."""
+    cols = prediction.shape[-1]
+    pad = blocks_of(cols) * BLOCK_COLUMNS - cols
+    errors = np.empty((len(PREDICTION_FILTERS), blocks_of(cols)))
+    for k, kernel in enumerate(PREDICTION_FILTERS):
+        diff = target - smoothed(prediction, kernel)
+        per_column = np.pad(np.sum(diff * diff, axis=0), (0, pad))
+        errors[k] = per_column.reshape(-1, BLOCK_COLUMNS).sum(axis=1)
+    return np.argmin(errors, axis=0).astype(np.int8)
 
 
 def search_motion(target: np.ndarray, reference: np.ndarray, per_block: bool = True) -> np.ndarray:
@@ -146,6 +196,9 @@ class CodedGop:
         The decoded views on the grid.
     moves : ndarray (m, blocks) int8
         Motion per view and block, in quarter pixels (the first view's row zero).
+    filters : ndarray (m, blocks) int8
+        Prediction filter per view and block (:data:`PREDICTION_FILTERS`; the first
+        view's row zero).
     p_images : list of ndarray (H, W) float64
         The residual images the P model coded (its training data).
     """
@@ -155,6 +208,7 @@ class CodedGop:
     view_bits: list[int]
     decoded: np.ndarray
     moves: np.ndarray
+    filters: np.ndarray
     p_images: list[np.ndarray]
 
 
@@ -183,6 +237,7 @@ def code_gop(
     writer = SymbolWriter()
     decoded = np.empty(unit.shape, dtype=np.int64)
     moves = np.zeros((len(unit), blocks_of(unit.shape[2])), dtype=np.int8)
+    filters = np.zeros_like(moves)
     checks, view_bits, p_images = [], [], []
     for t, view in enumerate(unit):
         start = writer.bits()
@@ -193,7 +248,10 @@ def code_gop(
             if motion != "zero":
                 moves[t] = search_motion(view * scale, decoded[t - 1], motion == "block")
                 writer.put_neighbours(MOTION_CODER, "motion", _motion_slots(moves[t], motion))
-            prediction = compensate(decoded[t - 1], moves[t])
+            compensated = compensate(decoded[t - 1], moves[t])
+            filters[t] = search_filters(view * scale, compensated)
+            writer.put_neighbours(FILTER_CODER, "filters", filters[t])
+            prediction = filtered(compensated, filters[t])
             image = view - prediction / scale + 0.5
             grid = code_image(p_coder, image, view_gain(gain, t, p_coder.gain_range), writer)
             decoded[t] = add_residual(prediction, grid)
@@ -202,7 +260,7 @@ def code_gop(
         view_bits.append(writer.bits() - start)
     stream = writer.finish()
     view_bits[-1] += 8 * len(stream) - sum(view_bits)  # the final words, counted last
-    return CodedGop(stream, checks, view_bits, decoded, moves, p_images)
+    return CodedGop(stream, checks, view_bits, decoded, moves, filters, p_images)
 
 
 def decode_gop(
@@ -220,11 +278,14 @@ def decode_gop(
     m, h, w = shape
     decoded = np.empty(shape, dtype=np.int64)
     moves = np.zeros(blocks_of(w), dtype=np.int64)
+    filters = np.zeros(blocks_of(w), dtype=np.int64)
     i_coder, p_coder = gop_model(i_model), gop_model(p_model)
     for t in range(m):
         if t and motion != "zero":
             slots = _motion_slots(moves, motion).size
             moves[:] = reader.take_neighbours(MOTION_CODER, "motion", slots)
+        if t:
+            filters[:] = reader.take_neighbours(FILTER_CODER, "filters", filters.size)
         model = i_coder if t == 0 else p_coder
         d = model.downsampling
         padded = (1, -(-h // d) * d, -(-w // d) * d)
@@ -234,5 +295,6 @@ def decode_gop(
         if t == 0:
             decoded[t] = grid[0]
         else:
-            decoded[t] = add_residual(compensate(decoded[t - 1], moves), grid[0])
+            prediction = filtered(compensate(decoded[t - 1], moves), filters)
+            decoded[t] = add_residual(prediction, grid[0])
     return decoded

@@ -231,3 +231,20 @@ def test_prediction_filters_are_integer_and_smooth_a_noisy_reference() -> None:
     views = np.clip(still, 0, 65535).astype(np.uint16)
     gop = dvc.DvcSession(views, "zero").coded((2, 0.5))
     assert np.mean(gop.filters[1:] > 0) > 0.5
+
+
+def test_smoothing_none_stores_no_filter_and_decodes() -> None:
+    """``smoothing="none"`` (the frame-differences ablation with zero motion) stores
+    filter 0 for every block, decodes to the encoder's prediction, and is refused when
+    misspelt."""
+    views = moving_views(n=8)
+    session = dvc.DvcSession(views, "zero", smoothing=False)
+    op = (1, 1.0)
+    assert not session.coded(op).filters.any()
+    stream = session.pack(op, None, b"")
+    np.testing.assert_array_equal(
+        dvc.decode_dvc(stream, views.shape, "float64"), session.prediction(op)
+    )
+    assert get_codec("dvc", smoothing="none").get_config()["smoothing"] == "none"
+    with pytest.raises(ctpress.InputError, match="smoothing"):
+        get_codec("dvc", smoothing="off")

@@ -87,6 +87,8 @@ _SIDES = {
 #: payload length.
 _CHECK = struct.Struct("<I")
 _FRAME = struct.Struct("<III")
+#: Choices of the prediction's smoothing (encoder side: "none" stores filter 0 everywhere).
+SMOOTHINGS = ("auto", "none")
 #: The zoo methods of the I- and P-frame models.
 I_MODEL, P_MODEL = "hyperprior", "dvc"
 
@@ -94,9 +96,12 @@ I_MODEL, P_MODEL = "hyperprior", "dvc"
 class DvcSession(ModelSession):
     """Encoder state of one GOP: the closed-loop coding at each operating point."""
 
-    def __init__(self, x: np.ndarray, motion: str, loader: ModelLoader = _load_model) -> None:
+    def __init__(
+        self, x: np.ndarray, motion: str, smoothing: bool = True, loader: ModelLoader = _load_model
+    ) -> None:
         super().__init__("dvc", x, image_shape(x.shape))
         self.motion = motion
+        self.smoothing = smoothing
         self.loader = loader
         self._coded: dict[ZooOp, CodedGop] = {}
 
@@ -107,7 +112,9 @@ class DvcSession(ModelSession):
         """The GOP coded at ``op``; cached."""
         if op not in self._coded:
             i_model, p_model = self.loader(I_MODEL, op[0])[0], self.loader(P_MODEL, op[0])[0]
-            self._coded[op] = code_gop(self.unit(), i_model, p_model, op[1], self.motion)
+            self._coded[op] = code_gop(
+                self.unit(), i_model, p_model, op[1], self.motion, self.smoothing
+            )
         return self._coded[op]
 
     def latent_bits(self, op: ZooOp) -> float:
@@ -252,6 +259,9 @@ class Dvc(LearnedCodec):
     motion : {"block", "global", "zero"}
         Motion compensation of the P-frames: a column shift per block of 16 columns, one
         for the whole view, or none.
+    smoothing : {"auto", "none"}
+        Smoothing of the prediction along the columns: per block as the encoder picks, or
+        never (an ablation: with ``motion="zero"``, plain frame differences).
     rate_point, mode, value, data_range
         As for ``hyperprior``.
     """
@@ -265,17 +275,29 @@ class Dvc(LearnedCodec):
     #: One GOP: the views of a chunk (``--chunk-views`` sets the GOP length).
     preferred_chunk_views: ClassVar[int | None] = 64
 
-    def __init__(self, *, motion: str = "block", rate_point: int | None = None, **rate: Any):
+    def __init__(
+        self,
+        *,
+        motion: str = "block",
+        smoothing: str = "auto",
+        rate_point: int | None = None,
+        **rate: Any,
+    ):
         super().__init__(rate_point=rate_point, **rate)
         if motion not in MOTIONS:
             raise InputError(f"dvc motion must be one of {', '.join(MOTIONS)}, not {motion!r}")
+        if smoothing not in SMOOTHINGS:
+            raise InputError(
+                f"dvc smoothing must be one of {', '.join(SMOOTHINGS)}, not {smoothing!r}"
+            )
         self.motion = motion
+        self.smoothing = smoothing
 
     def _options(self) -> dict[str, Any]:
-        return {**super()._options(), "motion": self.motion}
+        return {**super()._options(), "motion": self.motion, "smoothing": self.smoothing}
 
     def _session(self, x: np.ndarray) -> ModelSession:
-        return DvcSession(x, self.motion)
+        return DvcSession(x, self.motion, self.smoothing == "auto")
 
     def _decode_stream(self, stream: bytes, shape: tuple[int, ...], work_dtype: str) -> np.ndarray:
         return decode_dvc(stream, shape, work_dtype)

@@ -183,12 +183,16 @@ class TableCoder:
         symbols = np.where(low, 0, np.where(high, top + 1, symbols))
         return symbols, pack_varints(extra[extra >= 0].astype(np.uint64))
 
-    def _segments(self, rows: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-        """The coding order of ``rows`` (grouped by table, stable) and its runs."""
+    def _segments(self, rows: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+        """The coding order of ``rows`` (grouped by table, stable) and its runs: (table,
+        start, stop) in that order."""
         order = self._row_order(rows)
+        if not rows.size:
+            return order, []
         sorted_rows = rows[order]
-        bounds = np.flatnonzero(np.diff(sorted_rows)) + 1
-        return order, [seg for seg in np.split(sorted_rows, bounds) if seg.size]
+        bounds = (np.flatnonzero(sorted_rows[1:] != sorted_rows[:-1]) + 1).tolist()
+        starts, stops = [0, *bounds], [*bounds, rows.size]
+        return order, list(zip(sorted_rows[starts].tolist(), starts, stops, strict=True))
 
 
 class SymbolWriter:
@@ -215,11 +219,8 @@ class SymbolWriter:
         symbols, escaped = coder._symbols(values, rows)
         order, segments = coder._segments(rows)
         sorted_symbols = symbols[order].astype(np.int32)
-        start = 0
-        for seg in segments:
-            model = coder._model(int(seg[0]))
-            self._encoder.encode(sorted_symbols[start : start + seg.size], model)
-            start += seg.size
+        for table, start, stop in segments:
+            self._encoder.encode(sorted_symbols[start:stop], coder._model(table))
         self._escapes.append(escaped)
 
     def put_neighbours(self, coder: NeighbourCoder, key: str, values: np.ndarray) -> None:
@@ -268,9 +269,9 @@ class SymbolReader:
             raise CorruptFileError("entropy table indexes are out of range")
         order, segments = coder._segments(rows)
         decoded = []
-        for seg in segments:
+        for table, start, stop in segments:
             try:
-                decoded.append(self._decoder.decode(coder._model(int(seg[0])), seg.size))
+                decoded.append(self._decoder.decode(coder._model(table), stop - start))
             except AssertionError:  # constriction: the words are not a valid code
                 raise CorruptFileError("entropy-coded block is damaged") from None
         symbols = np.empty(rows.size, dtype=np.int64)
@@ -281,7 +282,8 @@ class SymbolReader:
         top = coder.lengths[rows] - 2
         low = symbols == 0
         high = symbols == top + 1
-        extra, used = unpack_varints(self._data[self._escapes_at :], int(low.sum() + high.sum()))
+        escaped = memoryview(self._data)[self._escapes_at :]  # no copy of the stream
+        extra, used = unpack_varints(escaped, int(low.sum() + high.sum()))
         self._escapes_at += used
         values = symbols - 1
         esc = np.flatnonzero(low | high)
@@ -372,7 +374,7 @@ def pack_varints(values: np.ndarray) -> bytes:
     return out.tobytes()
 
 
-def unpack_varints(data: bytes, count: int) -> tuple[np.ndarray, int]:
+def unpack_varints(data: bytes | memoryview, count: int) -> tuple[np.ndarray, int]:
     """The first ``count`` LEB128 integers of ``data`` and the bytes they used."""
     if count == 0:
         return np.zeros(0, dtype=np.uint64), 0

@@ -227,11 +227,16 @@ def gop_model(model: LearnedModel) -> MeanScaleHyperprior:
 
 
 def code_gop(
-    unit: np.ndarray, i_model: LearnedModel, p_model: LearnedModel, gain: float, motion: str
+    unit: np.ndarray,
+    i_model: LearnedModel,
+    p_model: LearnedModel,
+    gain: float,
+    motion: str,
+    smoothing: bool = True,
 ) -> CodedGop:
     """Code the views ``unit`` (m, H, W), normalised to [0, 1], at quantisation ``gain``
     (each view at its :func:`view_gain`) in the closed loop (see the module docstring)
-    into one stream."""
+    into one stream; without ``smoothing`` every block's filter is 0 (none)."""
     i_coder, p_coder = gop_model(i_model), gop_model(p_model)
     scale = 2.0**GRID_BITS
     writer = SymbolWriter()
@@ -249,7 +254,8 @@ def code_gop(
                 moves[t] = search_motion(view * scale, decoded[t - 1], motion == "block")
                 writer.put_neighbours(MOTION_CODER, "motion", _motion_slots(moves[t], motion))
             compensated = compensate(decoded[t - 1], moves[t])
-            filters[t] = search_filters(view * scale, compensated)
+            if smoothing:
+                filters[t] = search_filters(view * scale, compensated)
             writer.put_neighbours(FILTER_CODER, "filters", filters[t])
             prediction = filtered(compensated, filters[t])
             image = view - prediction / scale + 0.5

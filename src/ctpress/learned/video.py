@@ -185,8 +185,9 @@ class CodedGop:
     ----------
     stream : bytes
         The GOP's one range-coded stream (:class:`~ctpress.learned.tables.SymbolWriter`):
-        per view in order, its motion (P-frames, unless the motion is ``"zero"``) and its
-        latents (the I-frame's, then the P-frames' residuals').
+        per view in order, its motion (P-frames, unless the motion is ``"zero"``), its
+        prediction filters (P-frames) and its latents (the I-frame's, then the P-frames'
+        residuals').
     grid_checks : list of int
         Per view, the CRC-32 of the model's output grid (what the decoder checks).
     view_bits : list of int

@@ -86,8 +86,14 @@ ZERO_BAND = -128
 #: Coder of the table shifts in a shared stream (:meth:`MeanScaleHyperprior.code_into`):
 #: each with the table of its subband's shift in the previous image.
 SHIFT_CODER = NeighbourCoder(-32, 32, first=0, special=ZERO_BAND)
+
 #: Range of the quantisation gains drawn in training (log-uniform).
 TRAINING_GAINS = (0.5, 2.0)
+
+
+def _shift_key(group: int) -> str:
+    """The key of a channel group's table shifts in a shared stream."""
+    return f"shifts {group}"
 
 
 @dataclass
@@ -340,12 +346,12 @@ class MeanScaleHyperprior(LearnedModel):
         the stream's first image: the table of no previous shift) and its symbols."""
 
         def put_shifts(g: int, shifts: list[int]) -> None:
-            writer.put_neighbours(SHIFT_CODER, f"shifts {g}", np.asarray(shifts))
+            writer.put_neighbours(SHIFT_CODER, _shift_key(g), np.asarray(shifts))
 
         z_int = analysis.z_int
         writer.put(self.prior.coder(), z_int.ravel(), self.prior.rows(z_int.shape))
         y_hat, check = self._code_groups(
-            analysis, gain, put_shifts, writer.put, lambda g: writer.previous(f"shifts {g}")
+            analysis, gain, put_shifts, writer.put, lambda g: writer.previous(_shift_key(g))
         )
         return Coded(b"", y_hat, check)
 
@@ -391,14 +397,12 @@ class MeanScaleHyperprior(LearnedModel):
                 before = previous_shifts(g)
                 for k, (lo, hi) in enumerate(self._subbands(g)):
                     band = symbols[:, lo:hi]
-                    if before is None:
-                        shift, bits = self.conditional.index_offset(index[:, lo:hi], band)
-                    else:
-                        last = int(before[k])
-                        shift, bits = self.conditional.index_offset(
-                            index[:, lo:hi], band, start=0 if last == ZERO_BAND else last,
-                            shift_bits=partial(SHIFT_CODER.bits, previous=last),
-                        )  # fmt: skip
+                    last = None if before is None else int(before[k])
+                    stored = None if last is None else partial(SHIFT_CODER.bits, previous=last)
+                    shift, bits = self.conditional.index_offset(
+                        index[:, lo:hi], band, start=0 if last in (None, ZERO_BAND) else last,
+                        shift_bits=stored,
+                    )  # fmt: skip
                     index[:, lo:hi] = self._shifted(index[:, lo:hi], shift)
                     added_error = float((u[:, lo:hi] ** 2 - (u[:, lo:hi] - q[:, lo:hi]) ** 2).sum())
                     if added_error <= RDOQ_LAMBDA * bits:  # cheaper as zeros, not coded
@@ -452,7 +456,7 @@ class MeanScaleHyperprior(LearnedModel):
         z_int = reader.take(prior.coder(), prior.rows(z_shape)).reshape(z_shape)
 
         def shifts_of(g: int) -> np.ndarray:
-            return reader.take_neighbours(SHIFT_CODER, f"shifts {g}", len(self._subbands(g)))
+            return reader.take_neighbours(SHIFT_CODER, _shift_key(g), len(self._subbands(g)))
 
         def take(g: int, coder: TableCoder, rows: np.ndarray) -> np.ndarray:
             return reader.take(coder, rows)

@@ -16,7 +16,7 @@ ROOT = Path(ctpress.__file__).parent
 LAYERS: tuple[frozenset[str], ...] = tuple(
     frozenset(names.split())
     for names in (
-        "errors _version _compact _progress frames",
+        "errors _version _compact _progress _torch_threads frames",
         "scan noise metrics bdrate",
         "rate io sim",
         "recon",

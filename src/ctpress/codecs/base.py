@@ -164,6 +164,9 @@ class Codec(ABC):
     probe_min_views: ClassVar[int] = 1
     #: "classical" or "learned" (the report styles and ranks the families apart).
     family: ClassVar[str] = "classical"
+    #: Whether a reader decodes several chunks at once in threads.  A decoder made of
+    #: many small steps that hold the GIL (``dvc``, view by view) runs faster alone.
+    parallel_decode: ClassVar[bool] = True
 
     def __init__(
         self,

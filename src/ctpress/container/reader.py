@@ -460,9 +460,10 @@ class CtpzFile:
         return out
 
     def _each_chunk(self, work: Callable[[ChunkEntry], None], entries: list[ChunkEntry]) -> None:
-        """``work(entry)`` for each entry, in :attr:`jobs` threads; the first error in
-        chunk order is raised."""
-        if self.jobs == 1 or len(entries) <= 1:
+        """``work(entry)`` for each entry, in :attr:`jobs` threads (one where the codec's
+        decoder does not gain from them, :attr:`~ctpress.codecs.Codec.parallel_decode`);
+        the first error in chunk order is raised."""
+        if self.jobs == 1 or len(entries) <= 1 or not self.codec.parallel_decode:
             for entry in entries:
                 work(entry)
             return

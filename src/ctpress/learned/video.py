@@ -42,10 +42,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .._torch_threads import one_torch_thread
 from .fixed_point import GRID_BITS, GRID_LIMIT, grid_check, reconstruct
 from .tables import NeighbourCoder, SymbolReader, SymbolWriter
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
     from .models.base import LearnedModel
     from .models.hyperprior import MeanScaleHyperprior
 
@@ -281,27 +284,77 @@ def decode_gop(
 ) -> np.ndarray:
     """Inverse of :func:`code_gop` for views of ``shape`` (m, H, W): the decoded grid
     (int64); ``check_view(t, grid)`` sees each model output (the table choice is not
-    checked apart: a wrong one changes the output)."""
+    checked apart: a wrong one changes the output).
+
+    A view's symbols do not depend on the decoded pixels, so the stream is read a batch
+    of views at a time, their latents synthesised in one call (:func:`views_per_synthesis`),
+    and the predictions then added in view order."""
+    with one_torch_thread():  # many small operations: faster on one thread
+        return _decode_views(reader, i_model, p_model, gain, motion, shape, check_view)
+
+
+def _decode_views(
+    reader: SymbolReader,
+    i_model: LearnedModel,
+    p_model: LearnedModel,
+    gain: float,
+    motion: str,
+    shape: tuple[int, int, int],
+    check_view: Callable[[int, np.ndarray], None],
+) -> np.ndarray:
     m, h, w = shape
-    decoded = np.empty(shape, dtype=np.int64)
-    moves = np.zeros(blocks_of(w), dtype=np.int64)
-    filters = np.zeros(blocks_of(w), dtype=np.int64)
+    moves = np.zeros((m, blocks_of(w)), dtype=np.int64)
+    filters = np.zeros_like(moves)
     i_coder, p_coder = gop_model(i_model), gop_model(p_model)
-    for t in range(m):
-        if t and motion != "zero":
-            slots = _motion_slots(moves, motion).size
-            moves[:] = reader.take_neighbours(MOTION_CODER, "motion", slots)
-        if t:
-            filters[:] = reader.take_neighbours(FILTER_CODER, "filters", filters.size)
-        model = i_coder if t == 0 else p_coder
+    d = p_coder.downsampling
+    per_call = views_per_synthesis(p_coder, -(-h // d) * d * -(-w // d) * d)
+    batches = [range(min(m, 1))] + [range(t, min(m, t + per_call)) for t in range(1, m, per_call)]
+    decoded = np.empty(shape, dtype=np.int64)
+    for views in batches:
+        model = i_coder if views.start == 0 else p_coder
         d = model.downsampling
         padded = (1, -(-h // d) * d, -(-w // d) * d)
-        coded = model.decode_from(reader, padded, view_gain(gain, t, model.gain_range))
-        grid, _ = reconstruct(model, coded, (1, h, w))
-        check_view(t, grid)
-        if t == 0:
-            decoded[t] = grid[0]
-        else:
-            prediction = filtered(compensate(decoded[t - 1], moves), filters)
-            decoded[t] = add_residual(prediction, grid[0])
+        latents = []
+        for t in views:
+            if t and motion != "zero":
+                slots = _motion_slots(moves[t], motion).size
+                moves[t] = reader.take_neighbours(MOTION_CODER, "motion", slots)
+            if t:
+                filters[t] = reader.take_neighbours(FILTER_CODER, "filters", filters.shape[1])
+            gain_t = view_gain(gain, t, model.gain_range)
+            latents.append(model.decode_from(reader, padded, gain_t).latent)
+        if latents:
+            decoded[views.start : views.stop] = _synthesised(model, latents, (h, w))
+    for t in range(m):
+        check_view(t, decoded[t])
+        if t:
+            prediction = filtered(compensate(decoded[t - 1], moves[t]), filters[t])
+            decoded[t] = add_residual(prediction, decoded[t])
     return decoded
+
+
+#: Most latent values one synthesis call of :func:`decode_gop` takes (bounds its memory).
+SYNTHESIS_VALUES = 1 << 20
+
+
+def views_per_synthesis(model: MeanScaleHyperprior, values_per_view: int) -> int:
+    """Views whose latents ``model`` synthesises in one call: a wavelet synthesis is
+    elementwise arithmetic, so a view's output is the same whatever views share its call
+    (up to :data:`SYNTHESIS_VALUES` values); a learned one runs view by view, as the
+    encoder ran it."""
+    if model.transform != "wavelet":
+        return 1
+    return max(1, SYNTHESIS_VALUES // values_per_view)
+
+
+def _synthesised(
+    model: MeanScaleHyperprior, latents: list[Tensor], size: tuple[int, int]
+) -> np.ndarray:
+    """The output grids (len(latents), H, W) of ``model`` for latents of batch 1."""
+    import torch
+
+    from .models.base import Coded
+
+    coded = Coded(b"", torch.cat(latents), 0)
+    grid, _ = reconstruct(model, coded, (len(latents), *size))
+    return grid

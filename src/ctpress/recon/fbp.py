@@ -36,7 +36,7 @@ angles differ by a multiple of ``pi / 2`` share the same sampling pattern up to 
 rotation of the image, so they are sampled with one grid (as channels) and the partial
 images rotated back before summing.  On the CPU the work is shared by one single-threaded
 worker per torch thread (``torch.get_num_threads()``): torch's intra-op thread count is
-set to 1 meanwhile and restored afterwards.
+set to 1 meanwhile (:func:`~ctpress._torch_threads.one_torch_thread`).
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._torch_threads import one_torch_thread
 from ..errors import InputError
 from ..scan import Geometry
 from .filters import filter_projections
@@ -380,14 +381,9 @@ def backproject(
         else:
             parts = [acc] + [torch.zeros_like(acc) for _ in range(workers - 1)]
             jobs = [(parts[k], group_starts[k::workers], slab_starts) for k in range(workers)]
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            with ThreadPoolExecutor(workers) as pool:
-                for future in [pool.submit(work, *job) for job in jobs]:
-                    future.result()
-        finally:
-            torch.set_num_threads(threads)
+        with one_torch_thread(), ThreadPoolExecutor(workers) as pool:
+            for future in [pool.submit(work, *job) for job in jobs]:
+                future.result()
         for extra in parts[1:]:
             acc += extra
     out = acc[0].clone()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -169,10 +171,16 @@ def wavelet_image(y: Tensor, levels: int) -> Tensor:
 def wavelet_norms(levels: int) -> Tensor:
     """Image-domain L2 norm of a unit coefficient in each channel of
     :func:`wavelet_channels` (float64, shape (4**levels,)); dividing the channels by it
-    makes a quantisation error cost the same squared error in every channel."""
+    makes a quantisation error cost the same squared error in every channel (a new
+    tensor each call, computed once per ``levels``)."""
+    return torch.tensor(_wavelet_norms(levels), dtype=torch.float64)
+
+
+@functools.cache
+def _wavelet_norms(levels: int) -> tuple[float, ...]:
     size = 2**levels * 8
     n_ch = 4**levels
     side = size // 2**levels
     y = torch.zeros(n_ch, n_ch, side, side, dtype=torch.float64)
     y[torch.arange(n_ch), torch.arange(n_ch), side // 2, side // 2] = 1.0
-    return wavelet_image(y, levels).flatten(1).norm(dim=1)
+    return tuple(wavelet_image(y, levels).flatten(1).norm(dim=1).tolist())

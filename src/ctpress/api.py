@@ -483,7 +483,9 @@ def decompress(
     must not be the input, and an existing one is replaced only with ``overwrite`` (a
     directory only if ctpress wrote it).  ``max_output_bytes`` caps the memory the decoded
     data may take (InputError beyond it; see :class:`~ctpress.container.CtpzFile`);
-    ``jobs`` threads decode chunks in parallel (default: every core).  A large scan (over
+    ``jobs`` threads decode chunks in parallel (default: every core; one chunk at a time
+    where the codec's decoder does not gain from threads,
+    :attr:`~ctpress.codecs.Codec.parallel_decode`).  A large scan (over
     :data:`ctpress.io._lazy.LAZY_BYTES`) written to ``.npy`` or to a format of
     :data:`STREAMING_WRITERS` is decoded chunk by chunk into the output, never whole, and
     the Scan returned reads the output.

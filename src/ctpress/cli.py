@@ -287,7 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help=f"output file ({formats})")
     p.add_argument("--views", metavar="START:STOP", help="decode only this view range")
     p.add_argument("--format", help="output format, overriding the extension")
-    p.add_argument("--jobs", type=_at_least_one, help="decoder threads (default: every core)")
+    p.add_argument(
+        "--jobs",
+        type=_at_least_one,
+        help="decoder threads (default: every core; dvc decodes one chunk at a time)",
+    )
     _add_force(p, "output (a directory only if ctpress wrote it)")
     _add_max_output(p)
 

@@ -20,6 +20,8 @@ from ctpress.codecs.framing import parse_chunk_header
 from ctpress.container import CtpzFile
 from ctpress.learned import video
 
+GOLDEN = Path(__file__).parent / "data" / "golden"
+
 
 def moving_views(n: int = 12, rows: int = 16, cols: int = 96, seed: int = 0) -> np.ndarray:
     """(n, rows, cols) uint16: a smooth profile with an edge moving 0.75 pixel per view,
@@ -172,32 +174,32 @@ def test_the_p_frame_models_share_the_rate_points_of_the_i_frame_models() -> Non
 
 
 def test_streams_name_both_models_and_refuse_unknown_versions() -> None:
-    """A version-3 stream carries the tags of its I and P models (versions 1 and 2 decode
+    """A version-4 stream carries the tags of its I and P models (versions 1 to 3 decode
     from the golden files); a stream of an unknown version is refused."""
     from ctpress.learned import zoo
 
     views = moving_views(n=8)
     chunk, _ = get_codec("dvc", mode="bpp", value=1.5).compress(views)
     _, start = parse_chunk_header(chunk)
-    side = dvc._SIDES[3].unpack_from(chunk, start)
-    assert side[1] == 3
+    side = dvc._SIDES[4].unpack_from(chunk, start)
+    assert side[1] == 4
     rate_point = side[2]
     for method, tag in zip((dvc.I_MODEL, dvc.P_MODEL), side[9:11], strict=True):
         assert tag == bytes.fromhex(zoo.rate_points(method)[rate_point]["sha256"])[:8]
     stream = chunk[start:]
-    with pytest.raises(CorruptFileError, match="version 1 or 2 or 3"):
-        dvc.decode_dvc(stream[:4] + b"\x04" + stream[5:], views.shape, "float64")
+    with pytest.raises(CorruptFileError, match="version 1 or 2 or 3 or 4"):
+        dvc.decode_dvc(stream[:4] + b"\x05" + stream[5:], views.shape, "float64")
 
 
 def test_the_gop_shares_one_stream_with_no_per_view_lengths() -> None:
-    """Version 3 stores per view only its 4-byte grid check: the side information, the
+    """Version 4 stores per view only its 4-byte grid check: the side information, the
     checks and the GOP's one stream make up the whole chunk stream."""
     views = moving_views(n=8)
     session = dvc.DvcSession(views, "block")
     op = (1, 1.0)
     gop = session.coded(op)
     stream = session.pack(op, None, b"")
-    assert len(stream) == dvc._SIDES[3].size + 4 * len(views) + len(gop.stream)
+    assert len(stream) == dvc._SIDES[4].size + 4 * len(views) + len(gop.stream)
     assert sum(gop.view_bits) == 8 * len(gop.stream)
     np.testing.assert_array_equal(
         dvc.decode_dvc(stream, views.shape, "float64"), session.prediction(op)
@@ -218,31 +220,43 @@ def test_global_motion_is_one_shift_per_view_and_decodes() -> None:
     )
 
 
-def test_prediction_filters_are_integer_and_smooth_a_noisy_reference() -> None:
-    """The column filters are exact integer binomial smoothing (edges repeated; filter 0
-    leaves the prediction as it is), and on still views with fresh noise in every view the
-    encoder smooths most blocks' predictions."""
+def test_prediction_modes_are_integer_means_and_smoothing_of_the_references() -> None:
+    """A mode's prediction is the rounded integer mean of its references, smoothed by
+    exact integer binomial filters (edges repeated; mode 0 is the nearest reference as it
+    is); the references are compensated by the shifts summed over the views between; on
+    still views with fresh noise in every view the encoder averages or smooths most
+    blocks' predictions."""
     rng = np.random.default_rng(2)
-    prediction = rng.integers(-(2**25), 2**25, (4, 40)).astype(np.int64)
-    np.testing.assert_array_equal(video.filtered(prediction, np.zeros(3, np.int8)), prediction)
-    edge = np.pad(prediction, ((0, 0), (1, 1)), mode="edge")
+    refs = [rng.integers(-(2**25), 2**25, (4, 40)).astype(np.int64) for _ in range(3)]
+    np.testing.assert_array_equal(video.predicted(refs, np.zeros(3, np.int8)), refs[0])
+    edge = np.pad(refs[0], ((0, 0), (1, 1)), mode="edge")
     by_hand = (edge[:, :-2] + 2 * edge[:, 1:-1] + edge[:, 2:] + 2) >> 2
-    strong = video.PREDICTION_FILTERS.index((1, 2, 1))
-    np.testing.assert_array_equal(video.filtered(prediction, np.full(3, strong, np.int8)), by_hand)
+    strong = video.PREDICTION_MODES.index((1, (1, 2, 1)))
+    np.testing.assert_array_equal(video.predicted(refs, np.full(3, strong, np.int8)), by_hand)
+    mean3 = video.PREDICTION_MODES.index((3, (1,)))
+    np.testing.assert_array_equal(
+        video.predicted(refs, np.full(3, mean3, np.int8)), (refs[0] + refs[1] + refs[2] + 1) // 3
+    )
+    decoded = rng.integers(0, 2**20, (3, 2, 48)).astype(np.int64)
+    moves = np.array([[0, 0, 0], [1, -2, 4], [3, 0, -1]], dtype=np.int8)
+    near, far = video.references(decoded, 2, moves, 4)  # two views before view 2
+    np.testing.assert_array_equal(near, video.compensate(decoded[1], moves[2]))
+    np.testing.assert_array_equal(far, video.compensate(decoded[0], moves[2] + moves[1]))
     still = np.full((6, 16, 96), 20000.0) + rng.normal(0, 300, (6, 16, 96))
     views = np.clip(still, 0, 65535).astype(np.uint16)
     gop = dvc.DvcSession(views, "zero").coded((2, 0.5))
-    assert np.mean(gop.filters[1:] > 0) > 0.5
+    assert np.mean(gop.modes[1:] > 0) > 0.5
+    assert np.any(gop.modes[2:] >= len(video.PREDICTION_FILTERS))  # several references
 
 
-def test_smoothing_none_stores_no_filter_and_decodes() -> None:
+def test_smoothing_none_stores_mode_zero_and_decodes() -> None:
     """``smoothing="none"`` (the frame-differences ablation with zero motion) stores
-    filter 0 for every block, decodes to the encoder's prediction, and is refused when
+    mode 0 for every block, decodes to the encoder's prediction, and is refused when
     misspelt."""
     views = moving_views(n=8)
     session = dvc.DvcSession(views, "zero", smoothing=False)
     op = (1, 1.0)
-    assert not session.coded(op).filters.any()
+    assert not session.coded(op).modes.any()
     stream = session.pack(op, None, b"")
     np.testing.assert_array_equal(
         dvc.decode_dvc(stream, views.shape, "float64"), session.prediction(op)
@@ -250,3 +264,19 @@ def test_smoothing_none_stores_no_filter_and_decodes() -> None:
     assert get_codec("dvc", smoothing="none").get_config()["smoothing"] == "none"
     with pytest.raises(ctpress.InputError, match="smoothing"):
         get_codec("dvc", smoothing="off")
+
+
+@pytest.mark.parametrize("version", [3, 4])
+def test_the_golden_files_of_each_stream_version_hold_that_version(version: int) -> None:
+    """The golden files named for stream version 3 and 4 hold streams of that version
+    (their decoding is checked by tests/test_golden.py): both layouts stay covered."""
+    paths = sorted(GOLDEN.glob(f"v2_dvc_stream{version}_*.ctpz"))
+    assert len(paths) == 4
+    for path in paths:
+        raw = path.read_bytes()
+        with CtpzFile(path) as f:
+            entries = f.chunks
+        for entry in entries:
+            chunk = raw[entry.offset : entry.offset + entry.length]
+            _, start = parse_chunk_header(chunk)
+            assert chunk[start : start + 4] == b"CTDV" and chunk[start + 4] == version

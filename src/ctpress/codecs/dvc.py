@@ -4,9 +4,10 @@ A chunk is one group of views (GOP, :attr:`Dvc.preferred_chunk_views` views by d
 ``--chunk-views`` sets it), coded in view order in the closed loop of
 :mod:`ctpress.learned.video`: the first view (I-frame) as an image by the shipped
 ``hyperprior`` model; every other view (P-frame) as the residual against a
-motion-compensated prediction from the previous *decoded* view (one column shift per block
+motion-compensated prediction from the previous *decoded* views (one column shift per block
 of 16 columns, ``motion="block"``; the ablations: one shift per view, ``"global"``, or
-none, ``"zero"``; then per block a smoothing along the columns or none), by the shipped
+none, ``"zero"``; then per block a prediction mode: the previous view or the mean of the
+last 2-4, smoothed along the columns or not), by the shipped
 ``dvc`` model of the same rate point: a ``hyperprior``
 whose entropy model ``ctpress train dvc`` fine-tuned on such residuals (stream version 1
 coded them with the ``hyperprior`` model itself; it still decodes).
@@ -19,12 +20,13 @@ searches (over the rate points and gains, each probe coding the GOP again) and t
 hashes come from :class:`~ctpress.codecs.learned.LearnedCodec`.  Views of fewer than 8
 rows (sinograms) are one image, coded intra.
 
-Stream (little-endian), version 3: ``_SIDES[3]`` = ``4s`` magic ``CTDV``, ``u8`` version,
+Stream (little-endian), version 4: ``_SIDES[4]`` = ``4s`` magic ``CTDV``, ``u8`` version,
 ``u8`` rate point, ``u8`` flags (bit 0 integer data, bit 1 residual layer present), ``u8``
 motion (0 zero, 1 block, 2 global), ``f64`` gain, offset, scale, residual step, ``8s``
 weights tag of the I model, ``8s`` weights tag of the P model, ``u32`` length of the GOP
 stream; one ``u32`` grid check per view; the GOP stream (motion and latents of every
-view, :func:`ctpress.learned.video.code_gop`); the residual stream.  Versions 1 and 2
+view, :func:`ctpress.learned.video.code_gop`); the residual stream.  Version 3 (still
+decoded) is the same with only the four one-reference prediction modes.  Versions 1 and 2
 (still decoded) end the side information with the motion's length, then per view a
 ``_FRAME`` (latent check, grid check, payload length), the motion (zlib of int8), the
 views' separate payloads (version 1: one weights tag, of the model of both I- and
@@ -46,6 +48,7 @@ from ..learned.tables import SymbolReader
 from ..learned.video import (
     MOTIONS,
     SEARCH_QUARTERS,
+    VERSION_MODES,
     CodedGop,
     add_residual,
     blocks_of,
@@ -74,20 +77,23 @@ if TYPE_CHECKING:
     from ..learned.models.base import LearnedModel
 
 _MAGIC = b"CTDV"
-_VERSION = 3
+_VERSION = 4
 #: Side information of each stream version (version 1: one model for I- and P-frames;
 #: the last field is the length of the motion bytes in versions 1 and 2, of the GOP's
-#: stream in version 3).
+#: stream in versions 3 and 4, which differ only in the prediction modes the GOP's stream
+#: may choose, :data:`~ctpress.learned.video.VERSION_MODES`).
 _SIDES = {
     1: struct.Struct("<4sBBBBdddd8sI"),
     2: struct.Struct("<4sBBBBdddd8s8sI"),
     3: struct.Struct("<4sBBBBdddd8s8sI"),
+    4: struct.Struct("<4sBBBBdddd8s8sI"),
 }
-#: Per view: version 3 its grid check; versions 1 and 2 its latent check, grid check and
-#: payload length.
+#: Per view: versions 3 and 4 its grid check; versions 1 and 2 its latent check, grid
+#: check and payload length.
 _CHECK = struct.Struct("<I")
 _FRAME = struct.Struct("<III")
-#: Choices of the prediction's smoothing (encoder side: "none" stores filter 0 everywhere).
+#: Choices of the prediction's modes (encoder side: "none" stores mode 0 everywhere, the
+#: previous view not smoothed).
 SMOOTHINGS = ("auto", "none")
 #: The zoo methods of the I- and P-frame models.
 I_MODEL, P_MODEL = "hyperprior", "dvc"
@@ -154,7 +160,7 @@ def _motion_of(data: bytes, n_views: int, n_blocks: int) -> np.ndarray:
 def decode_dvc(
     stream: bytes, shape: tuple[int, ...], work_dtype: str, loader: ModelLoader = _load_model
 ) -> np.ndarray:
-    """Decode a ``dvc`` chunk stream (version 1, 2 or 3) to an array of ``shape`` and
+    """Decode a ``dvc`` chunk stream (version 1 to 4) to an array of ``shape`` and
     ``work_dtype``; every length is checked against the stream before anything of that
     size is decoded."""
     if len(stream) < 5 or stream[:4] != _MAGIC or stream[4] not in _SIDES:
@@ -172,7 +178,7 @@ def decode_dvc(
     methods = (I_MODEL, I_MODEL) if version == 1 else (I_MODEL, P_MODEL)
     if version == 1:  # one model coded every view
         tags *= 2
-    if version == 3:
+    if version >= 3:
         pos = side.size + m * _CHECK.size
         end = pos + length
         if end > len(stream):
@@ -185,12 +191,12 @@ def decode_dvc(
                       tag, gain)
         for method, tag in zip(methods, tags, strict=True)
     )  # fmt: skip
-    if version == 3:
+    if version >= 3:
         checks = struct.unpack_from(f"<{m}I", stream, side.size)
         reader = SymbolReader(stream[pos:end])
         decoded = decode_gop(
             reader, i_model, p_model, gain, MOTIONS[motion], (m, h, w),
-            lambda t, grid: check_grid("dvc", grid, checks[t]),
+            lambda t, grid: check_grid("dvc", grid, checks[t]), VERSION_MODES[version],
         )  # fmt: skip
         reader.finish()
     else:
@@ -260,8 +266,9 @@ class Dvc(LearnedCodec):
         Motion compensation of the P-frames: a column shift per block of 16 columns, one
         for the whole view, or none.
     smoothing : {"auto", "none"}
-        Smoothing of the prediction along the columns: per block as the encoder picks, or
-        never (an ablation: with ``motion="zero"``, plain frame differences).
+        The prediction modes (means of several references, smoothing along the columns):
+        per block as the encoder picks, or never, the previous view alone (an ablation:
+        with ``motion="zero"``, plain frame differences).
     rate_point, mode, value, data_range
         As for ``hyperprior``.
     """

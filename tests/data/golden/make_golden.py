@@ -153,6 +153,12 @@ CASES += [
     ("dvc_stream3_max_error", "u16", "dvc", {"max_error": 4}, {}),
     ("dvc_stream3_global_motion_psnr", "u16", "dvc", {"psnr": 45}, {"motion": "global"}),
     ("dvc_stream3_zero_motion_psnr", "u16", "dvc", {"psnr": 45}, {"motion": "zero"}),
+    # dvc stream version 4 (prediction modes: means of up to 4 references); the dvc files
+    # above are versions 1 to 3
+    ("dvc_stream4_bpp", "u16", "dvc", {"bpp": 2}, {}),
+    ("dvc_stream4_max_error", "u16", "dvc", {"max_error": 4}, {}),
+    ("dvc_stream4_global_motion_psnr", "u16", "dvc", {"psnr": 45}, {"motion": "global"}),
+    ("dvc_stream4_zero_motion_psnr", "u16", "dvc", {"psnr": 45}, {"motion": "zero"}),
     (
         "sparse-unet_f32_max_error",
         "f32",

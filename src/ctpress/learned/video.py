@@ -312,6 +312,7 @@ def code_gop(
     return CodedGop(stream, checks, view_bits, decoded, moves, modes, p_images)
 
 
+@one_torch_thread()  # many small operations: faster on one thread
 def decode_gop(
     reader: SymbolReader,
     i_model: LearnedModel,
@@ -330,20 +331,6 @@ def decode_gop(
     A view's symbols do not depend on the decoded pixels, so the stream is read a batch
     of views at a time, their latents synthesised in one call (:func:`views_per_synthesis`),
     and the predictions then added in view order."""
-    with one_torch_thread():  # many small operations: faster on one thread
-        return _decode_views(reader, i_model, p_model, gain, motion, shape, check_view, n_modes)
-
-
-def _decode_views(
-    reader: SymbolReader,
-    i_model: LearnedModel,
-    p_model: LearnedModel,
-    gain: float,
-    motion: str,
-    shape: tuple[int, int, int],
-    check_view: Callable[[int, np.ndarray], None],
-    n_modes: int,
-) -> np.ndarray:
     m, h, w = shape
     moves = np.zeros((m, blocks_of(w)), dtype=np.int64)
     modes = np.zeros_like(moves)

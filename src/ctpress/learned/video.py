@@ -71,9 +71,10 @@ PREDICTION_FILTERS = ((1,), (1, 6, 1), (1, 2, 1), (1, 4, 6, 4, 1))
 #: (references, kernel): the rounded mean of the last ``references`` decoded views (fewer
 #: at the start of a GOP), each motion-compensated by the block's shifts summed over the
 #: views between, smoothed by ``kernel``.  More references average more noise (the noise
-#: of every view is new): -5 to -7 % BD-rate at 0.2-0.9 bits/value and -1 to -2.5 % at
-#: 0.6-3.9 against the first four modes alone.  Stream version 3 knows only the first four
-#: (one reference, :data:`PREDICTION_FILTERS`).
+#: of every view is new): against the first four modes alone, -5 to -7 % BD-rate at
+#: 0.2-0.9 bits/value, -0.9 to -1.3 % over 0.5-4 on the simulated scans of ``bench_dvc``
+#: and -4.2 % on Savu.  Stream version 3 knows only the first four (one reference,
+#: :data:`PREDICTION_FILTERS`).
 PREDICTION_MODES = (
     *((1, kernel) for kernel in PREDICTION_FILTERS),
     *((references, kernel) for references in (2, 3, 4) for kernel in ((1,), (1, 2, 1))),

@@ -300,7 +300,7 @@ def code_gop(
             refs = references(decoded, t, moves, depth if smoothing else 1)
             if smoothing:
                 modes[t] = search_modes(view * scale, refs, n_modes)
-            writer.put_neighbours(MODE_CODERS[n_modes], "filters", modes[t])
+            writer.put_neighbours(MODE_CODERS[n_modes], "modes", modes[t])
             prediction = predicted(refs, modes[t])
             image = view - prediction / scale + 0.5
             grid = code_image(p_coder, image, view_gain(gain, t, p_coder.gain_range), writer)
@@ -336,21 +336,19 @@ def decode_gop(
     moves = np.zeros((m, blocks_of(w)), dtype=np.int64)
     modes = np.zeros_like(moves)
     i_coder, p_coder = gop_model(i_model), gop_model(p_model)
-    d = p_coder.downsampling
-    per_call = views_per_synthesis(p_coder, -(-h // d) * d * -(-w // d) * d)
+    per_call = views_per_synthesis(p_coder, int(np.prod(_padded(p_coder, h, w))))
     batches = [range(min(m, 1))] + [range(t, min(m, t + per_call)) for t in range(1, m, per_call)]
     decoded = np.empty(shape, dtype=np.int64)
     for views in batches:
         model = i_coder if views.start == 0 else p_coder
-        d = model.downsampling
-        padded = (1, -(-h // d) * d, -(-w // d) * d)
+        padded = _padded(model, h, w)
         latents = []
         for t in views:
             if t and motion != "zero":
                 slots = _motion_slots(moves[t], motion).size
                 moves[t] = reader.take_neighbours(MOTION_CODER, "motion", slots)
             if t:
-                modes[t] = reader.take_neighbours(MODE_CODERS[n_modes], "filters", modes.shape[1])
+                modes[t] = reader.take_neighbours(MODE_CODERS[n_modes], "modes", modes.shape[1])
             gain_t = view_gain(gain, t, model.gain_range)
             latents.append(model.decode_from(reader, padded, gain_t).latent)
         if latents:
@@ -362,6 +360,12 @@ def decode_gop(
             prediction = predicted(references(decoded, t, moves, depth), modes[t])
             decoded[t] = add_residual(prediction, decoded[t])
     return decoded
+
+
+def _padded(model: MeanScaleHyperprior, h: int, w: int) -> tuple[int, int, int]:
+    """The shape (1, H, W) ``model`` codes an (h, w) view at: padded to its downsampling."""
+    d = model.downsampling
+    return 1, -(-h // d) * d, -(-w // d) * d
 
 
 #: Most latent values one synthesis call of :func:`decode_gop` takes (bounds its memory).

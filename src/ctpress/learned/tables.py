@@ -268,12 +268,11 @@ class SymbolReader:
         if rows.size and (rows.min() < 0 or rows.max() >= coder.rows):
             raise CorruptFileError("entropy table indexes are out of range")
         order, segments = coder._segments(rows)
-        decoded = []
-        for table, start, stop in segments:
-            try:
-                decoded.append(self._decoder.decode(coder._model(table), stop - start))
-            except AssertionError:  # constriction: the words are not a valid code
-                raise CorruptFileError("entropy-coded block is damaged") from None
+        decode, model = self._decoder.decode, coder._model
+        try:
+            decoded = [decode(model(table), stop - start) for table, start, stop in segments]
+        except AssertionError:  # constriction: the words are not a valid code
+            raise CorruptFileError("entropy-coded block is damaged") from None
         symbols = np.empty(rows.size, dtype=np.int64)
         if decoded:
             symbols[order] = np.concatenate(decoded)
@@ -378,7 +377,7 @@ def unpack_varints(data: bytes | memoryview, count: int) -> tuple[np.ndarray, in
     """The first ``count`` LEB128 integers of ``data`` and the bytes they used."""
     if count == 0:
         return np.zeros(0, dtype=np.uint64), 0
-    raw = np.frombuffer(data, dtype=np.uint8)
+    raw = np.frombuffer(data, dtype=np.uint8)[: 10 * count]  # at most 10 bytes each
     ends = np.flatnonzero(raw < 0x80)
     if ends.size < count:
         raise CorruptFileError("escape values are truncated")

@@ -38,7 +38,7 @@ prediction on every machine.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -101,21 +101,25 @@ def compensate(reference: np.ndarray, moves: np.ndarray) -> np.ndarray:
     cols = reference.shape[-1]
     shift = np.repeat(moves.astype(np.int64), BLOCK_COLUMNS)[:cols]
     position = 4 * np.arange(cols, dtype=np.int64) - shift
-    left = position // 4
+    left = position >> 2
     frac = position - 4 * left
-    a = reference[:, np.clip(left, 0, cols - 1)]
-    b = reference[:, np.clip(left + 1, 0, cols - 1)]
-    return (a * (4 - frac) + b * frac + 2) // 4
+    a = reference[:, np.minimum(np.maximum(left, 0), cols - 1)]
+    b = reference[:, np.minimum(np.maximum(left + 1, 0), cols - 1)]
+    return (a * (4 - frac) + b * frac + 2) >> 2
 
 
 def smoothed(prediction: np.ndarray, kernel: tuple[int, ...]) -> np.ndarray:
     """``prediction`` (rows, cols) int64 filtered along the columns by the integer
     ``kernel`` (odd length, sum a power of two), edges repeated, rounded by a shift."""
-    cols = prediction.shape[-1]
+    if len(kernel) == 1:
+        return prediction
     half, total = len(kernel) // 2, sum(kernel)
+    first, last = prediction[:, :1], prediction[:, -1:]
+    edged = np.concatenate([first.repeat(half, 1), prediction, last.repeat(half, 1)], axis=1)
+    cols = prediction.shape[-1]
     out = np.full(prediction.shape, total // 2, dtype=np.int64)
-    for offset, tap in enumerate(kernel, start=-half):
-        out += tap * prediction[:, np.clip(np.arange(cols) + offset, 0, cols - 1)]
+    for start, tap in enumerate(kernel):
+        out += tap * edged[:, start : start + cols]
     return out >> (total.bit_length() - 1)
 
 
@@ -131,13 +135,20 @@ def references(decoded: np.ndarray, t: int, moves: np.ndarray, count: int) -> li
     return out
 
 
-def mode_prediction(refs: list[np.ndarray], mode: int) -> np.ndarray:
-    """The prediction of mode ``mode`` of :data:`PREDICTION_MODES` from the compensated
-    references ``refs`` (nearest first; int64): their rounded mean, smoothed."""
-    count, kernel = PREDICTION_MODES[mode]
-    used = refs[:count]
-    total = np.sum(used, axis=0)
-    return smoothed((total + len(used) // 2) // len(used), kernel)
+def mode_predictions(
+    refs: list[np.ndarray], modes: Iterable[int]
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Each mode of ``modes`` (of :data:`PREDICTION_MODES`) with its prediction from the
+    compensated references ``refs`` (nearest first; int64): their rounded mean (computed
+    once per number of references), smoothed."""
+    means: dict[int, np.ndarray] = {}
+    for mode in modes:
+        count, kernel = PREDICTION_MODES[mode]
+        used = min(count, len(refs))
+        if used not in means:
+            total = refs[0] if used == 1 else np.sum(refs[:used], axis=0)
+            means[used] = (total + used // 2) // used
+        yield mode, smoothed(means[used], kernel)
 
 
 def predicted(refs: list[np.ndarray], modes: np.ndarray) -> np.ndarray:
@@ -146,9 +157,9 @@ def predicted(refs: list[np.ndarray], modes: np.ndarray) -> np.ndarray:
     cols = refs[0].shape[-1]
     per_column = np.repeat(modes.astype(np.int64), BLOCK_COLUMNS)[:cols]
     out = np.empty_like(refs[0])
-    for mode in np.unique(per_column):
+    for mode, prediction in mode_predictions(refs, np.unique(per_column).tolist()):
         chosen = per_column == mode
-        out[:, chosen] = mode_prediction(refs, int(mode))[:, chosen]
+        out[:, chosen] = prediction[:, chosen]
     return out
 
 
@@ -159,8 +170,8 @@ def search_modes(target: np.ndarray, refs: list[np.ndarray], n_modes: int) -> np
     cols = refs[0].shape[-1]
     pad = blocks_of(cols) * BLOCK_COLUMNS - cols
     errors = np.empty((n_modes, blocks_of(cols)))
-    for mode in range(n_modes):
-        diff = target - mode_prediction(refs, mode)
+    for mode, prediction in mode_predictions(refs, range(n_modes)):
+        diff = target - prediction
         per_column = np.pad(np.sum(diff * diff, axis=0), (0, pad))
         errors[mode] = per_column.reshape(-1, BLOCK_COLUMNS).sum(axis=1)
     return np.argmin(errors, axis=0).astype(np.int8)

@@ -80,6 +80,22 @@ TARGET_LOSSLESS, TARGET_LOSSLESS_MULTIROW = 1.05, 1.10
 TARGET_NEAR_SMALLER = 0.08
 TARGET_NOISE_RATIO, TARGET_NOISE_RISE = 4.5, 0.02
 TARGET_MB_S = 2.0
+#: Taps (views back, rows, columns) of the least-squares reference
+#: (:func:`least_squares_reference_bits`): causal neighbours in the view, then the views
+#: before it; sinograms (one row) reach further along the views.
+LS_TAPS_SINOGRAM = (
+    *((0, 0, dc) for dc in (-1, -2, -3)),
+    *((dt, 0, dc) for dt in (1, 2) for dc in range(-3, 4)),
+    *((3, 0, dc) for dc in (-1, 0, 1)),
+)
+LS_TAPS_MULTIROW = (
+    *((0, dr, dc) for dr, dc in ((-1, 0), (0, -1), (-1, -1), (-1, 1), (-2, 0), (0, -2))),
+    *((0, dr, dc) for dr, dc in ((-1, -2), (-1, 2), (-2, -1), (-2, 1))),
+    *((1, dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)),
+    *((2, 0, dc) for dc in (-1, 0, 1)),
+)
+#: Residual contexts of the least-squares reference (half-octaves of the neighbours' error).
+LS_CONTEXTS = 24
 #: Poisson means at or above this use the asymptotic entropy series (error < 1e-6 bits) ...
 _ASYMPTOTIC_LAMBDA = 30.0
 #: ... below it the exact sum runs over k < this (tail mass < 1e-20).
@@ -120,6 +136,73 @@ def quantised_gaussian_entropy_bits(sigma: np.ndarray, step: float) -> np.ndarra
     """Entropy in bits of Gaussian noise of std ``sigma`` rounded to a grid of ``step``:
     ``log2(sigma sqrt(2 pi e) / step)`` (exact to < 1e-6 bits for sigma >= step)."""
     return np.log2(np.asarray(sigma, dtype=np.float64) * math.sqrt(2 * math.pi * math.e) / step)
+
+
+def _tap(x: np.ndarray, views_back: int, dr: int, dc: int) -> np.ndarray:
+    """``x[t - views_back, r + dr, c + dc]`` for every (t, r, c), edges repeated."""
+    n, rows, cols = x.shape
+    t = np.clip(np.arange(n) - views_back, 0, n - 1)
+    r = np.clip(np.arange(rows) + dr, 0, rows - 1)
+    c = np.clip(np.arange(cols) + dc, 0, cols - 1)
+    return x[t][:, r][:, :, c]
+
+
+def _shifted(x: np.ndarray, views_back: int, dr: int, dc: int) -> np.ndarray:
+    """``x[t - views_back, r + dr, c + dc]`` for every (t, r, c), 0 outside ``x``."""
+    out = np.zeros_like(x)
+    target, source = [], []
+    for size, shift in zip(x.shape, (-views_back, dr, dc), strict=True):
+        lo, hi = max(0, -shift), min(size, size - shift)
+        target.append(slice(lo, max(lo, hi)))
+        source.append(slice(lo + shift, max(lo, hi) + shift))
+    out[tuple(target)] = x[tuple(source)]
+    return out
+
+
+def _laplace_bits(residual: np.ndarray) -> float:
+    """Bits of integer ``residual`` under a discretised Laplacian of its median and mean
+    absolute deviation (an ideal coder; the two parameters are not counted)."""
+    centre = float(np.median(residual))
+    spread = max(float(np.mean(np.abs(residual - centre))), 0.05)
+
+    def cdf(z: np.ndarray) -> np.ndarray:
+        below = 0.5 * np.exp(np.minimum(z - centre, 0) / spread)
+        return np.where(z < centre, below, 1 - 0.5 * np.exp(-np.maximum(z - centre, 0) / spread))
+
+    p = np.maximum(cdf(residual + 0.5) - cdf(residual - 0.5), 1e-12)
+    return float(-np.log2(p).sum())
+
+
+def least_squares_reference_bits(x: np.ndarray) -> float | None:
+    """Bits/value of the reference issue 14 names for lossless coding: one linear
+    predictor fitted by least squares to the whole scan ``x`` (n, rows, cols) over causal
+    taps in the view and the views before (:data:`LS_TAPS_MULTIROW`, or
+    :data:`LS_TAPS_SINOGRAM` for one row), its rounded residuals coded by an ideal coder
+    with a discretised Laplacian per context (:data:`LS_CONTEXTS` half-octaves of the
+    residuals at W, N (sinograms: WW) and in the previous view).  An oracle, not a codec:
+    the weights and the Laplacians' parameters are fitted to the values they code and not
+    counted.  Scored on the values whose taps all lie inside the scan (not the first views,
+    rows and columns; None: no such value)."""
+    n, rows, cols = x.shape
+    taps = LS_TAPS_SINOGRAM if rows == 1 else LS_TAPS_MULTIROW
+    in_view = [(dr, dc) for back, dr, dc in taps if back == 0]
+    first_view = max(back for back, _, _ in taps)
+    first_row = max(-dr for dr, _ in in_view)
+    left, right = max(-dc for _, dc in in_view), max(0, *(dc for _, dc in in_view))
+    inner = (slice(first_view, None), slice(first_row, None), slice(left, cols - right))
+    if n <= first_view or rows <= first_row or cols <= left + right:
+        return None
+    values = x.astype(np.float64)
+    target = values[inner]
+    design = np.stack([_tap(values, *t)[inner].ravel() for t in taps] + [np.ones(target.size)], 1)
+    weights, *_ = np.linalg.lstsq(design, target.ravel(), rcond=None)
+    residual = np.round(target.ravel() - design @ weights).reshape(target.shape)
+    magnitude = np.abs(residual)
+    second = (0, -1, 0) if rows > 1 else (0, 0, -2)
+    activity = sum(_shifted(magnitude, *t) for t in ((0, 0, -1), second, (1, 0, 0)))
+    context = np.minimum((2 * np.log2(activity + 1)).astype(np.int64), LS_CONTEXTS - 1)
+    bits = sum(_laplace_bits(residual[context == k]) for k in np.unique(context))
+    return bits / residual.size
 
 
 def unused_code_fraction(values: np.ndarray) -> float | None:
@@ -503,6 +586,7 @@ def lossless_summary(scans: list[BenchScan], rows: list[dict]) -> list[dict]:
         best = min(classical, key=lambda r: r["n_bytes"])
         target = TARGET_LOSSLESS_MULTIROW if b.multirow_simulated else TARGET_LOSSLESS
         best_bpv, floor = best["bits_per_value"], b.floor_bits
+        reference = least_squares_reference_bits(b.scan.array())
         summary.append(
             {
                 "scan": b.name,
@@ -514,6 +598,8 @@ def lossless_summary(scans: list[BenchScan], rows: list[dict]) -> list[dict]:
                 "target": target,
                 "target_bits_per_value": best_bpv / target,
                 "target_over_floor": None if floor is None else best_bpv / target - floor,
+                "least_squares_bits_per_value": reference,
+                "least_squares_over_best": None if reference is None else best_bpv / reference,
                 "learned_over_best": {
                     r["codec"]: best["n_bytes"] / r["n_bytes"] for r in mine if r["learned"]
                 },
@@ -712,6 +798,12 @@ def targets(
 
 
 # --------------------------------------------------------------------------- report
+def _reference_cell(summary: dict[str, Any]) -> str:
+    """The least-squares reference's b/v and its ratio over the best classical codec."""
+    bits = summary["least_squares_bits_per_value"]
+    return "–" if bits is None else f"{bits:.3f} ({summary['least_squares_over_best']:.3f}x)"
+
+
 def _fmt(value: Any, spec: str = ".3f") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
@@ -793,6 +885,14 @@ def markdown(result: dict[str, Any]) -> str:
         ),
     )
     lines += ["### Best classical per scan, and the learned codec over it", ""]
+    lines += [
+        "Least-squares reference: b/v (ratio over the best classical) of one linear predictor "
+        "fitted to the whole scan over causal taps in the view and the 2-3 views before, its "
+        "residuals coded ideally with a Laplacian per activity context: an oracle (weights and "
+        "parameters fitted to the data they code, not counted), the reference issue 14 quotes "
+        "for the real scans (1.045x on Savu, 1.03x on the neutron data).",
+        "",
+    ]
     learned = sorted({k for s in result["lossless_summary"] for k in s["learned_over_best"]})
     lines += _table(
         [
@@ -804,6 +904,7 @@ def markdown(result: dict[str, Any]) -> str:
             "target",
             "b/v at target",
             "target over floor",
+            "least-squares reference",
             *learned,
         ],
         (
@@ -816,6 +917,7 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{s['target']:.2f}x",
                 f"{s['target_bits_per_value']:.3f}",
                 _fmt(s["target_over_floor"]),
+                _reference_cell(s),
                 *(f"{s['learned_over_best'][k]:.3f}x" for k in learned),
             ]
             for s in result["lossless_summary"]

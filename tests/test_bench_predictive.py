@@ -48,6 +48,17 @@ def test_poisson_floor_matches_brute_force(bench: Any) -> None:
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
 
 
+def test_least_squares_reference(bench: Any) -> None:
+    t, r, c = np.meshgrid(np.arange(12), np.arange(6), np.arange(20), indexing="ij")
+    ramp = (1000 + 7 * t + 3 * r - 2 * c).astype(np.uint16)  # exactly linear: no residual
+    assert bench.least_squares_reference_bits(ramp) < 0.01
+    noise = np.random.default_rng(0).integers(0, 256, (12, 6, 20))  # nothing to predict
+    assert 7.95 < bench.least_squares_reference_bits(noise) < 8.5
+    sinogram = np.random.default_rng(1).integers(0, 16, (12, 1, 40))
+    assert 3.95 < bench.least_squares_reference_bits(sinogram) < 4.5
+    assert bench.least_squares_reference_bits(noise[:2]) is None  # no view has 2 before it
+
+
 class StandInConvLstm(JpegLs):
     """JPEG-LS under the learned codec's id, with its ``predictor`` setting."""
 

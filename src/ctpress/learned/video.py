@@ -110,7 +110,8 @@ def compensate(reference: np.ndarray, moves: np.ndarray) -> np.ndarray:
 
 def smoothed(prediction: np.ndarray, kernel: tuple[int, ...]) -> np.ndarray:
     """``prediction`` (rows, cols) int64 filtered along the columns by the integer
-    ``kernel`` (odd length, sum a power of two), edges repeated, rounded by a shift."""
+    ``kernel`` (odd length, sum a power of two), edges repeated, rounded by a shift
+    (``prediction`` itself for a one-tap kernel: callers never write into it)."""
     if len(kernel) == 1:
         return prediction
     half, total = len(kernel) // 2, sum(kernel)

@@ -138,15 +138,6 @@ def quantised_gaussian_entropy_bits(sigma: np.ndarray, step: float) -> np.ndarra
     return np.log2(np.asarray(sigma, dtype=np.float64) * math.sqrt(2 * math.pi * math.e) / step)
 
 
-def _tap(x: np.ndarray, views_back: int, dr: int, dc: int) -> np.ndarray:
-    """``x[t - views_back, r + dr, c + dc]`` for every (t, r, c), edges repeated."""
-    n, rows, cols = x.shape
-    t = np.clip(np.arange(n) - views_back, 0, n - 1)
-    r = np.clip(np.arange(rows) + dr, 0, rows - 1)
-    c = np.clip(np.arange(cols) + dc, 0, cols - 1)
-    return x[t][:, r][:, :, c]
-
-
 def _shifted(x: np.ndarray, views_back: int, dr: int, dc: int) -> np.ndarray:
     """``x[t - views_back, r + dr, c + dc]`` for every (t, r, c), 0 outside ``x``."""
     out = np.zeros_like(x)
@@ -182,19 +173,19 @@ def least_squares_reference_bits(x: np.ndarray) -> float | None:
     residuals at W, N (sinograms: WW) and in the previous view).  An oracle, not a codec:
     the weights and the Laplacians' parameters are fitted to the values they code and not
     counted.  Scored on the values whose taps all lie inside the scan (not the first views,
-    rows and columns; None: no such value)."""
-    n, rows, cols = x.shape
+    nor the rows and columns at the edges; None: no such value)."""
+    rows = x.shape[1]
     taps = LS_TAPS_SINOGRAM if rows == 1 else LS_TAPS_MULTIROW
-    in_view = [(dr, dc) for back, dr, dc in taps if back == 0]
-    first_view = max(back for back, _, _ in taps)
-    first_row = max(-dr for dr, _ in in_view)
-    left, right = max(-dc for _, dc in in_view), max(0, *(dc for _, dc in in_view))
-    inner = (slice(first_view, None), slice(first_row, None), slice(left, cols - right))
-    if n <= first_view or rows <= first_row or cols <= left + right:
+    offsets = np.array([(-back, dr, dc) for back, dr, dc in taps])  # index offsets per axis
+    before, after = np.maximum(-offsets.min(axis=0), 0), np.maximum(offsets.max(axis=0), 0)
+    if np.any(before + after >= x.shape):
         return None
+    inner = tuple(slice(b, size - a) for b, a, size in zip(before, after, x.shape, strict=True))
     values = x.astype(np.float64)
     target = values[inner]
-    design = np.stack([_tap(values, *t)[inner].ravel() for t in taps] + [np.ones(target.size)], 1)
+    design = np.stack(
+        [_shifted(values, *t)[inner].ravel() for t in taps] + [np.ones(target.size)], axis=1
+    )
     weights, *_ = np.linalg.lstsq(design, target.ravel(), rcond=None)
     residual = np.round(target.ravel() - design @ weights).reshape(target.shape)
     magnitude = np.abs(residual)

@@ -174,35 +174,58 @@ def test_the_p_frame_models_share_the_rate_points_of_the_i_frame_models() -> Non
 
 
 def test_streams_name_both_models_and_refuse_unknown_versions() -> None:
-    """A version-4 stream carries the tags of its I and P models (versions 1 to 3 decode
+    """A version-5 stream carries the tags of its I and P models (versions 1 to 4 decode
     from the golden files); a stream of an unknown version is refused."""
     from ctpress.learned import zoo
 
     views = moving_views(n=8)
     chunk, _ = get_codec("dvc", mode="bpp", value=1.5).compress(views)
     _, start = parse_chunk_header(chunk)
-    side = dvc._SIDES[4].unpack_from(chunk, start)
-    assert side[1] == 4
+    side = dvc._SIDES[5].unpack_from(chunk, start)
+    assert side[1] == 5
     rate_point = side[2]
     for method, tag in zip((dvc.I_MODEL, dvc.P_MODEL), side[9:11], strict=True):
         assert tag == bytes.fromhex(zoo.rate_points(method)[rate_point]["sha256"])[:8]
     stream = chunk[start:]
-    with pytest.raises(CorruptFileError, match="version 1 or 2 or 3 or 4"):
-        dvc.decode_dvc(stream[:4] + b"\x05" + stream[5:], views.shape, "float64")
+    with pytest.raises(CorruptFileError, match="version 1 or 2 or 3 or 4 or 5"):
+        dvc.decode_dvc(stream[:4] + b"\x06" + stream[5:], views.shape, "float64")
 
 
 def test_the_gop_shares_one_stream_with_no_per_view_lengths() -> None:
-    """Version 4 stores per view only its 4-byte grid check: the side information, the
+    """Version 5 stores per view only its 4-byte grid check: the side information, the
     checks and the GOP's one stream make up the whole chunk stream."""
     views = moving_views(n=8)
     session = dvc.DvcSession(views, "block")
     op = (1, 1.0)
     gop = session.coded(op)
     stream = session.pack(op, None, b"")
-    assert len(stream) == dvc._SIDES[4].size + 4 * len(views) + len(gop.stream)
-    assert sum(gop.view_bits) == 8 * len(gop.stream)
+    assert len(stream) == dvc._SIDES[5].size + 4 * len(views) + len(gop.stream)
+    assert gop.i_bits + gop.p_bits == 8 * len(gop.stream)
     np.testing.assert_array_equal(
         dvc.decode_dvc(stream, views.shape, "float64"), session.prediction(op)
+    )
+
+
+def test_a_gop_of_several_batches_decodes_and_batches_of_one_are_version_4(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Version 5 writes a GOP's P-frames in batches of up to BATCH_VIEWS across the views
+    (here 16 + 4); decoding it as version 4 (every P-frame on its own) fails its checks,
+    and a GOP written with batches of one is a version-4 stream."""
+    views = moving_views(n=21, cols=48)
+    session = dvc.DvcSession(views, "block")
+    op = (1, 1.0)
+    stream = session.pack(op, None, b"")
+    np.testing.assert_array_equal(
+        dvc.decode_dvc(stream, views.shape, "float64"), session.prediction(op)
+    )
+    with pytest.raises(CorruptFileError):
+        dvc.decode_dvc(stream[:4] + b"\x04" + stream[5:], views.shape, "float64")
+    monkeypatch.setattr(video, "BATCH_VIEWS", 1)
+    as_four = dvc.DvcSession(views, "block").pack(op, None, b"")
+    np.testing.assert_array_equal(
+        dvc.decode_dvc(as_four[:4] + b"\x04" + as_four[5:], views.shape, "float64"),
+        session.prediction(op),
     )
 
 
@@ -266,10 +289,10 @@ def test_smoothing_none_stores_mode_zero_and_decodes() -> None:
         get_codec("dvc", smoothing="off")
 
 
-@pytest.mark.parametrize("version", [3, 4])
+@pytest.mark.parametrize("version", [3, 4, 5])
 def test_the_golden_files_of_each_stream_version_hold_that_version(version: int) -> None:
-    """The golden files named for stream version 3 and 4 hold streams of that version
-    (their decoding is checked by tests/test_golden.py): both layouts stay covered."""
+    """The golden files named for stream versions 3 to 5 hold streams of that version
+    (their decoding is checked by tests/test_golden.py): every layout stays covered."""
     paths = sorted(GOLDEN.glob(f"v2_dvc_stream{version}_*.ctpz"))
     assert len(paths) == 4
     for path in paths:

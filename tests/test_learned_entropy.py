@@ -244,3 +244,36 @@ def test_shared_stream_round_trips_many_calls_with_neighbour_contexts():
     assert small.bits(3, previous=3) < 2 < small.bits(3, previous=None)
     with pytest.raises(CorruptFileError):
         SymbolReader(data + b"\x00").finish()
+
+
+def test_symbol_writer_batches_write_each_call_across_the_images() -> None:
+    """Between begin_image and flush the k-th put of every image is one merged call and
+    the k-th put_neighbours stays one per image, each image's tables from the image
+    before: the reader takes a batch's puts at once; an image that calls differently
+    is refused."""
+    rng = np.random.default_rng(5)
+    coder = TableCoder(quantise_pmf(rng.random((3, 9))).ravel(), np.full(3, -4),
+                       np.full(3, 9), escapes=True)  # fmt: skip
+    small = NeighbourCoder(-32, 32, first=0, special=ZERO_BAND)
+    images = [(rng.integers(0, 3, 50), rng.integers(-6, 7, 50), rng.integers(-3, 4, 4))
+              for _ in range(5)]  # fmt: skip
+    writer = SymbolWriter()
+    for batch in (images[:1], images[1:]):
+        for rows, values, shifts in batch:
+            writer.begin_image()
+            writer.put_neighbours(small, "shifts", shifts)
+            writer.put(coder, values, rows)
+        np.testing.assert_array_equal(writer.previous("shifts"), batch[-1][2])  # held
+        writer.flush()
+    reader = SymbolReader(writer.finish())
+    for batch in (images[:1], images[1:]):
+        for _, _, shifts in batch:
+            np.testing.assert_array_equal(reader.take_neighbours(small, "shifts", 4), shifts)
+        merged = reader.take(coder, np.concatenate([rows for rows, _, _ in batch]))
+        np.testing.assert_array_equal(merged, np.concatenate([v for _, v, _ in batch]))
+    reader.finish()
+    writer.begin_image()
+    writer.put(coder, images[0][1], images[0][0])
+    writer.begin_image()
+    with pytest.raises(ValueError, match="different sequences"):
+        writer.flush()

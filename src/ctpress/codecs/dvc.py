@@ -20,13 +20,15 @@ searches (over the rate points and gains, each probe coding the GOP again) and t
 hashes come from :class:`~ctpress.codecs.learned.LearnedCodec`.  Views of fewer than 8
 rows (sinograms) are one image, coded intra.
 
-Stream (little-endian), version 4: ``_SIDES[4]`` = ``4s`` magic ``CTDV``, ``u8`` version,
+Stream (little-endian), version 5: ``_SIDES[5]`` = ``4s`` magic ``CTDV``, ``u8`` version,
 ``u8`` rate point, ``u8`` flags (bit 0 integer data, bit 1 residual layer present), ``u8``
 motion (0 zero, 1 block, 2 global), ``f64`` gain, offset, scale, residual step, ``8s``
 weights tag of the I model, ``8s`` weights tag of the P model, ``u32`` length of the GOP
 stream; one ``u32`` grid check per view; the GOP stream (motion and latents of every
-view, :func:`ctpress.learned.video.code_gop`); the residual stream.  Version 3 (still
-decoded) is the same with only the four one-reference prediction modes.  Versions 1 and 2
+view, :func:`ctpress.learned.video.code_gop`, the P-frames in batches written across
+their views); the residual stream.  Version 4 (still decoded) writes every P-frame on its
+own; version 3 (still decoded) also has only the four one-reference prediction modes.
+Versions 1 and 2
 (still decoded) end the side information with the motion's length, then per view a
 ``_FRAME`` (latent check, grid check, payload length), the motion (zlib of int8), the
 views' separate payloads (version 1: one weights tag, of the model of both I- and
@@ -46,9 +48,9 @@ from ..frames import image_shape
 from ..learned.fixed_point import reconstruct
 from ..learned.tables import SymbolReader
 from ..learned.video import (
+    GOP_VERSION,
     MOTIONS,
     SEARCH_QUARTERS,
-    VERSION_MODES,
     CodedGop,
     add_residual,
     blocks_of,
@@ -77,18 +79,17 @@ if TYPE_CHECKING:
     from ..learned.models.base import LearnedModel
 
 _MAGIC = b"CTDV"
-_VERSION = 4
+_VERSION = GOP_VERSION
 #: Side information of each stream version (version 1: one model for I- and P-frames;
 #: the last field is the length of the motion bytes in versions 1 and 2, of the GOP's
-#: stream in versions 3 and 4, which differ only in the prediction modes the GOP's stream
-#: may choose, :data:`~ctpress.learned.video.VERSION_MODES`).
+#: stream in versions 3 to 5, which differ only in the prediction modes the GOP's stream
+#: may choose and in how it orders the P-frames' symbols,
+#: :data:`~ctpress.learned.video.VERSION_MODES`).
 _SIDES = {
     1: struct.Struct("<4sBBBBdddd8sI"),
-    2: struct.Struct("<4sBBBBdddd8s8sI"),
-    3: struct.Struct("<4sBBBBdddd8s8sI"),
-    4: struct.Struct("<4sBBBBdddd8s8sI"),
+    **{version: struct.Struct("<4sBBBBdddd8s8sI") for version in (2, 3, 4, 5)},
 }
-#: Per view: versions 3 and 4 its grid check; versions 1 and 2 its latent check, grid
+#: Per view: versions 3 to 5 its grid check; versions 1 and 2 its latent check, grid
 #: check and payload length.
 _CHECK = struct.Struct("<I")
 _FRAME = struct.Struct("<III")
@@ -160,7 +161,7 @@ def _motion_of(data: bytes, n_views: int, n_blocks: int) -> np.ndarray:
 def decode_dvc(
     stream: bytes, shape: tuple[int, ...], work_dtype: str, loader: ModelLoader = _load_model
 ) -> np.ndarray:
-    """Decode a ``dvc`` chunk stream (version 1 to 4) to an array of ``shape`` and
+    """Decode a ``dvc`` chunk stream (version 1 to 5) to an array of ``shape`` and
     ``work_dtype``; every length is checked against the stream before anything of that
     size is decoded."""
     if len(stream) < 5 or stream[:4] != _MAGIC or stream[4] not in _SIDES:
@@ -196,7 +197,7 @@ def decode_dvc(
         reader = SymbolReader(stream[pos:end])
         decoded = decode_gop(
             reader, i_model, p_model, gain, MOTIONS[motion], (m, h, w),
-            lambda t, grid: check_grid("dvc", grid, checks[t]), VERSION_MODES[version],
+            lambda t, grid: check_grid("dvc", grid, checks[t]), version,
         )  # fmt: skip
         reader.finish()
     else:

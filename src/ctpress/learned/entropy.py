@@ -281,9 +281,9 @@ class ScaleConditional(nn.Module):
                 best += direction
         return best, cost(best)
 
-    def indexes(self, scale: Tensor, step: float = 1.0) -> np.ndarray:
+    def indexes(self, scale: Tensor, step: float | Tensor = 1.0) -> np.ndarray:
         """Table index of each predicted ``scale`` (float64 tensor, latent units) for
-        quantisation ``step``: int64 array of the same shape."""
+        quantisation ``step`` (or steps broadcast against it): int64 array of its shape."""
         s = scale.double() / step
         return torch.bucketize(s, self.scale_bounds).numpy().astype(np.int64)
 

@@ -10,6 +10,7 @@ residual layer and the learned entropy models (:mod:`~ctpress.learned.entropy`) 
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -205,17 +206,60 @@ class SymbolWriter:
     calls in the same order, so it may choose each call's tables from what it decoded
     before.  :meth:`put_neighbours` codes small integers with a table chosen by the value
     the same slot had in the previous call with that key.
+
+    Between :meth:`begin_image` and :meth:`flush` the calls are held, image by image, and
+    written *across* the images: the k-th call of every image in image order, the k-th
+    :meth:`put` calls of all images merged into one (their values concatenated), the
+    :meth:`put_neighbours` calls one per image (each image's tables come from the one
+    before).  The decoder then reads the k-th call's values of all the images at once.
+    Every image of a batch makes the same sequence of calls.
     """
 
     def __init__(self) -> None:
         self._encoder = _constriction().stream.queue.RangeEncoder()
         self._escapes: list[bytes] = []
         self._previous: dict[str, np.ndarray] = {}
+        self._held: list[list[_HeldCall]] = []
 
     def put(self, coder: TableCoder, values: np.ndarray, rows: np.ndarray) -> None:
         """Code ``values[i]`` with ``coder``'s table ``rows[i]`` (int arrays, one shape)."""
         values = np.asarray(values, dtype=np.int64).ravel()
         rows = np.asarray(rows, dtype=np.int64).ravel()
+        if self._held:
+            self._held[-1].append(_HeldCall(coder, values, rows, merged=True))
+        else:
+            self._code(coder, values, rows)
+
+    def put_neighbours(self, coder: NeighbourCoder, key: str, values: np.ndarray) -> None:
+        """Code the small integers ``values`` (1-D) with ``coder``, each with the table of
+        the value its slot had at the previous call with ``key``."""
+        values = np.asarray(values, dtype=np.int64).ravel()
+        rows = coder.rows(self._previous.get(key), values.size)
+        self._previous[key] = values
+        if self._held:
+            self._held[-1].append(_HeldCall(coder.table, coder.symbols(values), rows, False))
+        else:
+            self._code(coder.table, coder.symbols(values), rows)
+
+    def begin_image(self) -> None:
+        """Hold the calls that follow as the next image of a batch (see the class
+        docstring)."""
+        self._held.append([])
+
+    def flush(self) -> None:
+        """Write the held images' calls across the images (see the class docstring)."""
+        images, self._held = self._held, []
+        if len({len(calls) for calls in images}) > 1:
+            raise ValueError("the images of a batch made different sequences of calls")
+        for calls in zip(*images, strict=True):
+            if calls[0].merged:
+                values = np.concatenate([call.values for call in calls])
+                self._code(calls[0].coder, values, np.concatenate([call.rows for call in calls]))
+            else:
+                for call in calls:
+                    self._code(call.coder, call.values, call.rows)
+
+    def _code(self, coder: TableCoder, values: np.ndarray, rows: np.ndarray) -> None:
         symbols, escaped = coder._symbols(values, rows)
         order, segments = coder._segments(rows)
         sorted_symbols = symbols[order].astype(np.int32)
@@ -223,27 +267,31 @@ class SymbolWriter:
             self._encoder.encode(sorted_symbols[start:stop], coder._model(table))
         self._escapes.append(escaped)
 
-    def put_neighbours(self, coder: NeighbourCoder, key: str, values: np.ndarray) -> None:
-        """Code the small integers ``values`` (1-D) with ``coder``, each with the table of
-        the value its slot had at the previous call with ``key``."""
-        values = np.asarray(values, dtype=np.int64).ravel()
-        rows = coder.rows(self._previous.get(key), values.size)
-        self.put(coder.table, coder.symbols(values), rows)
-        self._previous[key] = values
-
     def previous(self, key: str) -> np.ndarray | None:
         """The values of the last :meth:`put_neighbours` with ``key`` (None before)."""
         return self._previous.get(key)
 
     def bits(self) -> int:
-        """Bits written so far (whole 32-bit words: differences sum to the total)."""
+        """Bits written so far (whole 32-bit words: differences sum to the total; held
+        calls count once flushed)."""
         return int(self._encoder.num_bits())
 
     def finish(self) -> bytes:
-        """The stream (see the class docstring)."""
+        """The stream (see the class docstring); held calls are flushed first."""
+        self.flush()
         words = self._encoder.get_compressed()
         escapes = b"".join(self._escapes)
         return struct.pack("<I", words.size) + words.astype("<u4").tobytes() + escapes
+
+
+@dataclass
+class _HeldCall:
+    """A call of :class:`SymbolWriter` held for :meth:`SymbolWriter.flush`."""
+
+    coder: TableCoder
+    values: np.ndarray
+    rows: np.ndarray
+    merged: bool
 
 
 class SymbolReader:

@@ -186,7 +186,7 @@ def _p_frame_point(
     bits, decoded = 0, []
     for views, offset, scale in _gops(scan):
         gop = code_gop((views - offset) / scale, i_model, p_model, gain, "block")
-        bits += sum(gop.view_bits[1:])
+        bits += gop.p_bits
         decoded.append(grid_values(gop.decoded, offset, scale, integer=True))
     return bits / scan.size, metrics.psnr_db(scan, np.concatenate(decoded))
 

@@ -159,6 +159,12 @@ CASES += [
     ("dvc_stream4_max_error", "u16", "dvc", {"max_error": 4}, {}),
     ("dvc_stream4_global_motion_psnr", "u16", "dvc", {"psnr": 45}, {"motion": "global"}),
     ("dvc_stream4_zero_motion_psnr", "u16", "dvc", {"psnr": 45}, {"motion": "zero"}),
+    # dvc stream version 5 (the P-frames of a GOP in batches written across the views);
+    # the dvc files above are versions 1 to 4
+    ("dvc_stream5_bpp", "u16", "dvc", {"bpp": 2}, {}),
+    ("dvc_stream5_max_error", "u16", "dvc", {"max_error": 4}, {}),
+    ("dvc_stream5_global_motion_psnr", "u16", "dvc", {"psnr": 45}, {"motion": "global"}),
+    ("dvc_stream5_zero_motion_psnr", "u16", "dvc", {"psnr": 45}, {"motion": "zero"}),
     (
         "sparse-unet_f32_max_error",
         "f32",

@@ -421,7 +421,7 @@ class MeanScaleHyperprior(LearnedModel):
         a, b = self.groups[g]
         return [(lo - a, hi - a) for lo, hi in self.subbands if a <= lo < b]
 
-    def _shifted(self, index: np.ndarray, shift: int) -> np.ndarray:
+    def _shifted(self, index: np.ndarray, shift: int | np.ndarray) -> np.ndarray:
         top = self.conditional.scale_table.numel() - 1
         return np.minimum(np.maximum(index + shift, 0), top)  # np.clip's checks cost more
 
@@ -443,26 +443,31 @@ class MeanScaleHyperprior(LearnedModel):
             return coder.decode(parts[g + 2], rows)
 
         y_hat, indexes = self._decode_groups(
-            z_int, (h, w), gain, lambda g: shifts[bands[g] : bands[g + 1]], take
+            z_int, (h, w), np.full(n, gain), lambda g: shifts[None, bands[g] : bands[g + 1]], take
         )
         check_or_fail(check, indexes)
         return Coded(payload, y_hat, check)
 
-    def decode_from(self, reader: SymbolReader, shape: tuple[int, int, int], gain: float) -> Coded:
-        """Inverse of :meth:`code_into`; the check is the decoder's (compare it with the
-        encoder's)."""
+    def decode_from(
+        self, reader: SymbolReader, shape: tuple[int, int, int], gains: np.ndarray
+    ) -> Coded:
+        """Inverse of :meth:`code_into` for the ``n`` images of ``shape`` (n, H, W), coded
+        at ``gains`` (n,) into one batch of the writer (:meth:`SymbolWriter.begin_image`;
+        one image: no batch); the check is the decoder's (compare it with the encoder's)."""
         n, h, w = shape
         prior = self.prior
         z_shape = (n, self.z, *self._z_size(h, w))
         z_int = reader.take(prior.coder(), prior.rows(z_shape)).reshape(z_shape)
 
         def shifts_of(g: int) -> np.ndarray:
-            return reader.take_neighbours(SHIFT_CODER, _shift_key(g), len(self._subbands(g)))
+            count = len(self._subbands(g))
+            return np.stack([reader.take_neighbours(SHIFT_CODER, _shift_key(g), count)
+                             for _ in range(n)])  # fmt: skip
 
         def take(g: int, coder: TableCoder, rows: np.ndarray) -> np.ndarray:
             return reader.take(coder, rows)
 
-        y_hat, indexes = self._decode_groups(z_int, (h, w), gain, shifts_of, take)
+        y_hat, indexes = self._decode_groups(z_int, (h, w), gains, shifts_of, take)
         return Coded(b"", y_hat, index_check(indexes))
 
     @staticmethod
@@ -473,32 +478,33 @@ class MeanScaleHyperprior(LearnedModel):
         self,
         z_int: np.ndarray,
         size: tuple[int, int],
-        gain: float,
+        gains: np.ndarray,
         shifts_of: Callable[[int], np.ndarray],
         take: Callable[[int, TableCoder, np.ndarray], np.ndarray],
     ) -> tuple[Tensor, np.ndarray]:
-        """The latents from the hyper-latents and, per group ``g``, its table shifts
-        (``shifts_of(g)``) and symbols (``take(g, coder, rows)``); with the table
-        indexes the encoder's check covers."""
+        """The latents of ``n`` images from their hyper-latents, quantisation ``gains``
+        (n,) and, per group ``g``, its subbands' table shifts (``shifts_of(g)``: (n,
+        subbands), or (1, subbands) shared) and the symbols of all the images
+        (``take(g, coder, rows)``); with the table indexes the encoder's check covers
+        (image by image within each group)."""
         params = self._hyper_decode(z_int, (size[0] // 16, size[1] // 16))
-        step = self.step * gain
+        steps = torch.from_numpy(self.step * np.asarray(gains, dtype=np.float64))
+        step = steps[:, None, None, None]
         y_hat = params[:, :0]
         indexes = []
         try:
             with torch.no_grad():
-                for g, (a, b) in enumerate(self.groups):
+                for g in range(len(self.groups)):
                     mean, scale = self._group_params(g, params, y_hat, float64=True)
                     index = self.conditional.indexes(scale, step)
-                    coded = np.ones(b - a, dtype=bool)
-                    for (lo, hi), shift in zip(self._subbands(g), shifts_of(g), strict=True):
-                        if shift == ZERO_BAND:
-                            coded[lo:hi] = False
-                        else:
-                            index[:, lo:hi] = self._shifted(index[:, lo:hi], int(shift))
-                    indexes.append(index[:, coded].ravel())
+                    widths = [hi - lo for lo, hi in self._subbands(g)]
+                    shifts = np.repeat(shifts_of(g), widths, axis=1)  # per channel
+                    coded = np.broadcast_to(shifts != ZERO_BAND, index.shape[:2])
+                    index = self._shifted(index, shifts[:, :, None, None])
+                    indexes.append(index[coded].ravel())
                     q = np.zeros(index.shape, dtype=np.int64)
-                    q[:, coded] = take(g, self.conditional.coder(), indexes[-1]).reshape(
-                        q[:, coded].shape
+                    q[coded] = take(g, self.conditional.coder(), indexes[-1]).reshape(
+                        q[coded].shape
                     )
                     q_t = torch.from_numpy(q).double()
                     y_hat = torch.cat([y_hat, q_t * step + mean], dim=1)

@@ -158,3 +158,9 @@ def test_version_1_streams(method, scan):
     else:
         with pytest.raises(zoo.WeightsMismatchError, match="earlier ctpress"):
             decode_learned(method, old, x.shape, "float64")
+
+
+def test_a_rate_point_not_installed_names_those_that_are() -> None:
+    count = len(zoo.rate_points("hyperprior"))
+    with pytest.raises(zoo.WeightsMismatchError, match=rf"has rate points 0\.\.{count - 1}\)"):
+        zoo.load_model("hyperprior", count)

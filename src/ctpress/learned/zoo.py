@@ -108,9 +108,10 @@ def load_model(method: str, rate_point: int) -> tuple[LearnedModel, str]:
 def _load_model(directory: str, method: str, rate_point: int) -> tuple[LearnedModel, str]:
     entries = rate_points(method)
     if not 0 <= rate_point < len(entries):
+        have = f"rate points 0..{len(entries) - 1}" if entries else "none"
         raise WeightsMismatchError(
-            f"{method} rate point {rate_point} is not installed (this ctpress has "
-            f"{len(entries)}): install the ctpress version that wrote the file"
+            f"{method} rate point {rate_point} is not installed (this ctpress has {have}): "
+            "install the ctpress version that wrote the file"
         )
     data, digest = read_entry(directory, entries[rate_point])
     model, _ = load_weights(data)

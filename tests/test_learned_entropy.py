@@ -242,6 +242,12 @@ def test_shared_stream_round_trips_many_calls_with_neighbour_contexts():
         np.testing.assert_array_equal(reader.take_neighbours(small, "shifts", 4), shifts)
     reader.finish()
     assert small.bits(3, previous=3) < 2 < small.bits(3, previous=None)
+    for value, previous in ((ZERO_BAND, ZERO_BAND), (-32, 5), (32, None), (0, ZERO_BAND)):
+        rows = small.rows(None if previous is None else np.array([previous]), 1)
+        column = small.symbols(np.array([value]))
+        assert small.bits(value, previous) == small.table.bits(column, rows)[0]
+    with pytest.raises(ValueError):
+        small.bits(33, previous=0)
     with pytest.raises(CorruptFileError):
         SymbolReader(data + b"\x00").finish()
 

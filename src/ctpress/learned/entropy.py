@@ -254,21 +254,19 @@ class ScaleConditional(nn.Module):
         rows = self.scale_table.numel()
         # histogram of (value, index) pairs; values beyond +-_SHIFT_VALUES share a bin
         # (rare: they weigh on the choice as if they were that large)
-        span = 2 * _SHIFT_VALUES + 1
         clipped = np.clip(np.ravel(values).astype(np.int64), -_SHIFT_VALUES, _SHIFT_VALUES)
-        counts = np.bincount(
-            (clipped + _SHIFT_VALUES) * rows + np.ravel(indexes), minlength=span * rows
+        present, counts = np.unique(
+            (clipped + _SHIFT_VALUES) * rows + np.ravel(indexes), return_counts=True
         )
-        present = np.flatnonzero(counts)
         pair_values, pair_indexes = np.divmod(present, rows)
         pair_values -= _SHIFT_VALUES
-        weights = counts[present].astype(np.float64)
+        weights = counts.astype(np.float64)
         coder = self.coder()
         costs: dict[int, float] = {}
 
         def cost(d: int) -> float:
             if d not in costs:
-                shifted = np.clip(pair_indexes + d, 0, rows - 1)
+                shifted = np.minimum(np.maximum(pair_indexes + d, 0), rows - 1)
                 costs[d] = float(weights @ coder.bits(pair_values, shifted))
             return costs[d]
 

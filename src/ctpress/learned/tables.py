@@ -21,6 +21,7 @@ from ..errors import CorruptFileError
 PRECISION = 20
 #: Tail mass left outside a table's support (coded through escape symbols).
 TAIL_MASS = 1e-9
+_INT16_MAX = int(np.iinfo(np.int16).max)
 
 
 def _constriction() -> Any:
@@ -111,7 +112,7 @@ class TableCoder:
 
     def _row_order(self, rows: np.ndarray) -> np.ndarray:
         """Stable order of ``rows`` (numpy sorts 16-bit keys by radix, ~10x faster)."""
-        key = rows.astype(np.int16) if self.rows <= np.iinfo(np.int16).max else rows
+        key = rows.astype(np.int16) if self.rows <= _INT16_MAX else rows
         return np.argsort(key, kind="stable")
 
     def bits(self, values: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -119,22 +120,27 @@ class TableCoder:
         same shape; an escaped value counts its escape column plus one byte (longer
         escapes are rare and counted short).  Encoder side only: used to choose between
         tables and symbols, never to report sizes."""
-        if self._code_bits is None:
-            self._code_bits = self._dense_code_bits()
+        code_bits = self.code_bits()
         rows = np.asarray(rows, dtype=np.int64)
         col = np.asarray(values, dtype=np.int64) - self.offsets[rows]
         if self.escapes:
             col += 1
             below = col < 1
-            bits = self._code_bits[rows, np.clip(col, 0, self._code_bits.shape[1] - 1)]
-            return bits + 8.0 * below
+            inside = np.minimum(np.maximum(col, 0), code_bits.shape[1] - 1)  # np.clip is slower
+            return code_bits[rows, inside] + 8.0 * below
         if ((col < 0) | (col >= self.lengths[rows])).any():
             raise ValueError("value outside the support of its table")
-        return self._code_bits[rows, col]
+        return code_bits[rows, col]
+
+    def code_bits(self) -> np.ndarray:
+        """(rows, longest row) code lengths in bits of each table's columns; past a row's
+        end, its upper escape's column plus one byte (with escapes) or infinity (cached;
+        encoder side)."""
+        if self._code_bits is None:
+            self._code_bits = self._dense_code_bits()
+        return self._code_bits
 
     def _dense_code_bits(self) -> np.ndarray:
-        """(rows, longest row) code lengths; past a row's end, its upper escape's column
-        plus one byte (with escapes) or infinity."""
         out = np.full((self.rows, int(self.lengths.max())), np.inf)
         for row, (start, length) in enumerate(zip(self.starts, self.lengths, strict=True)):
             freqs = np.maximum(self.freqs[start : start + length], 1).astype(np.float64)
@@ -395,8 +401,16 @@ class NeighbourCoder:
 
     def bits(self, value: int, previous: int | None) -> float:
         """Code length in bits of ``value`` after ``previous`` (None: no previous value)."""
-        row = self.n if previous is None else int(self.symbols(np.asarray([previous]))[0])
-        return float(self.table.bits(self.symbols(np.asarray([value])), np.asarray([row]))[0])
+        row = self.n if previous is None else self._symbol(previous)
+        return float(self.table.code_bits()[row, self._symbol(value)])
+
+    def _symbol(self, value: int) -> int:
+        """:meth:`symbols` of one value (a table column; ValueError outside the coder)."""
+        if value == self.special:
+            return 0
+        if not self.lo <= value <= self.hi:
+            raise ValueError(f"{value} is outside {self.lo}..{self.hi}")
+        return value - self.lo + (self.special is not None)
 
     def rows(self, previous: np.ndarray | None, count: int) -> np.ndarray:
         """The table of each of ``count`` slots given their ``previous`` values."""

@@ -278,8 +278,11 @@ def test_symbol_writer_batches_write_each_call_across_the_images() -> None:
         merged = reader.take(coder, np.concatenate([rows for rows, _, _ in batch]))
         np.testing.assert_array_equal(merged, np.concatenate([v for _, v, _ in batch]))
     reader.finish()
-    writer.begin_image()
-    writer.put(coder, images[0][1], images[0][0])
-    writer.begin_image()
-    with pytest.raises(ValueError, match="different sequences"):
-        writer.flush()
+    for other in ([], [(small, "shifts", images[0][2])]):  # fewer calls, another kind
+        writer.begin_image()
+        writer.put(coder, images[0][1], images[0][0])
+        writer.begin_image()
+        for call in other:
+            writer.put_neighbours(*call)
+        with pytest.raises(ValueError, match="different sequences"):
+            writer.flush()

@@ -258,6 +258,8 @@ class SymbolWriter:
         if len({len(calls) for calls in images}) > 1:
             raise ValueError("the images of a batch made different sequences of calls")
         for calls in zip(*images, strict=True):
+            if any((c.coder, c.merged) != (calls[0].coder, calls[0].merged) for c in calls):
+                raise ValueError("the images of a batch made different sequences of calls")
             if calls[0].merged:
                 values = np.concatenate([call.values for call in calls])
                 self._code(calls[0].coder, values, np.concatenate([call.rows for call in calls]))

@@ -92,6 +92,39 @@ def test_encoding_is_independent_of_thread_count(cone_scan) -> None:
     assert one == two
 
 
+@pytest.mark.parametrize("parallel", [True, False])
+def test_codecs_choose_whether_chunks_encode_and_decode_in_threads(
+    cone_scan, monkeypatch, parallel: bool
+) -> None:
+    """Chunks go to ``jobs`` threads unless the codec's parallel_encode / parallel_decode
+    is off (dvc: many small steps holding the GIL), when the calling thread does them."""
+    import threading
+
+    from ctpress.codecs.generic import Zstd
+    from ctpress.container import writer
+
+    monkeypatch.setattr(Zstd, "parallel_encode", parallel)
+    monkeypatch.setattr(Zstd, "parallel_decode", parallel)
+    threads = set()
+    original = writer.encode_chunk
+
+    def spy(*args):
+        threads.add(threading.get_ident())
+        return original(*args)
+
+    monkeypatch.setattr(writer, "encode_chunk", spy)
+    data = ctpress.compress(cone_scan, codec="zstd", chunk_views=4, jobs=2)
+    assert (threads == {threading.get_ident()}) is not parallel
+    with ctpress.open(data, jobs=2) as f:
+        threads.clear()
+        decode = f._decode_chunk
+        monkeypatch.setattr(
+            f, "_decode_chunk", lambda *a: threads.add(threading.get_ident()) or decode(*a)
+        )
+        np.testing.assert_array_equal(f[:], cone_scan.projections)
+    assert (threads == {threading.get_ident()}) is not parallel
+
+
 def test_bpp_counts_the_whole_file(cone_scan) -> None:
     big = np.concatenate([cone_scan.projections] * 4)
     data = ctpress.compress(big, codec="sz3", bpp=2.0)

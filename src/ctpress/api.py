@@ -308,8 +308,9 @@ def compress(
         Views per independently decodable chunk (default: the codec's preferred views
         per chunk, else about its preferred input bytes, 1 MiB by default).
     jobs : int, optional
-        Threads encoding chunks in parallel (default: every core; the output bytes do
-        not depend on it).
+        Threads encoding chunks in parallel (default: every core; one chunk at a time for
+        codecs that do not gain from threads, :attr:`~ctpress.codecs.Codec.parallel_encode`;
+        the output bytes do not depend on it).
     progress : bool
         Show a progress bar.
     input_format : str, optional

@@ -167,6 +167,9 @@ class Codec(ABC):
     #: Whether a reader decodes several chunks at once in threads.  A decoder made of
     #: many small steps that hold the GIL (``dvc``, view by view) runs faster alone.
     parallel_decode: ClassVar[bool] = True
+    #: Whether a writer encodes several chunks at once in threads (likewise; the bytes
+    #: are the same either way).
+    parallel_encode: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -141,8 +141,10 @@ def write_ctpz(
     the whole file, so the chunks aim at it less the container's own bytes
     (:func:`budget_for_overhead`).  Chunks of ``chunk_views`` views (default:
     :func:`chunk_views_for`) are encoded independently with their
-    :class:`~ctpress.codecs.context.ChunkContext` (``jobs`` threads, default every core;
-    the bytes do not depend on ``jobs``) and written in order, each with the digest of
+    :class:`~ctpress.codecs.context.ChunkContext` (``jobs`` threads, default every core,
+    one where the codec's encoder does not gain from them,
+    :attr:`~ctpress.codecs.Codec.parallel_encode`; the bytes do not depend on ``jobs``) and
+    written in order, each with the digest of
     what it decodes to (the input itself when lossless; else the encoder decodes its own
     payload).  ``encode_chunks`` encodes them elsewhere instead (worker processes of a
     cluster, say: :func:`ctpress.compress` with an ``executor``); the bytes are the same.
@@ -171,7 +173,8 @@ def write_ctpz(
                 encoded = iter(encode_chunks(stream_codec, contexts))
             else:
                 encode = functools.partial(encode_chunk, scan, stream_codec)
-                encoded = pool.map(encode, contexts) if jobs > 1 else map(encode, contexts)
+                threads = jobs > 1 and codec.parallel_encode
+                encoded = pool.map(encode, contexts) if threads else map(encode, contexts)
             with progress_bar(n_views, codec.codec_id, "view", progress) as bar:
                 for context, (payload, digest) in zip(contexts, encoded, strict=True):
                     start, stop = context.start, min(context.start + chunk_views, n_views)

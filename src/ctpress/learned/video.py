@@ -310,6 +310,7 @@ def gop_model(model: LearnedModel) -> MeanScaleHyperprior:
     return model
 
 
+@one_torch_thread()  # many small operations: faster on one thread
 def code_gop(
     unit: np.ndarray,
     i_model: LearnedModel,

@@ -392,7 +392,6 @@ def decode_gop(
     per_batch = views_per_batch(version, values_per_view)
     mode_coder = MODE_CODERS[VERSION_MODES[version]]
     decoded = np.empty(shape, dtype=np.int64)
-    latents: list[Tensor] = []
     for views in gop_batches(m, per_batch):
         model = i_coder if views.start == 0 else p_coder
         if views.start and motion != "zero":
@@ -404,13 +403,9 @@ def decode_gop(
                 modes[t] = reader.take_neighbours(mode_coder, "modes", modes.shape[1])
         gains = np.array([view_gain(gain, t, model.gain_range) for t in views])
         latent = model.decode_from(reader, (len(views), *_padded(model, h, w)[1:]), gains).latent
-        latents.extend(latent.split(1))
-        if views.start == 0 or views.stop == m or len(latents) + per_batch > per_call:
-            first = views.stop - len(latents)
-            for k in range(0, len(latents), per_call):
-                some = latents[k : k + per_call]
-                decoded[first + k : first + k + len(some)] = _synthesised(model, some, (h, w))
-            latents = []
+        for first in range(views.start, views.stop, per_call):
+            some = latent[first - views.start : first - views.start + per_call]
+            decoded[first : first + len(some)] = _synthesised(model, some, (h, w))
     for t in range(m):
         check_view(t, decoded[t])
         if t:
@@ -440,14 +435,9 @@ def views_per_synthesis(model: MeanScaleHyperprior, values_per_view: int) -> int
     return max(1, SYNTHESIS_VALUES // values_per_view)
 
 
-def _synthesised(
-    model: MeanScaleHyperprior, latents: list[Tensor], size: tuple[int, int]
-) -> np.ndarray:
-    """The output grids (len(latents), H, W) of ``model`` for latents of batch 1."""
-    import torch
-
+def _synthesised(model: MeanScaleHyperprior, latent: Tensor, size: tuple[int, int]) -> np.ndarray:
+    """The output grids (n, H, W) of ``model`` for the latents of ``n`` views."""
     from .models.base import Coded
 
-    coded = Coded(b"", torch.cat(latents), 0)
-    grid, _ = reconstruct(model, coded, (len(latents), *size))
+    grid, _ = reconstruct(model, Coded(b"", latent, 0), (len(latent), *size))
     return grid

@@ -5,7 +5,9 @@ wherever that codec id is registered), the Poisson entropy floor, and speed.
 Scans (built here, fixed seeds):
 
 * held-out simulated scans: the volumes :data:`ctpress.learned.data.HELD_OUT_VOLUMES`
-  (never used in training) projected noise-free (``simulate_scan(i0=None)``), then stored
+  (never used in training) projected noise-free (``simulate_scan(i0=None)``) at the
+  clinical scanner's angular step per channel width (:func:`clinical_views`; again at 90
+  and 180 views per turn, 3-6x sparser), then stored
   as a scanner stores raw data: Poisson counts ``Poisson(i0 exp(-p))`` as uint16 at
   ``i0`` = 2e3, 1e4 and 5e4 (cone beam, 64 rows, flat and cylindrical detector; rows=1
   fan-beam sinograms), plus one scan of line integrals on a fine grid (Gaussian noise of
@@ -58,7 +60,7 @@ from ctpress.frames import to_images
 from ctpress.learned.data import HELD_OUT_VOLUMES, load_volume, real_scans
 from ctpress.metrics import recon_metrics
 from ctpress.noise import NoiseModel
-from ctpress.scan import DetectorShape, GeometryKind, Scan
+from ctpress.scan import DetectorShape, Geometry, GeometryKind, Scan
 from ctpress.sim import default_scan, simulate_scan
 from ctpress.sim.simulate import quantise_uint16
 
@@ -80,6 +82,12 @@ TARGET_LOSSLESS, TARGET_LOSSLESS_MULTIROW = 1.05, 1.10
 TARGET_NEAR_SMALLER = 0.08
 TARGET_NOISE_RATIO, TARGET_NOISE_RISE = 4.5, 0.02
 TARGET_MB_S = 2.0
+#: The clinical scanner of ``../shared/data/README.md`` (Siemens, DICOM-CT-PD): 1152 views
+#: per turn, channels of 1.2858 mm at 1085.6 mm from the source, 595.0 mm from the
+#: isocentre (0.705 mm there).  The default simulated scans keep its angular step per
+#: channel width (:func:`clinical_views`).
+CLINICAL_VIEWS_PER_TURN = 1152
+CLINICAL_CHANNEL_MM = 1.2858 * 595.0 / 1085.6
 #: Taps (views back, rows, columns) of the least-squares reference
 #: (:func:`least_squares_reference_bits`): causal neighbours in the view, then the views
 #: before it; sinograms (one row) reach further along the views.
@@ -251,7 +259,7 @@ class Simulation:
     kind: GeometryKind
     rows: int
     cols: int
-    views: int
+    views: int | None  # None: the clinical angular sampling (:func:`clinical_views`)
     detector: DetectorShape
 
 
@@ -274,6 +282,12 @@ def full_plan() -> Plan:
     lung, head = HELD_OUT_VOLUMES
     return Plan(
         simulations=(
+            Simulation(lung, "cone", 64, 192, None, "flat"),
+            Simulation(head, "cone", 64, 192, None, "cylindrical"),
+            Simulation(lung, "fan", 1, 256, None, "flat"),
+            Simulation(head, "fan", 1, 256, None, "flat"),
+            # the same, angularly sparse (4 and 2 degree steps: 3-6x fewer views than a
+            # scanner takes at this channel pitch)
             Simulation(lung, "cone", 64, 192, 90, "flat"),
             Simulation(head, "cone", 64, 192, 90, "cylindrical"),
             Simulation(lung, "fan", 1, 256, 180, "flat"),
@@ -315,21 +329,42 @@ def _volume_path(data: Path, stem: str) -> Path:
     return matches[0]
 
 
+def clinical_views(geometry: Geometry) -> int:
+    """Views per turn at the clinical scanner's angular step per channel: a scanner whose
+    channels are ``k`` times as wide at the isocentre takes ``k`` times fewer views
+    (:data:`CLINICAL_VIEWS_PER_TURN` views for channels of :data:`CLINICAL_CHANNEL_MM`).
+    Fan and cone beam (a full turn)."""
+    if geometry.source_isocenter_mm is None or geometry.source_detector_mm is None:
+        raise ValueError(f"clinical_views needs a fan or cone geometry, not {geometry.kind}")
+    magnification = geometry.source_detector_mm / geometry.source_isocenter_mm
+    channel_mm = geometry.detector_spacing_mm[1] / magnification
+    return round(CLINICAL_VIEWS_PER_TURN * CLINICAL_CHANNEL_MM / channel_mm)
+
+
 def noise_free(data: Path, sim: Simulation) -> Scan:
-    """Noise-free float32 line integrals of ``sim`` (fan beam: the volume's middle slice)."""
+    """Noise-free float32 line integrals of ``sim`` (fan beam: the volume's middle slice;
+    ``sim.views`` None: :func:`clinical_views` of its geometry)."""
     hu, voxel = load_volume(_volume_path(data, sim.volume))
     volume = hu if sim.kind != "fan" else hu[hu.shape[0] // 2]
-    return simulate_scan(
-        volume,
-        geometry_kind=sim.kind,
-        n_views=sim.views,
-        det_rows=sim.rows,
-        det_cols=sim.cols,
-        voxel_size_mm=voxel if volume.ndim == 3 else voxel[1],
-        i0=None,
-        dtype="float32",
-        detector_shape=sim.detector,
-    )
+
+    def project(views: int) -> Scan:
+        return simulate_scan(
+            volume,
+            geometry_kind=sim.kind,
+            n_views=views,
+            det_rows=sim.rows,
+            det_cols=sim.cols,
+            voxel_size_mm=voxel if volume.ndim == 3 else voxel[1],
+            i0=None,
+            dtype="float32",
+            detector_shape=sim.detector,
+        )
+
+    if sim.views is not None:
+        return project(sim.views)
+    geometry = project(8).geometry  # the geometry does not depend on the view count
+    assert geometry is not None
+    return project(clinical_views(geometry))
 
 
 def poisson_counts(clean: Scan, i0: float, seed: int) -> tuple[Scan, float]:
@@ -371,9 +406,17 @@ def build_scans(data: Path, plan: Plan, log: Callable[[str], None]) -> list[Benc
     for s, sim in enumerate(plan.simulations):
         t0 = time.perf_counter()
         clean = noise_free(data, sim)
-        shape = f"{sim.views}x{sim.rows}x{sim.cols}"
+        shape = "x".join(str(n) for n in clean.array().shape)
         label = f"{sim.volume.split('_', 1)[1]}-{sim.kind}-{sim.detector}-{shape}"
         multirow = sim.rows > 1
+        assert clean.geometry is not None
+        clinical = clinical_views(clean.geometry)
+        views = clean.array().shape[0]
+        source = "simulated, held-out volume, " + (
+            f"clinical angular step ({views} views/turn)"
+            if sim.views is None
+            else f"{views} views/turn ({clinical / views:.1f}x sparser than clinical)"
+        )
         for d, i0 in enumerate(plan.doses):
             scan, floor = poisson_counts(clean, i0, seed=1000 * s + d)
             truth = NoiseModel("counts", gain=1.0, read_noise=0.0, dark=0.0, source="true")
@@ -381,7 +424,7 @@ def build_scans(data: Path, plan: Plan, log: Callable[[str], None]) -> list[Benc
                 BenchScan(
                     f"{label} counts i0={i0:g}",
                     scan,
-                    "simulated, held-out volume",
+                    source,
                     floor,
                     truth,
                     "true model (Poisson counter)",
@@ -394,7 +437,7 @@ def build_scans(data: Path, plan: Plan, log: Callable[[str], None]) -> list[Benc
                 BenchScan(
                     f"{label} line integrals i0={plan.line_integral_dose:g}",
                     scan,
-                    "simulated, held-out volume",
+                    source,
                     floor,
                     None,
                     rescaled,
@@ -827,7 +870,11 @@ def markdown(result: dict[str, Any]) -> str:
         "integrals); E is in those units. Unused codes: fraction of the codes that never occur "
         "among those where the histogram (33-code moving average) expects >= 8 values. Floor: "
         "mean Poisson (counts) or quantised-Gaussian (fine line integrals) entropy of the "
-        "noise, the bits no lossless coder can remove.",
+        "noise, the bits no lossless coder can remove. Simulated scans take the clinical "
+        "scanner's angular step per channel width (1152 views per turn for 0.705 mm channels "
+        "at the isocentre, ../shared/data/README.md): as many views per turn as a scanner "
+        "with these channels records; the same volumes at 90 (cone) and 180 (fan) views "
+        "per turn show what 3-6x sparser sampling leaves to inter-view prediction.",
         "",
     ]
     lines += _table(

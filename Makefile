@@ -44,7 +44,7 @@ bench-batch: $(STAMP)
 	$(PY) benchmarks/bench_batch.py --out results/benchmarks
 
 # Issue 14: lossless, near-lossless and noise-bounded coding of held-out raw CT data against
-# the Poisson entropy floor (the convlstm rows appear once that codec is registered; ~10 min).
+# the Poisson entropy floor (the convlstm rows appear once that codec is registered; ~36 min).
 bench-predictive: $(STAMP)
 	$(PY) benchmarks/bench_predictive.py --out results/benchmarks
 

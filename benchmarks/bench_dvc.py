@@ -2,14 +2,15 @@
 
 Rate-distortion curves in the projection domain (bytes on disk through ``ctpress.compress``,
 PSNR against each scan's value range) at bpp targets, on the default scan, on held-out
-volumes simulated in cone beam (16 x 368 detector, two doses) and on the real Savu
-projections, where ``../shared/data`` holds them (single-row sinograms are one image to dvc,
-coded as an I-frame: not run); BD-rate of every codec against ``dvc`` and of ``dvc`` against
-``hyperprior``, the prediction ablations (zero motion, one global shift per view, and
-plain frame differences: zero motion without the smoothing), the same BD-
-rates in the reconstruction domain for the cone-beam scans (FDK of the decoded scan against
-FDK of the original views, inside the field of view), and encode / decode MB/s on 2 cores
-(decode: the fastest of :data:`DECODE_RUNS`).
+volumes simulated in cone beam (16 x 368 detector, 240 views per turn at two doses, and at
+the clinical angular step per channel width, :func:`ctpress.sim.clinical_views`, at one)
+and on the real Savu projections, where ``../shared/data`` holds them (single-row
+sinograms are one image to dvc, coded as an I-frame: not run); BD-rate of every codec
+against ``dvc`` and of ``dvc`` against ``hyperprior``, the prediction ablations (zero
+motion, one global shift per view, and plain frame differences: zero motion without the
+smoothing), the same BD-rates in the reconstruction domain for the cone-beam scans (FDK of
+the decoded scan against FDK of the original views, inside the field of view), and encode /
+decode MB/s on 2 cores (decode: the fastest of :data:`DECODE_RUNS`).
 x265 (HEVC Main 12 through ffmpeg's libx265, the video codec users would name) is the
 video-coding reference where ``ffmpeg`` with libx265 is installed (Debian: ``apt-get install
 ffmpeg``) and skipped otherwise: every view is a 12-bit monochrome frame (the scan mapped
@@ -47,7 +48,7 @@ from ctpress.recon import fdk, field_of_view_mask, line_integrals
 from ctpress.recon.fbp import default_grid
 from ctpress.scan import Scan
 from ctpress.sim.phantom import MU_WATER_PER_MM
-from ctpress.sim.simulate import default_scan, simulate_scan
+from ctpress.sim.simulate import clinical_views, default_scan, simulate_scan
 
 BPP_TARGETS = (0.5, 1.0, 2.0, 4.0)
 #: Decodes timed per point; the fastest is reported (a shared machine's other work only
@@ -131,8 +132,18 @@ def x265_point(scan: Scan, qp: int, reference: np.ndarray | None) -> dict[str, A
     )
 
 
+def cone_scan(hu: np.ndarray, voxel: tuple[float, float, float], views: int, i0: float) -> Scan:
+    """A held-out volume in cone beam: ``views`` per turn on a cylindrical 16 x 368
+    detector, Poisson noise at ``i0``."""
+    return simulate_scan(
+        hu, geometry_kind="cone", n_views=views, det_rows=16, det_cols=368,
+        voxel_size_mm=voxel, i0=i0, seed=7, detector_shape="cylindrical",
+    )  # fmt: skip
+
+
 def scans(quick: bool) -> dict[str, Scan]:
-    """The default scan, and held-out volumes in cone beam at two doses."""
+    """The default scan, a held-out volume in cone beam at two doses (240 views per turn),
+    and at one dose at the clinical angular sampling (:func:`ctpress.sim.clinical_views`)."""
     found = {"default (360 x 16 x 192)": default_scan()}
     data = default_data_dir()
     if data is None or quick:
@@ -142,10 +153,15 @@ def scans(quick: bool) -> dict[str, Scan]:
         hu, voxel = load_volume(path)
         name = path.stem.split("_")[0] + "_" + path.stem.split("_")[1]
         for i0 in (1e5, 2.5e4):
-            found[f"{name} cone i0={i0:g} (240 x 16 x 368)"] = simulate_scan(
-                hu, geometry_kind="cone", n_views=240, det_rows=16, det_cols=368,
-                voxel_size_mm=voxel, i0=i0, seed=7, detector_shape="cylindrical",
-            )  # fmt: skip
+            found[f"{name} cone i0={i0:g} (240 x 16 x 368)"] = cone_scan(hu, voxel, 240, i0)
+        # the clinical scanner's angular step per channel width (3.6x as many views as
+        # above; one dose: it takes as long as the two above together)
+        geometry = cone_scan(hu, voxel, 8, 1e5).geometry
+        assert geometry is not None
+        views = clinical_views(geometry)
+        found[f"{name} cone i0=1e+05 clinical sampling ({views} x 16 x 368)"] = cone_scan(
+            hu, voxel, views, 1e5
+        )
     for path in held.projections:  # real raw projections (multi-row: Savu)
         if path.name.startswith("savu") and "raw" in path.name:
             views = np.load(path)

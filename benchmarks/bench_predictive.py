@@ -6,7 +6,7 @@ Scans (built here, fixed seeds):
 
 * held-out simulated scans: the volumes :data:`ctpress.learned.data.HELD_OUT_VOLUMES`
   (never used in training) projected noise-free (``simulate_scan(i0=None)``) at the
-  clinical scanner's angular step per channel width (:func:`clinical_views`; again at 90
+  clinical scanner's angular step per channel width (:func:`ctpress.sim.clinical_views`; again at 90
   and 180 views per turn, 3-6x sparser), then stored
   as a scanner stores raw data: Poisson counts ``Poisson(i0 exp(-p))`` as uint16 at
   ``i0`` = 2e3, 1e4 and 5e4 (cone beam, 64 rows, flat and cylindrical detector; rows=1
@@ -60,8 +60,8 @@ from ctpress.frames import to_images
 from ctpress.learned.data import HELD_OUT_VOLUMES, load_volume, real_scans
 from ctpress.metrics import recon_metrics
 from ctpress.noise import NoiseModel
-from ctpress.scan import DetectorShape, Geometry, GeometryKind, Scan
-from ctpress.sim import default_scan, simulate_scan
+from ctpress.scan import DetectorShape, GeometryKind, Scan
+from ctpress.sim import clinical_views, default_scan, simulate_scan
 from ctpress.sim.simulate import quantise_uint16
 
 HERE = Path(__file__).resolve().parent
@@ -82,12 +82,6 @@ TARGET_LOSSLESS, TARGET_LOSSLESS_MULTIROW = 1.05, 1.10
 TARGET_NEAR_SMALLER = 0.08
 TARGET_NOISE_RATIO, TARGET_NOISE_RISE = 4.5, 0.02
 TARGET_MB_S = 2.0
-#: The clinical scanner of ``../shared/data/README.md`` (Siemens, DICOM-CT-PD): 1152 views
-#: per turn, channels of 1.2858 mm at 1085.6 mm from the source, 595.0 mm from the
-#: isocentre (0.705 mm there).  The default simulated scans keep its angular step per
-#: channel width (:func:`clinical_views`).
-CLINICAL_VIEWS_PER_TURN = 1152
-CLINICAL_CHANNEL_MM = 1.2858 * 595.0 / 1085.6
 #: Taps (views back, rows, columns) of the least-squares reference
 #: (:func:`least_squares_reference_bits`): causal neighbours in the view, then the views
 #: before it; sinograms (one row) reach further along the views.
@@ -329,21 +323,9 @@ def _volume_path(data: Path, stem: str) -> Path:
     return matches[0]
 
 
-def clinical_views(geometry: Geometry) -> int:
-    """Views per turn at the clinical scanner's angular step per channel: a scanner whose
-    channels are ``k`` times as wide at the isocentre takes ``k`` times fewer views
-    (:data:`CLINICAL_VIEWS_PER_TURN` views for channels of :data:`CLINICAL_CHANNEL_MM`).
-    Fan and cone beam (a full turn)."""
-    if geometry.source_isocenter_mm is None or geometry.source_detector_mm is None:
-        raise ValueError(f"clinical_views needs a fan or cone geometry, not {geometry.kind}")
-    magnification = geometry.source_detector_mm / geometry.source_isocenter_mm
-    channel_mm = geometry.detector_spacing_mm[1] / magnification
-    return round(CLINICAL_VIEWS_PER_TURN * CLINICAL_CHANNEL_MM / channel_mm)
-
-
 def noise_free(data: Path, sim: Simulation) -> Scan:
     """Noise-free float32 line integrals of ``sim`` (fan beam: the volume's middle slice;
-    ``sim.views`` None: :func:`clinical_views` of its geometry)."""
+    ``sim.views`` None: :func:`ctpress.sim.clinical_views` of its geometry)."""
     hu, voxel = load_volume(_volume_path(data, sim.volume))
     volume = hu if sim.kind != "fan" else hu[hu.shape[0] // 2]
 

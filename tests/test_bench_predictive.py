@@ -48,18 +48,6 @@ def test_poisson_floor_matches_brute_force(bench: Any) -> None:
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
 
 
-def test_clinical_views_keep_the_scanners_step_per_channel(bench: Any) -> None:
-    from ctpress.scan import Geometry
-
-    def fan(channel_mm: float) -> Geometry:
-        return Geometry("fan", (0.0,), 595.0, 1085.6, (1.0, channel_mm))
-
-    assert bench.clinical_views(fan(1.2858)) == 1152  # the scanner itself
-    assert bench.clinical_views(fan(2 * 1.2858)) == 576  # channels twice as wide
-    with pytest.raises(ValueError, match="fan or cone"):
-        bench.clinical_views(Geometry("parallel", (0.0,)))
-
-
 def test_least_squares_reference(bench: Any) -> None:
     t, r, c = np.meshgrid(np.arange(12), np.arange(6), np.arange(20), indexing="ij")
     ramp = (1000 + 7 * t + 3 * r - 2 * c).astype(np.uint16)  # exactly linear: no residual

@@ -12,6 +12,7 @@ import torch
 from ctpress.errors import InputError
 from ctpress.scan import Geometry, Scan
 from ctpress.sim import (
+    clinical_views,
     default_scan,
     disc_phantom,
     fit_geometry,
@@ -284,3 +285,13 @@ def test_default_scan() -> None:
     assert meta["units"] == "line_integral" and meta["i0"] == 1e5
     values = scan.projections * meta["rescale_slope"] + meta["rescale_intercept"]
     assert 3.0 < values.max() < 12.0 and values[:, 8, 96].min() > 0.5
+
+
+def test_clinical_views_keep_the_scanners_step_per_channel() -> None:
+    def fan(channel_mm: float) -> Geometry:
+        return Geometry("fan", (0.0,), 595.0, 1085.6, (1.0, channel_mm))
+
+    assert clinical_views(fan(1.2858)) == 1152  # the scanner itself
+    assert clinical_views(fan(2 * 1.2858)) == 576  # channels twice as wide
+    with pytest.raises(InputError, match="fan or cone"):
+        clinical_views(Geometry("parallel", (0.0,)))

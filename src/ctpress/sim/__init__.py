@@ -14,10 +14,11 @@ from .phantom import (
     shepp_logan_3d,
 )
 from .projector import detector_rays, forward_project, forward_project_tensor
-from .simulate import default_scan, fit_geometry, quantise_uint16, simulate_scan
+from .simulate import clinical_views, default_scan, fit_geometry, quantise_uint16, simulate_scan
 
 __all__ = [
     "MU_WATER_PER_MM",
+    "clinical_views",
     "default_scan",
     "detector_rays",
     "disc_phantom",

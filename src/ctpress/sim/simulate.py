@@ -24,17 +24,34 @@ from .phantom import (
 )
 from .projector import _voxel_size, forward_project
 
-__all__ = ["default_scan", "fit_geometry", "quantise_uint16", "simulate_scan"]
+__all__ = ["clinical_views", "default_scan", "fit_geometry", "quantise_uint16", "simulate_scan"]
 
 #: Clinical proportions: source-isocentre / field-of-view radius, and SDD / SID.
 _SID_PER_FOV_RADIUS = 595.0 / 250.0
 _SDD_PER_SID = 1085.6 / 595.0
+#: The clinical scanner of these proportions (Siemens, DICOM-CT-PD; ``../shared/data``):
+#: 1152 views per turn, channels of 1.2858 mm at the detector (0.705 mm at the isocentre).
+CLINICAL_VIEWS_PER_TURN = 1152
+CLINICAL_CHANNEL_MM = 1.2858
 #: Relative margin of the detector around the projected volume.
 _MARGIN = 1.03
 #: Helical collimation at the isocentre, as a fraction of the volume's z extent.
 _HELICAL_COLLIMATION = 0.5
 #: Output types of :func:`simulate_scan`.
 OUTPUTS = ("uint16", "float32", "counts")
+
+
+def clinical_views(geometry: Geometry) -> int:
+    """Views per turn at the clinical scanner's angular step per channel width (at the
+    isocentre): a detector whose channels are ``k`` times as wide there takes ``k`` times
+    fewer views than the :data:`CLINICAL_VIEWS_PER_TURN` of channels of
+    :data:`CLINICAL_CHANNEL_MM`.  Fan and cone beam (a turn is 360 degrees)."""
+    sid, sdd = geometry.source_isocenter_mm, geometry.source_detector_mm
+    if sid is None or sdd is None:
+        raise InputError(f"clinical_views needs a fan or cone geometry, not {geometry.kind}")
+    channel_mm = geometry.detector_spacing_mm[1] * sid / sdd
+    clinical_mm = CLINICAL_CHANNEL_MM / _SDD_PER_SID
+    return round(CLINICAL_VIEWS_PER_TURN * clinical_mm / channel_mm)
 
 
 def fit_geometry(

@@ -317,7 +317,7 @@ def _neighbours(view: np.ndarray, r: int, col: int, first: int) -> tuple[int, in
 def code_view(encoding: bool, view: np.ndarray, previous: np.ndarray, learned: np.ndarray,
               conjugate: np.ndarray, groups: int, maxval: int, near: int, allowed: np.ndarray,
               probs: np.ndarray, bias: np.ndarray, errors: np.ndarray, mixer: np.ndarray,
-              c: np.ndarray, buf: np.ndarray) -> None:  # fmt: skip
+              c: np.ndarray, buf: np.ndarray, trace: np.ndarray) -> None:  # fmt: skip
     """Code one view (rows, cols) int64 in place: encode it (``encoding``; ``view`` is
     replaced by its reconstruction, equal to it when ``near`` is 0) or decode into it.
 
@@ -330,7 +330,9 @@ def code_view(encoding: bool, view: np.ndarray, previous: np.ndarray, learned: n
     bound of each pixel: ``allowed[prediction]``, and where a value of the quantisation
     bin may allow less (``allowed`` is unimodal, so the bin's ends tell), a flag and, if
     set, the exact correction.
-    ``errors[0]`` holds this view's error memory, ``errors[1]`` the previous view's."""
+    ``errors[0]`` holds this view's error memory, ``errors[1]`` the previous view's.
+    ``trace``: (rows, cols, :data:`N_TRACE`) int64 to receive each pixel's coder state (see
+    :data:`TRACE_FIELDS`; for studies), or empty."""
     rows, cols = view.shape
     has_allowed = allowed.size > 0
     has_previous = previous.size > 0
@@ -461,6 +463,10 @@ def code_view(encoding: bool, view: np.ndarray, previous: np.ndarray, learned: n
                         )
                         value = min(max(value, 0), maxval)
             view[r, col] = value
+            if trace.size > 0:
+                _trace_pixel(trace[r, col], p, use, pred8, blend8, corrected, guess, ctx, activity,
+                             above[f, ar, ec - 1 : ec + 2], cur_err[f, er, ec - 1],
+                             old_err[f, er, ec])  # fmt: skip
             # update the error memory and the bias table
             v8 = 8 * value
             for k in range(N_PREDICTORS):
@@ -480,6 +486,29 @@ def code_view(encoding: bool, view: np.ndarray, previous: np.ndarray, learned: n
                 bias[ctx, 0] = bias[ctx, 0] // 2
                 bias[ctx, 1] = bias[ctx, 1] // 2
     errors[1][:] = cur_err
+
+
+#: What :func:`code_view` writes per pixel into ``trace`` (units of 1/8 unless stated).
+TRACE_FIELDS = (
+    "prediction", "activity", "error_n", "error_w", "error_nw", "error_ne", "error_t",
+    "guess (values)", "spread of the sub-predictors", "bias correction", "context",
+    "blend minus prediction",
+)  # fmt: skip
+N_TRACE = len(TRACE_FIELDS)
+
+
+@numba.njit(cache=True, nogil=True)
+def _trace_pixel(out: np.ndarray, p: np.ndarray, use: np.ndarray, pred8: int, blend8: int,
+                 corrected: int, guess: int, ctx: int, activity: int, above: np.ndarray,
+                 error_w: int, error_t: int) -> None:  # fmt: skip
+    """One pixel's :data:`TRACE_FIELDS` (``above``: the blend's errors at NW, N, NE)."""
+    low, high = 1 << 40, -(1 << 40)
+    for k in range(N_PREDICTORS):
+        if use[k]:
+            low, high = min(low, p[k]), max(high, p[k])
+    out[0], out[1], out[2], out[3] = pred8, activity, above[1], error_w
+    out[4], out[5], out[6], out[7] = above[0], above[2], error_t, guess
+    out[8], out[9], out[10], out[11] = high - low, corrected - pred8, ctx, blend8 - pred8
 
 
 @numba.njit(cache=True, nogil=True)

@@ -239,10 +239,13 @@ class ConvLstm(Codec):
         near: int,
         bound: tuple[float, NoiseModel] | None = None,
         coarser: int = 0,
+        trace: np.ndarray | None = None,
     ) -> tuple[bytes, np.ndarray]:
         """Stream and reconstruction (int64, work's shape) of ``work`` (n, rows, cols) at
         error bound ``near`` (the first ``coarser`` views at ``near + 1``), or with
-        ``bound`` = (fraction, counts-domain noise model) at the noise bound of each value."""
+        ``bound`` = (fraction, counts-domain noise model) at the noise bound of each value;
+        ``trace`` (work's shape + (``N_TRACE``,), int64) receives each pixel's coder state
+        (:data:`~ctpress.codecs._predictive.TRACE_FIELDS`)."""
         groups = PREDICTORS[self.predictor] | (PER_VALUE_BOUND if bound else 0)
         groups |= kernel.CONJUGATE if self._rays is not None else 0
         maxval = int(work.max())
@@ -269,9 +272,8 @@ class ConvLstm(Codec):
                 work.shape[1], work.shape[2], buffer, True, counted=_VERSION > 1
             )
             decoded = np.array(work, dtype=np.int64)
-            self._run(
-                True, decoded, groups, maxval, (near, coarser), table, state, sequence, self._rays
-            )
+            self._run(True, decoded, groups, maxval, (near, coarser), table, state, sequence,
+                      self._rays, trace)  # fmt: skip
             n_bytes = kernel.flush(state.coder, buffer)
             if n_bytes >= 0:
                 break
@@ -282,10 +284,11 @@ class ConvLstm(Codec):
     @staticmethod
     def _run(encoding: bool, views: np.ndarray, groups: int, maxval: int, near: tuple[int, int],
              table: np.ndarray, state: kernel.CoderState, sequence: Any,
-             rays: ConjugateRays | None) -> None:  # fmt: skip
+             rays: ConjugateRays | None, trace: np.ndarray | None = None) -> None:  # fmt: skip
         """Code ``views`` (n, rows, cols) int64 in place, view by view (the predictor's
         small GEMMs on one BLAS thread: faster than two, and the same integers)."""
         empty = np.zeros((0, 0), dtype=np.int64)
+        no_trace = np.zeros((0, 0, 0), dtype=np.int64)
         previous = empty
         learned = empty
         with threadpool_limits(limits=1, user_api="blas"):
@@ -301,7 +304,7 @@ class ConvLstm(Codec):
                     maxval,
                     near[0] + (t < near[1]),
                     table, state.probs, state.bias, state.errors, state.mixer, state.coder,
-                    state.buffer,
+                    state.buffer, no_trace if trace is None else trace[t],
                 )  # fmt: skip
                 previous = view
                 if sequence is not None and t + 1 < views.shape[0]:

@@ -6,7 +6,7 @@ PYTHON  ?= python3
 OUT     ?= results/demo
 
 .PHONY: venv demo test lint bench bench-platform bench-streaming bench-batch bench-predictive \
-	bench-sparse bench-dvc study-view-prediction hardening fuzz clean
+	bench-sparse bench-dvc study-view-prediction study-predictive-distribution hardening fuzz clean
 
 $(STAMP): pyproject.toml requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -62,6 +62,10 @@ bench-dvc: $(STAMP)
 # B views) saves over coding views alone, with an idealised wavelet coder, against SPERR.
 study-view-prediction: $(STAMP)
 	$(PY) benchmarks/study_view_prediction.py --out results/benchmarks
+
+# Issue 14: convlstm's adaptive context model against a learned per-pixel distribution (~6 min).
+study-predictive-distribution: $(STAMP)
+	$(PY) benchmarks/study_predictive_distribution.py --out results/benchmarks
 
 # Corruption matrix and crash tests at full size (every bit of every chunk, many kills).
 hardening: $(STAMP)

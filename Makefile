@@ -54,7 +54,7 @@ bench-sparse: $(STAMP)
 	$(PY) benchmarks/bench_sparse.py --out results/benchmarks
 
 # Issue 15: dvc against hyperprior, JPEG 2000, HTJ2K, SPERR, SZ3 and ZFP (BD-rates, the
-# zero-motion ablation, speed) on the default scan and held-out cone scans (~15 min).
+# zero-motion ablation, speed) on the default scan and held-out cone scans (~30 min).
 bench-dvc: $(STAMP)
 	$(PY) benchmarks/bench_dvc.py --out results/benchmarks
 

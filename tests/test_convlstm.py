@@ -38,6 +38,24 @@ def _counts(n: int = 6, rows: int = 12, cols: int = 40, seed: int = 0) -> np.nda
     return x
 
 
+def test_trace_records_the_coder_state_without_changing_the_stream() -> None:
+    from ctpress.codecs import _predictive as kernel
+
+    x = _counts()
+    codec = ConvLstm()
+    trace = np.zeros((*x.shape, kernel.N_TRACE), dtype=np.int64)
+    stream, decoded = codec._code(x, 0, trace=trace)
+    assert stream == codec._code(x, 0)[0]
+    np.testing.assert_array_equal(decoded, x)
+    fields = dict(zip(kernel.TRACE_FIELDS, np.moveaxis(trace, -1, 0), strict=True))
+    guess = fields["guess (values)"]
+    prediction = fields["prediction"] + fields["bias correction"]  # 1/8, before rounding
+    np.testing.assert_array_equal(guess, np.clip((prediction + 4) >> 3, 0, int(x.max())))
+    assert (fields["activity"] >= 0).all() and (fields["spread of the sub-predictors"] >= 0).all()
+    # a decent prediction: most residuals are far smaller than the values
+    assert np.median(np.abs(x.astype(np.int64) - guess)) < 0.05 * np.median(x)
+
+
 @pytest.mark.parametrize("predictor", sorted(PREDICTORS))
 def test_lossless_round_trip_is_bit_exact(predictor: str) -> None:
     x = _counts()

@@ -6,9 +6,9 @@ Scans (built here, fixed seeds):
 
 * held-out simulated scans: the volumes :data:`ctpress.learned.data.HELD_OUT_VOLUMES`
   (never used in training) projected noise-free (``simulate_scan(i0=None)``) at the
-  clinical scanner's angular step per channel width (:func:`ctpress.sim.clinical_views`; again at 90
-  and 180 views per turn, 3-6x sparser), then stored
-  as a scanner stores raw data: Poisson counts ``Poisson(i0 exp(-p))`` as uint16 at
+  clinical scanner's angular step per channel width (:func:`ctpress.sim.clinical_views`;
+  again at 90 and 180 views per turn, 3-6x sparser), then stored as a scanner stores raw
+  data: Poisson counts ``Poisson(i0 exp(-p))`` as uint16 at
   ``i0`` = 2e3, 1e4 and 5e4 (cone beam, 64 rows, flat and cylindrical detector; rows=1
   fan-beam sinograms), plus one scan of line integrals on a fine grid (Gaussian noise of
   the Poisson variance ``exp(p) / i0``, quantised with :func:`quantise_uint16`: no unused
@@ -325,28 +325,20 @@ def _volume_path(data: Path, stem: str) -> Path:
 
 def noise_free(data: Path, sim: Simulation) -> Scan:
     """Noise-free float32 line integrals of ``sim`` (fan beam: the volume's middle slice;
-    ``sim.views`` None: :func:`ctpress.sim.clinical_views` of its geometry)."""
+    ``sim.views`` None: the clinical angular sampling)."""
     hu, voxel = load_volume(_volume_path(data, sim.volume))
     volume = hu if sim.kind != "fan" else hu[hu.shape[0] // 2]
-
-    def project(views: int) -> Scan:
-        return simulate_scan(
-            volume,
-            geometry_kind=sim.kind,
-            n_views=views,
-            det_rows=sim.rows,
-            det_cols=sim.cols,
-            voxel_size_mm=voxel if volume.ndim == 3 else voxel[1],
-            i0=None,
-            dtype="float32",
-            detector_shape=sim.detector,
-        )
-
-    if sim.views is not None:
-        return project(sim.views)
-    geometry = project(8).geometry  # the geometry does not depend on the view count
-    assert geometry is not None
-    return project(clinical_views(geometry))
+    return simulate_scan(
+        volume,
+        geometry_kind=sim.kind,
+        n_views=sim.views,
+        det_rows=sim.rows,
+        det_cols=sim.cols,
+        voxel_size_mm=voxel if volume.ndim == 3 else voxel[1],
+        i0=None,
+        dtype="float32",
+        detector_shape=sim.detector,
+    )
 
 
 def poisson_counts(clean: Scan, i0: float, seed: int) -> tuple[Scan, float]:

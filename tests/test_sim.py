@@ -295,3 +295,12 @@ def test_clinical_views_keep_the_scanners_step_per_channel() -> None:
     assert clinical_views(fan(2 * 1.2858)) == 576  # channels twice as wide
     with pytest.raises(InputError, match="fan or cone"):
         clinical_views(Geometry("parallel", (0.0,)))
+
+
+def test_n_views_none_simulates_one_turn_at_the_clinical_sampling() -> None:
+    scan = simulate_scan("shepp_logan", geometry_kind="fan", n_views=None, det_rows=1,
+                         det_cols=24, i0=None, dtype="float32")  # fmt: skip
+    assert scan.geometry is not None
+    assert scan.shape[0] == len(scan.geometry.angles_rad) == clinical_views(scan.geometry)
+    with pytest.raises(InputError, match="fan or cone"):
+        simulate_scan("shepp_logan", geometry_kind="parallel", n_views=None)

@@ -186,7 +186,7 @@ def simulate_scan(
     volume_hu: np.ndarray | str | None = None,
     *,
     geometry_kind: GeometryKind = "cone",
-    n_views: int = 180,
+    n_views: int | None = 180,
     det_rows: int = 16,
     det_cols: int = 128,
     voxel_size_mm: float | tuple[float, float, float] | None = None,
@@ -210,7 +210,9 @@ def simulate_scan(
     geometry_kind : {"parallel", "fan", "cone", "helical"}
         Beam geometry, fitted to the volume by :func:`fit_geometry`.
     n_views, det_rows, det_cols : int
-        Projection stack shape.
+        Projection stack shape; ``n_views`` None (fan and cone beam): one turn at the
+        clinical angular step per channel width, :func:`clinical_views` of the fitted
+        geometry.
     voxel_size_mm : float or (float, float, float), optional
         Voxel size (isotropic or (z, y, x)); default: the embedded volume's own (3 mm),
         4 mm for the phantom, 1 mm for arrays.
@@ -255,14 +257,25 @@ def simulate_scan(
             (mu.shape[1] + 1) * voxel[1],
             (mu.shape[2] + 1) * voxel[2],
         )
-        geometry = fit_geometry(
-            geometry_kind,
-            n_views,
-            (det_rows, det_cols),
-            extent,
-            detector_shape=detector_shape,
-            helical_pitch=helical_pitch,
-        )
+        if n_views is None and geometry_kind not in ("fan", "cone"):
+            raise InputError(
+                f"n_views=None (clinical sampling) needs fan or cone beam, not {geometry_kind}"
+            )
+
+        def fitted(views: int) -> Geometry:
+            return fit_geometry(
+                geometry_kind,
+                views,
+                (det_rows, det_cols),
+                extent,
+                detector_shape=detector_shape,
+                helical_pitch=helical_pitch,
+            )
+
+        # the detector's fit does not depend on the view count
+        geometry = fitted(n_views if n_views is not None else 8)
+        if n_views is None:
+            geometry = fitted(clinical_views(geometry))
     proj = forward_project(mu, voxel, geometry, (det_rows, det_cols), step_mm=step_mm)
     slope, intercept, units = 1.0, 0.0, "line_integral"
     counts = None
